@@ -1,0 +1,29 @@
+# Two commands do all the set-up on a fresh machine: `make benchmark` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision are pinned to the builds available offline on our machines.
+TORCH_PIN := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: benchmark test ui clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet $(TORCH_PIN)
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+benchmark: $(VENV)/.installed
+	$(BIN)/python experiments/full_benchmark.py $(ARGS)
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+ui: $(VENV)/.installed
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,1 @@
+"""Datasets: released layouts -> Parquet manifests of spectral tuples, decoding, augmentation, synthetic benchmark."""

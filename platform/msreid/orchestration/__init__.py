@@ -1,0 +1,1 @@
+"""Ray Tune experiments: the paper's grids, alpha tuning (orchestration layer)."""

@@ -1,0 +1,1 @@
+"""MLflow: parent / child runs, tables assembled from runs, `msreid report` (orchestration layer)."""

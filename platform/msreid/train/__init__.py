@@ -1,0 +1,1 @@
+"""Training on Ray: Ray Data input pipeline, Ray Train loop, checkpoints (orchestration layer)."""
