@@ -1,0 +1,215 @@
+"""MultiStreamNet: one independent timm backbone + classifier per spectrum (MSN / HAMNet).
+
+Per stream j: feature map F^j [B, d, h, w] -> pooled feature f^j = GAP(F^j)
+[B, d] -> optional BN-neck -> class scores S^j = W^j f^j [B, C]. The class
+activation maps M^j = W^j F^j [B, C, h, w] are computed only when asked; the
+classifier has no bias, so GAP(M^j) = S^j exactly (eq. 1). With a BN-neck the
+neck's per-channel affine map is applied to every location of F^j before W^j,
+which keeps the equality.
+
+One-stream models are this class with one spectrum; MSN and HAMNet are the
+same network trained with different losses (msreid.losses).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from msreid.errors import UserError
+from msreid.losses import class_aware_weights
+from msreid.models.backbones import create_backbone, resolve_backbone
+
+NECKS = ("none", "bnneck")
+EMBEDDINGS = ("sum", "concat", "cam_weighted")
+EMBED_AT = ("before_neck", "after_neck")
+MISSING = ("drop", "zero")
+
+
+class StreamOutput(NamedTuple):
+    """What :meth:`MultiStreamNet.forward` returns, one entry per stream in ``spectra`` order."""
+
+    features: list[Tensor]  # pooled feature f^j [B, d], before the neck
+    scores: list[Tensor]  # class scores S^j [B, C]
+    cams: list[Tensor] | None  # CAMs M^j [B, C, h, w] when return_cams=True, else None
+
+
+class Stream(nn.Module):
+    """One spectrum's branch: backbone, optional BN-neck, bias-free classifier."""
+
+    def __init__(self, backbone: nn.Module, num_classes: int, neck: str) -> None:
+        super().__init__()
+        self.backbone = backbone
+        d = backbone.num_features
+        self.neck = nn.BatchNorm1d(d) if neck == "bnneck" else None
+        if self.neck is not None:
+            self.neck.bias.requires_grad_(False)  # BNNeck (Luo et al. 2019): no shift learnt
+        self.classifier = nn.Linear(d, num_classes, bias=False)
+        nn.init.normal_(self.classifier.weight, std=0.001)  # random init (paper)
+
+    def feature_map(self, x: Tensor) -> Tensor:
+        """F^j [B, d, h, w] from the backbone (ViT patch tokens reshaped to their grid)."""
+        y = self.backbone.forward_features(x)
+        if y.ndim == 3:  # tokens [B, N, d]: drop class/register tokens, patch grid -> map
+            n_prefix = getattr(self.backbone, "num_prefix_tokens", 0)
+            ph, pw = self.backbone.patch_embed.patch_size
+            gh, gw = x.shape[-2] // ph, x.shape[-1] // pw
+            tokens = y[:, n_prefix:]
+            if tokens.shape[1] != gh * gw:
+                raise ValueError(f"{tokens.shape[1]} patch tokens do not form a {gh}x{gw} grid")
+            return tokens.transpose(1, 2).reshape(y.shape[0], y.shape[2], gh, gw)
+        if getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":
+            return y.permute(0, 3, 1, 2)
+        return y
+
+    def neck_affine(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
+        """(scale, shift) [d] such that neck(f) = scale * f + shift for this batch."""
+        bn = self.neck
+        if bn.training or bn.running_mean is None:
+            mean, var = pooled.mean(0), pooled.var(0, unbiased=False)
+        else:
+            mean, var = bn.running_mean, bn.running_var
+        scale = bn.weight / torch.sqrt(var + bn.eps)
+        return scale, bn.bias - mean * scale
+
+    def forward(self, x: Tensor, return_cam: bool = False
+                ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """x [B, 3, H, W] -> (f [B, d], neck(f) [B, d], S [B, C], M [B, C, h, w] or None)."""
+        fmap = self.feature_map(x)
+        pooled = fmap.mean(dim=(2, 3))
+        after = self.neck(pooled) if self.neck is not None else pooled
+        scores = self.classifier(after)  # S = W GAP(F) (= GAP(M), eq. 1)
+        cam = None
+        if return_cam:
+            if self.neck is not None:
+                scale, shift = self.neck_affine(pooled)
+                fmap = fmap * scale[:, None, None] + shift[:, None, None]
+            cam = torch.einsum("bdhw,cd->bchw", fmap, self.classifier.weight)  # M = W F
+        return pooled, after, scores, cam
+
+
+class MultiStreamNet(nn.Module):
+    """m independent streams, one per spectrum; see the module docstring."""
+
+    def __init__(self, streams: Mapping[str, Stream], num_classes: int, *,
+                 embedding: str = "sum", embed_at: str = "before_neck") -> None:
+        super().__init__()
+        self.spectra: tuple[str, ...] = tuple(streams)
+        self.num_classes = num_classes
+        self.streams = nn.ModuleDict(streams)
+        self.feature_dim: int = next(iter(streams.values())).classifier.in_features
+        self.embedding = embedding
+        self.embed_at = embed_at
+
+    @property
+    def embedding_dim(self) -> int:
+        """D of :meth:`embed`: d for sum / cam_weighted, m * d for concat."""
+        return self.feature_dim * (len(self.spectra) if self.embedding == "concat" else 1)
+
+    def forward(self, images: Mapping[str, Tensor], return_cams: bool = False) -> StreamOutput:
+        """images[s]: [B, 3, H, W] for every s in ``spectra``. CAMs only when return_cams."""
+        self._check_keys(images, self.spectra)
+        feats, scores, cams = [], [], []
+        for s in self.spectra:
+            f, _, sc, cam = self.streams[s](images[s], return_cams)
+            feats.append(f)
+            scores.append(sc)
+            cams.append(cam)
+        return StreamOutput(feats, scores, cams if return_cams else None)
+
+    def embed(self, images: Mapping[str, Tensor], spectra: Sequence[str] | None = None,
+              missing: str = "drop") -> Tensor:
+        """Test-time embedding [B, D] from the subset ``spectra`` (default: all).
+
+        missing="drop": streams outside the subset are not run and left out of
+        the sum (concat: their slot is zeros); images may omit them.
+        missing="zero": their stream runs on an all-zero image. Grad mode and
+        train/eval mode are the caller's (use model.eval() and torch.inference_mode()).
+        """
+        use = tuple(self.spectra if spectra is None else spectra)
+        if not use or set(use) - set(self.spectra):
+            raise ValueError(f"spectra {use} must be a non-empty subset of {self.spectra}")
+        if missing not in MISSING:
+            raise ValueError(f"missing must be one of {MISSING}, got {missing!r}")
+        self._check_keys(images, use)
+        ref = images[use[0]]
+        run = [s for s in self.spectra if s in use or missing == "zero"]
+        per_stream = {}
+        cams = []
+        for s in run:
+            x = images[s] if s in use else torch.zeros_like(ref)
+            f, after, _, cam = self.streams[s](x, self.embedding == "cam_weighted")
+            per_stream[s] = after if self.embed_at == "after_neck" else f
+            cams.append(cam)
+        return self._combine(per_stream, cams, ref)
+
+    def _combine(self, per_stream: dict[str, Tensor], cams: list[Tensor | None],
+                 ref: Tensor) -> Tensor:
+        """Sum, concatenation (zeros for streams not run) or class-aware weighted sum."""
+        feats = list(per_stream.values())
+        if self.embedding == "concat":
+            zero = feats[0].new_zeros(feats[0].shape)
+            return torch.cat([per_stream.get(s, zero) for s in self.spectra], dim=1)
+        if self.embedding == "cam_weighted":
+            w = self.cam_weights(cams)  # [B, m_run]
+            return sum(w[:, j, None] * f for j, f in enumerate(feats))
+        return sum(feats)  # the paper's MSN rule
+
+    @staticmethod
+    def cam_weights(cams: Sequence[Tensor]) -> Tensor:
+        """Per-sample stream weights [B, m] for the cam_weighted embedding.
+
+        alpha^j_c of eqs. 7-10 averaged over classes with the fused prediction
+        p' = softmax(GAP(M')) (eq. 11): w^j = sum_c p'_c alpha^j_c. Test
+        identities are unseen, so the expectation over classes replaces a label.
+        cams: m x [B, C, h, w].
+        """
+        alpha = class_aware_weights(cams)  # [m, B, C]
+        fused = (alpha[..., None, None] * torch.stack([c.float() for c in cams])).sum(0)
+        p = torch.softmax(fused.mean(dim=(2, 3)), dim=1)  # [B, C]
+        return torch.einsum("mbc,bc->bm", alpha, p)
+
+    @staticmethod
+    def _check_keys(images: Mapping[str, Tensor], needed: Sequence[str]) -> None:
+        absent = [s for s in needed if s not in images]
+        if absent:
+            raise KeyError(f"images lacks spectra {absent}; it has {sorted(images)}")
+
+
+def build_model(backbone: str, spectra: Sequence[str], num_classes: int, *,
+                pretrained: bool = False, pretrained_file: str | None = None,
+                last_stride_1: bool = False, neck: str = "none", embedding: str = "sum",
+                embed_at: str = "before_neck", input_size: tuple[int, int] | None = None,
+                **timm_kwargs: Any) -> MultiStreamNet:
+    """A MultiStreamNet with one ``backbone`` per spectrum, no parameters shared.
+
+    backbone: a name of BACKBONES or any timm model name; spectra: e.g.
+    ("rgb", "nir", "tir"); input_size: (H, W), only used by ViTs to size their
+    position embedding (default: the backbone's). Extra keyword arguments
+    (drop_path_rate, ...) go to timm.create_model.
+    """
+    spec = resolve_backbone(backbone)
+    _check_choice("neck", neck, NECKS)
+    _check_choice("embedding", embedding, EMBEDDINGS)
+    _check_choice("embed_at", embed_at, EMBED_AT)
+    if not spectra or len(set(spectra)) != len(spectra):
+        raise UserError(f"spectra must be non-empty and without repeats, got {list(spectra)}")
+    if num_classes < 1:
+        raise UserError(f"num_classes must be >= 1, got {num_classes}")
+    size = tuple(input_size) if input_size is not None else spec.input_size
+    streams = {
+        s: Stream(create_backbone(spec, size, pretrained=pretrained,
+                                  pretrained_file=pretrained_file,
+                                  last_stride_1=last_stride_1, **timm_kwargs),
+                  num_classes, neck)
+        for s in spectra
+    }
+    return MultiStreamNet(streams, num_classes, embedding=embedding, embed_at=embed_at)
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise UserError(f"{name}={value!r} is not valid: use one of {', '.join(choices)}")
