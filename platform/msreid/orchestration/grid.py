@@ -1,0 +1,301 @@
+"""Benchmark grids as data: YAML tables -> cells -> trials (cell x seed).
+
+Two kinds of YAML file live in ``experiments/grids/`` (format in
+docs/BENCHMARK.md):
+
+* a *table* (``table3_rgbnt100.yaml``): ``rows`` x ``columns`` of levels, each
+  level a name plus config overrides (``set``, flat dotted keys of
+  ``msreid.config``), an optional ``dataset`` and the coordinates of the
+  paper's published cell (``paper_backbone``, ``paper_row``);
+* a *suite* (``smoke.yaml``, ``paper.yaml``): which tables to run, with which
+  training preset, seeds, suite-wide overrides, trial resources and checks.
+
+A cell's overrides are merged table < column < row < suite (later wins).
+Cells with identical (dataset, overrides) share one trial per seed (Table 5's
+"baseline (MSN)" is Table 3's "RGB-N-T MSN"), as in the paper. A trial key
+is a hash of (dataset, overrides, seed): stable when cells are added, so
+``--resume`` and MLflow look-ups keep working after a grid edit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from msreid.errors import UserError
+
+CellId = tuple[str, str, str]
+"""(table name, row name, column name)."""
+
+
+@dataclass(frozen=True)
+class Level:
+    """One row or column of a table."""
+
+    name: str = field(metadata={"help": "label printed in the table"})
+    set: dict[str, Any] = field(default_factory=dict,
+                                metadata={"help": "config overrides, flat dotted keys"})
+    dataset: str | None = field(default=None, metadata={"help": "dataset (manifest layout) name"})
+    paper_backbone: str | None = field(default=None, metadata={"help": "paper column label"})
+    paper_row: str | None = field(default=None, metadata={"help": "paper row label"})
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table of the benchmark: rows x columns of cells, metrics shown per cell."""
+
+    name: str = field(metadata={"help": "short id, e.g. table3"})
+    title: str = field(metadata={"help": "caption printed above the table"})
+    rows: tuple[Level, ...] = field(metadata={"help": "row levels, in print order"})
+    columns: tuple[Level, ...] = field(metadata={"help": "column levels, in print order"})
+    metrics: tuple[str, ...] = field(default=("mAP", "R1", "R5", "R10"),
+                                     metadata={"help": "metric names (test/<name>)"})
+    row_label: str = field(default="Row", metadata={"help": "header of the row column"})
+    column_label: str = field(default="Column", metadata={"help": "header of the column column"})
+    paper_table: str | None = field(default=None, metadata={"help": "key in paper_tables.yaml"})
+    base: Level = field(default_factory=lambda: Level(name=""),
+                        metadata={"help": "table-wide overrides / dataset / paper keys"})
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: what to train, and where the paper's number is."""
+
+    id: CellId
+    dataset: str
+    overrides: dict[str, Any]
+    paper: tuple[str, str, str, str] | None  # (paper table, dataset, backbone, row)
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One Tune trial: a distinct (dataset, overrides) at one seed, feeding >= 1 cells."""
+
+    key: str
+    dataset: str
+    seed: int
+    overrides: dict[str, Any]
+    cells: tuple[CellId, ...]
+
+    @property
+    def label(self) -> str:
+        """Readable run name: the first cell's 'table/row/column' and the seed."""
+        table, row, column = self.cells[0]
+        return f"{table} | {row} | {column} | seed {self.seed}"
+
+
+@dataclass(frozen=True)
+class Check:
+    """A sanity check on the assembled results: ``row`` beats every row in ``above``."""
+
+    table: str
+    metric: str
+    row: str
+    above: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A benchmark: tables, training preset, seeds and how trials are packed."""
+
+    name: str
+    preset: str
+    tables: tuple[TableSpec, ...]
+    seeds: tuple[int, ...] = (0,)
+    set: dict[str, Any] = field(default_factory=dict)
+    trial_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    max_concurrent_trials: int = 0
+    max_failures: int = 1
+    checks: tuple[Check, ...] = ()
+    source: str = ""
+
+    def table(self, name: str) -> TableSpec:
+        """The table called ``name``."""
+        for table in self.tables:
+            if table.name == name:
+                return table
+        raise KeyError(name)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"grid file {path} does not exist; see docs/BENCHMARK.md for the format")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"grid file {path} is not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"grid file {path}: expected a mapping at the top level")
+    return data
+
+
+_LEVEL_KEYS = {"name", "set", "dataset", "paper_backbone", "paper_row"}
+
+
+def _level(raw: Any, where: str) -> Level:
+    if isinstance(raw, str):
+        return Level(name=raw)
+    if not isinstance(raw, dict) or ("name" not in raw and where.endswith("]")):
+        raise UserError(f"{where}: expected a mapping with at least `name`, got {raw!r}")
+    unknown = set(raw) - _LEVEL_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(_LEVEL_KEYS)}")
+    overrides = raw.get("set") or {}
+    if not isinstance(overrides, dict):
+        raise UserError(f"{where}.set: expected a mapping of dotted config keys, got {overrides!r}")
+    return Level(name=str(raw.get("name", "")), set=dict(overrides), dataset=raw.get("dataset"),
+                 paper_backbone=raw.get("paper_backbone"), paper_row=raw.get("paper_row"))
+
+
+def _levels(raw: Any, where: str) -> tuple[Level, ...]:
+    if not isinstance(raw, list) or not raw:
+        raise UserError(f"{where}: expected a non-empty list of levels")
+    levels = tuple(_level(item, f"{where}[{i}]") for i, item in enumerate(raw))
+    names = [lv.name for lv in levels]
+    if len(set(names)) != len(names):
+        raise UserError(f"{where}: level names must be unique, got {names}")
+    return levels
+
+
+def load_table(path: str | Path) -> TableSpec:
+    """Read a table grid YAML file (see the module docstring)."""
+    path = Path(path)
+    data = _read_yaml(path)
+    for key in ("name", "rows", "columns"):
+        if key not in data:
+            raise UserError(f"grid file {path}: missing field `{key}`")
+    base = _level({k: data[k] for k in _LEVEL_KEYS - {"name"} if k in data}, f"{path}")
+    return TableSpec(
+        name=str(data["name"]), title=str(data.get("title", data["name"])),
+        rows=_levels(data["rows"], f"{path}: rows"),
+        columns=_levels(data["columns"], f"{path}: columns"),
+        metrics=tuple(data.get("metrics", ("mAP", "R1", "R5", "R10"))),
+        row_label=str(data.get("row_label", "Row")),
+        column_label=str(data.get("column_label", "Column")),
+        paper_table=data.get("paper_table"), base=base)
+
+
+def _select_columns(table: TableSpec, raw: Any, where: str) -> TableSpec:
+    """Keep the named columns (strings) and/or add new ones (mappings), in the given order."""
+    by_name = {c.name: c for c in table.columns}
+    chosen = []
+    for i, item in enumerate(raw):
+        if isinstance(item, str):
+            if item not in by_name:
+                raise UserError(f"{where}[{i}]: table {table.name} has no column {item!r}; "
+                                f"it has {list(by_name)}")
+            chosen.append(by_name[item])
+        else:
+            chosen.append(_level(item, f"{where}[{i}]"))
+    return TableSpec(**{**table.__dict__, "columns": tuple(chosen)})
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read a suite YAML file; table files are resolved relative to it."""
+    path = Path(path)
+    data = _read_yaml(path)
+    for key in ("name", "preset", "tables"):
+        if key not in data:
+            raise UserError(f"suite file {path}: missing field `{key}`")
+    tables = []
+    for i, entry in enumerate(data["tables"]):
+        entry = {"grid": entry} if isinstance(entry, str) else entry
+        table = load_table(path.parent / entry["grid"])
+        if "columns" in entry:
+            table = _select_columns(table, entry["columns"], f"{path}: tables[{i}].columns")
+        tables.append(table)
+    checks = tuple(Check(table=c["table"], metric=c.get("metric", "mAP"), row=c["row"],
+                         above=tuple(c["above"])) for c in data.get("checks", []))
+    resources = {str(k).upper() if str(k).lower() in ("cpu", "gpu") else str(k): float(v)
+                 for k, v in (data.get("trial_resources") or {"CPU": 1}).items()}
+    return Suite(name=str(data["name"]), preset=str(data["preset"]), tables=tuple(tables),
+                 seeds=tuple(int(s) for s in data.get("seeds", [0])),
+                 set=dict(data.get("set") or {}), trial_resources=resources,
+                 max_concurrent_trials=int(data.get("max_concurrent_trials", 0)),
+                 max_failures=int(data.get("max_failures", 1)), checks=checks, source=str(path))
+
+
+def expand_cells(table: TableSpec, suite_set: dict[str, Any] | None = None) -> list[Cell]:
+    """All cells of ``table``, row-major; overrides merged table < column < row < suite."""
+    cells = []
+    for row in table.rows:
+        for column in table.columns:
+            levels = (table.base, column, row)
+            overrides: dict[str, Any] = {}
+            for level in levels:
+                overrides.update(level.set)
+            overrides.update(suite_set or {})
+            dataset = row.dataset or column.dataset or table.base.dataset
+            if not dataset:
+                raise UserError(f"table {table.name}: cell ({row.name}, {column.name}) has no "
+                                "`dataset`; set it on the table, its rows or its columns")
+            backbone = row.paper_backbone or column.paper_backbone or table.base.paper_backbone
+            paper_row = row.paper_row or column.paper_row or table.base.paper_row
+            paper = None
+            if table.paper_table and backbone and paper_row:
+                paper = (table.paper_table, dataset, backbone, paper_row)
+            cells.append(Cell(id=(table.name, row.name, column.name), dataset=dataset,
+                              overrides=overrides, paper=paper))
+    return cells
+
+
+def trial_key(dataset: str, overrides: dict[str, Any], seed: int) -> str:
+    """Stable id of a trial: ``<dataset>-<sha1(overrides)[:10]>-s<seed>``."""
+    blob = json.dumps({"dataset": dataset, "overrides": overrides}, sort_keys=True, default=str)
+    return f"{dataset}-{hashlib.sha1(blob.encode()).hexdigest()[:10]}-s{seed}"
+
+
+def expand_trials(suite: Suite, datasets: set[str] | None = None) -> list[TrialSpec]:
+    """Trials of ``suite`` (cells x seeds, identical cells merged), in grid order.
+
+    ``datasets``: keep only cells on these datasets (None keeps all).
+    """
+    merged: dict[str, dict] = {}
+    for table in suite.tables:
+        for cell in expand_cells(table, suite.set):
+            if datasets is not None and cell.dataset not in datasets:
+                continue
+            for seed in suite.seeds:
+                key = trial_key(cell.dataset, cell.overrides, seed)
+                entry = merged.setdefault(key, {"dataset": cell.dataset, "seed": seed,
+                                                "overrides": cell.overrides, "cells": []})
+                entry["cells"].append(cell.id)
+    return [TrialSpec(key=k, dataset=v["dataset"], seed=v["seed"], overrides=v["overrides"],
+                      cells=tuple(v["cells"])) for k, v in merged.items()]
+
+
+def suite_to_dict(suite: Suite) -> dict:
+    """A JSON-able description of the suite (logged on the parent run for `msreid report`)."""
+    def level(lv: Level) -> dict:
+        return dict(lv.__dict__)
+
+    def table(t: TableSpec) -> dict:
+        d = dict(t.__dict__)
+        d.update(rows=[level(r) for r in t.rows], columns=[level(c) for c in t.columns],
+                 metrics=list(t.metrics), base=level(t.base))
+        return d
+
+    d = dict(suite.__dict__)
+    d.update(tables=[table(t) for t in suite.tables], seeds=list(suite.seeds),
+             checks=[dict(c.__dict__, above=list(c.above)) for c in suite.checks])
+    return d
+
+
+def suite_from_dict(d: dict) -> Suite:
+    """Inverse of ``suite_to_dict``."""
+    def level(x: dict) -> Level:
+        return Level(**x)
+
+    def table(x: dict) -> TableSpec:
+        return TableSpec(**{**x, "rows": tuple(level(r) for r in x["rows"]),
+                            "columns": tuple(level(c) for c in x["columns"]),
+                            "metrics": tuple(x["metrics"]), "base": level(x["base"])})
+
+    return Suite(**{**d, "tables": tuple(table(t) for t in d["tables"]),
+                    "seeds": tuple(d["seeds"]),
+                    "checks": tuple(Check(**{**c, "above": tuple(c["above"])}) for c in d["checks"])})

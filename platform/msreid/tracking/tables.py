@@ -1,0 +1,139 @@
+"""Benchmark tables: mean +- std over seeds beside the paper's numbers, with the difference.
+
+Input is plain data (one ``TrialResult`` per finished trial), so the driver
+(from Tune results) and ``msreid report`` (from MLflow runs) build the tables
+with the same code. Metrics arrive as fractions (``test/mAP`` = 0.412) and
+tables are in % like the paper.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from msreid.orchestration.grid import Cell, CellId, Suite, TableSpec, expand_cells
+from msreid.tracking.paper import paper_value
+
+METRIC_PREFIX = "test/"
+"""Table cells are the test-set metrics of the validation-selected checkpoint."""
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What one finished trial contributes to the tables."""
+
+    cells: tuple[CellId, ...]
+    seed: int
+    metrics: dict[str, float]
+
+
+def cell_values(cell_id: CellId, metric: str, results: list[TrialResult]) -> list[float]:
+    """Values of ``test/<metric>`` (in %) over seeds for one cell, in seed order."""
+    values = []
+    for res in sorted(results, key=lambda r: r.seed):
+        value = res.metrics.get(METRIC_PREFIX + metric)
+        if cell_id in res.cells and value is not None and not math.isnan(value):
+            values.append(100.0 * float(value))
+    return values
+
+
+def assemble_table(table: TableSpec, results: list[TrialResult],
+                   suite_set: dict | None = None) -> pd.DataFrame:
+    """One line per cell: labels, ``seeds``, then per metric ``<m>``, ``<m>_std``,
+    ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %.
+
+    ``std`` is the sample standard deviation over seeds (ddof=1; NaN for one seed).
+    """
+    lines = []
+    for cell in expand_cells(table, suite_set):
+        line: dict = {table.row_label: cell.id[1], table.column_label: cell.id[2]}
+        seeds = 0
+        for metric in table.metrics:
+            values = cell_values(cell.id, metric, results)
+            seeds = max(seeds, len(values))
+            mean = float(np.mean(values)) if values else math.nan
+            std = float(np.std(values, ddof=1)) if len(values) > 1 else math.nan
+            paper = paper_value(cell.paper, metric)
+            paper = math.nan if paper is None else paper
+            line.update({metric: mean, f"{metric}_std": std, f"{metric}_paper": paper,
+                         f"{metric}_diff": mean - paper})
+        line["seeds"] = seeds
+        lines.append(line)
+    frame = pd.DataFrame(lines)
+    order = [table.row_label, table.column_label, "seeds"] + [
+        f"{m}{s}" for m in table.metrics for s in ("", "_std", "_paper", "_diff")]
+    return frame[order]
+
+
+def _fmt(value: float, signed: bool = False) -> str:
+    if value is None or math.isnan(value):
+        return "n/a"
+    return f"{value:+.1f}" if signed else f"{value:.1f}"
+
+
+def display_frame(table: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """Strings for people: ``41.2 ± 0.5`` (or ``41.2`` for one seed), paper value, signed diff."""
+    out = frame[[table.row_label, table.column_label, "seeds"]].copy()
+    for m in table.metrics:
+        ours = [_fmt(v) + ("" if math.isnan(s) else f" ± {s:.1f}")
+                if not math.isnan(v) else "n/a" for v, s in zip(frame[m], frame[f"{m}_std"])]
+        out[m] = ours
+        out[f"{m} paper"] = [_fmt(v) for v in frame[f"{m}_paper"]]
+        out[f"Δ{m}"] = [_fmt(v, signed=True) for v in frame[f"{m}_diff"]]
+    return out
+
+
+def to_markdown(table: TableSpec, frame: pd.DataFrame) -> str:
+    """A GitHub-markdown table with the table's title as a bold caption line."""
+    shown = display_frame(table, frame)
+    header = [str(c) for c in shown.columns]
+    lines = [f"**{table.title}**", "",
+             "| " + " | ".join(header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    for row in shown.itertuples(index=False):
+        lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_html(table: TableSpec, frame: pd.DataFrame) -> str:
+    """A standalone HTML fragment: caption + table."""
+    body = display_frame(table, frame).to_html(index=False, border=1)
+    return f"<h3>{html.escape(table.title)}</h3>\n{body}\n"
+
+
+def to_csv(frame: pd.DataFrame) -> str:
+    """The numeric frame as CSV (NaN as empty)."""
+    return frame.to_csv(index=False, float_format="%.4f")
+
+
+def assemble_suite(suite: Suite, results: list[TrialResult]) -> dict[str, pd.DataFrame]:
+    """``{table name: frame}`` for every table of the suite, in suite order."""
+    return {t.name: assemble_table(t, results, suite.set) for t in suite.tables}
+
+
+def suite_markdown(suite: Suite, frames: dict[str, pd.DataFrame]) -> str:
+    """All tables of the suite as one markdown document (what the driver prints)."""
+    return "\n".join(to_markdown(suite.table(name), frame) for name, frame in frames.items())
+
+
+def run_checks(suite: Suite, frames: dict[str, pd.DataFrame]) -> list[tuple[bool, str]]:
+    """Evaluate the suite's checks: ``[(passed, message)]``; a check on a missing table is skipped."""
+    outcome = []
+    for check in suite.checks:
+        if check.table not in frames:
+            continue
+        table = suite.table(check.table)
+        frame = frames[check.table]
+        for column in frame[table.column_label].unique():
+            sub = frame[frame[table.column_label] == column].set_index(table.row_label)
+            ours = sub[check.metric].get(check.row, math.nan)
+            others = {r: sub[check.metric].get(r, math.nan) for r in check.above}
+            ok = not math.isnan(ours) and all(not math.isnan(v) and ours > v for v in others.values())
+            detail = ", ".join(f"{r} {_fmt(v)}" for r, v in others.items())
+            outcome.append((ok, f"{check.table} [{column}] {check.row} {check.metric} "
+                                f"{_fmt(ours)} > {detail}: {'PASS' if ok else 'FAIL'}"))
+    return outcome

@@ -1,0 +1,56 @@
+"""Tracking URI resolution, reachability errors, parent/child runs on a real SQLite store."""
+
+import socket
+
+import pytest
+
+from msreid.errors import UserError
+from msreid.tracking import runs as R
+from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+
+
+def test_resolve_tracking_uri(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert resolve_tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert resolve_tracking_uri("sqlite:///x.db", tmp_path) == f"sqlite:///{tmp_path}/x.db"
+    assert resolve_tracking_uri("sqlite:////abs/x.db", tmp_path) == "sqlite:////abs/x.db"
+    assert resolve_tracking_uri("store.db", tmp_path) == f"sqlite:///{tmp_path}/store.db"
+    assert resolve_tracking_uri("http://h:5000", tmp_path) == "http://h:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://env:5000")
+    assert resolve_tracking_uri(None, tmp_path) == "http://env:5000"
+    assert resolve_tracking_uri("http://arg:1", tmp_path) == "http://arg:1"
+
+
+def test_unreachable_server_is_a_user_error(tmp_path):
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(UserError, match=f"127.0.0.1:{port} is unreachable"):
+        check_reachable(f"http://127.0.0.1:{port}", timeout_s=2)
+    with pytest.raises(UserError, match="does not exist"):
+        check_reachable(f"sqlite:///{tmp_path}/missing/dir/mlflow.db")
+
+
+def test_parent_and_children_are_found_again_not_duplicated(tmp_path):
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    exp = ensure_experiment(uri, "bench")
+    assert ensure_experiment(uri, "bench") == exp
+    client = R.client_for(uri)
+    parent, created = R.get_or_create_parent(client, exp, "smoke-1")
+    assert created
+    assert R.get_or_create_parent(client, exp, "smoke-1") == (parent, False)
+    assert R.get_or_create_parent(client, exp, "smoke-2")[0] != parent
+    child, created = R.get_or_create_child(client, exp, parent, "k-s0", "cell | seed 0")
+    assert created
+    R.log_params(client, child, {"model.backbone": "x", "model.spectra": ["rgb", "nir"]})
+    R.log_params(client, child, {"model.backbone": "x", "loss.alpha": 0.001})  # re-log skips existing
+    R.log_metrics(client, child, {"test/mAP": 0.5, "bad": float("nan"), "flag": True}, step=3)
+    client.set_terminated(child)
+    assert R.get_or_create_child(client, exp, parent, "k-s0", "cell | seed 0") == (child, False)
+    run = client.get_run(child)
+    assert run.info.status == "FINISHED"  # a finished child stays finished
+    assert run.data.tags[R.TAG_PARENT] == parent
+    assert run.data.params == {"model.backbone": "x", "model.spectra": '["rgb", "nir"]',
+                               "loss.alpha": "0.001"}
+    assert run.data.metrics == {"test/mAP": 0.5}
+    assert [r.info.run_id for r in R.children(client, exp, parent)] == [child]

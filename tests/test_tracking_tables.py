@@ -1,0 +1,66 @@
+"""Table assembly: mean +- std over seeds beside the paper's numbers, hand-computed."""
+
+import math
+
+import pytest
+
+from msreid.orchestration.grid import Check, Level, Suite, TableSpec
+from msreid.tracking.tables import (TrialResult, assemble_table, run_checks, to_csv, to_html,
+                                    to_markdown)
+
+TABLE = TableSpec(
+    name="table3", title="T3", paper_table="table3", metrics=("mAP", "R1"),
+    row_label="Modality", column_label="Backbone",
+    columns=(Level(name="R50", paper_backbone="ResNet50"),),
+    rows=(Level(name="RGB", paper_row="RGB one-stream", set={"s": 1}),
+          Level(name="RNT", paper_row="RGB-N-T MSN", set={"s": 3})),
+    base=Level(name="", dataset="rgbnt100"))
+RGB, RNT = ("table3", "RGB", "R50"), ("table3", "RNT", "R50")
+
+
+def results():
+    return [TrialResult(cells=(RGB,), seed=0, metrics={"test/mAP": 0.40, "test/R1": 0.50}),
+            TrialResult(cells=(RGB,), seed=1, metrics={"test/mAP": 0.44, "test/R1": 0.60}),
+            TrialResult(cells=(RGB,), seed=2, metrics={"test/mAP": 0.48, "test/R1": 0.70}),
+            TrialResult(cells=(RNT,), seed=0, metrics={"test/mAP": 0.61})]
+
+
+def test_mean_std_paper_and_difference():
+    frame = assemble_table(TABLE, results())
+    rgb = frame.iloc[0]
+    # mAP over seeds 40, 44, 48 (%): mean 44; sample std sqrt((16+0+16)/2) = 4.
+    assert rgb["mAP"] == pytest.approx(44.0)
+    assert rgb["mAP_std"] == pytest.approx(4.0)
+    assert rgb["mAP_paper"] == 41.0                      # Table 3, ResNet50, RGB one-stream
+    assert rgb["mAP_diff"] == pytest.approx(44.0 - 41.0)
+    # R1 over 50, 60, 70: mean 60, std sqrt((100+0+100)/2) = 10; paper 58.5.
+    assert (rgb["R1"], rgb["R1_std"], rgb["R1_diff"]) == pytest.approx((60.0, 10.0, 1.5))
+    assert rgb["seeds"] == 3
+    rnt = frame.iloc[1]
+    # One seed: no std; R1 was never reported: n/a.
+    assert rnt["mAP"] == pytest.approx(61.0) and math.isnan(rnt["mAP_std"])
+    assert rnt["mAP_diff"] == pytest.approx(61.0 - 60.5)
+    assert math.isnan(rnt["R1"])
+
+
+def test_renderings():
+    frame = assemble_table(TABLE, results())
+    md = to_markdown(TABLE, frame)
+    assert "| Modality | Backbone | seeds | mAP | mAP paper | ΔmAP | R1 | R1 paper | ΔR1 |" in md
+    assert "| RGB | R50 | 3 | 44.0 ± 4.0 | 41.0 | +3.0 | 60.0 ± 10.0 | 58.5 | +1.5 |" in md
+    assert "| RNT | R50 | 1 | 61.0 | 60.5 | +0.5 | n/a | 82.6 | n/a |" in md
+    assert "<td>44.0 ± 4.0</td>" in to_html(TABLE, frame)
+    csv = to_csv(frame).splitlines()
+    assert csv[0].startswith("Modality,Backbone,seeds,mAP,mAP_std,mAP_paper,mAP_diff")
+    assert csv[1].startswith("RGB,R50,3,44.0000,4.0000,41.0000,3.0000")
+
+
+def test_checks():
+    suite = Suite(name="s", preset="p", tables=(TABLE,),
+                  checks=(Check(table="table3", metric="mAP", row="RNT", above=("RGB",)),))
+    frame = assemble_table(TABLE, results())
+    (ok, msg), = run_checks(suite, {"table3": frame})
+    assert ok and msg.endswith("PASS")  # 61.0 > 44.0
+    worse = results()[:3] + [TrialResult(cells=(RNT,), seed=0, metrics={"test/mAP": 0.43})]
+    (ok, msg), = run_checks(suite, {"table3": assemble_table(TABLE, worse)})
+    assert not ok and "43.0 > RGB 44.0: FAIL" in msg
