@@ -1,0 +1,307 @@
+"""CMC, mAP and mINP under the Market-1501 protocol, exact and chunked.
+
+Protocol (as torchreid / fast-reid / TransReID): for each query, gallery items
+with the same id AND the same camera (or, when scenes are given, the same id
+AND the same scene: MSVR310) are removed; every other gallery item is ranked by
+distance, ties broken by gallery index. With ``P`` positives (same id, not
+removed) at 1-based ranks ``r_1 < ... < r_P``:
+
+- AP  = (1/P) * sum_m m / r_m          (over the whole ranking)
+- INP = P / r_P                         (Ye et al. 2021, hardest positive)
+- CMC[k] = 1 if r_1 <= k + 1           (k = 0 .. max_rank-1)
+
+CMC, mAP and mINP are means over the queries with P >= 1; the others are
+skipped and counted.
+
+Speed design (see docs/EVALUATION.md): nothing of size Q x G is sorted. Per
+query chunk, a row's positives fix a threshold (its farthest positive); only the
+valid gallery items at or below it ("candidates") can rank before a positive.
+They are compacted, given one unique int64 key ``(row, distance, gallery
+index)`` and sorted once; a positive's rank is its position in its row's run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+from msreid.errors import UserError
+from msreid.evaluation.distance import iter_distance_chunks, prepare_features
+
+_CANDIDATE_BUDGET = 1 << 23
+"""Candidates ranked at once (bounds the int64 work tensors to ~0.3 GB)."""
+
+
+@dataclass(frozen=True)
+class RankResult:
+    """Metrics of one evaluation; ``cmc`` is ``[max_rank]`` float64 in [0, 1]."""
+
+    cmc: np.ndarray
+    mAP: float
+    mINP: float
+    num_valid: int
+    num_skipped: int
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """``{prefix+"mAP", "mINP", "R1", "R5", "R10"}`` as python floats, for logging."""
+        out = {f"{prefix}mAP": float(self.mAP), f"{prefix}mINP": float(self.mINP)}
+        for k in (1, 5, 10):
+            out[f"{prefix}R{k}"] = float(self.cmc[k - 1]) if k <= len(self.cmc) else float("nan")
+        return out
+
+
+class QueryStats(NamedTuple):
+    """Per-query results, numpy ``[Q]``: ``first_rank`` (0 when skipped), ``ap``, ``inp``."""
+
+    first_rank: np.ndarray
+    ap: np.ndarray
+    inp: np.ndarray
+
+
+def summarize(stats: QueryStats, max_rank: int = 50, mask: np.ndarray | None = None) -> RankResult:
+    """Average per-query stats (optionally over the queries in boolean ``mask [Q]``).
+
+    Metrics are NaN when no query has a valid match.
+    """
+    first, ap, inp = stats
+    if mask is not None:
+        first, ap, inp = first[mask], ap[mask], inp[mask]
+    valid = first > 0
+    n = int(valid.sum())
+    if n == 0:
+        return RankResult(np.zeros(max_rank), float("nan"), float("nan"), 0, int(len(first)))
+    hist = np.bincount(np.minimum(first[valid], max_rank + 1), minlength=max_rank + 2)
+    cmc = np.cumsum(hist[1 : max_rank + 1]) / n
+    return RankResult(cmc.astype(np.float64), float(ap[valid].mean()), float(inp[valid].mean()),
+                      n, int(len(first) - n))
+
+
+def _labels(x, name: str, n: int, device: torch.device) -> torch.Tensor:
+    """Array-like of ``n`` integer labels -> int64 tensor on ``device``."""
+    a = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)
+    if a.shape != (n,):
+        raise UserError(f"{name}: expected {n} labels (one per row), got shape {a.shape}")
+    if not np.issubdtype(a.dtype, np.integer):
+        if a.dtype == object or not np.all(np.isfinite(a.astype(np.float64, copy=False))) \
+                or np.any(a != np.round(a)):
+            raise UserError(f"{name}: labels must be integers without nulls, got dtype {a.dtype}")
+    return torch.as_tensor(a.astype(np.int64), device=device)
+
+
+def _exclusion_keys(q_cams, g_cams, q_scenes, g_scenes, nq: int, ng: int, device):
+    """The label deciding removal of same-id items: scenes (MSVR310) if given, else cameras."""
+    if (q_scenes is None) != (g_scenes is None):
+        raise UserError("q_scenes and g_scenes: give both (MSVR310 scene rule) or neither")
+    if q_scenes is not None:
+        return _labels(q_scenes, "q_scenes", nq, device), _labels(g_scenes, "g_scenes", ng, device)
+    return _labels(q_cams, "q_cams", nq, device), _labels(g_cams, "g_cams", ng, device)
+
+
+class _Gallery:
+    """Gallery items grouped by id, to list a query's same-id items without a Q x G mask."""
+
+    def __init__(self, g_ids: torch.Tensor, g_keys: torch.Tensor):
+        self.order = torch.argsort(g_ids, stable=True)  # [G], same-id items contiguous
+        self.uniq, counts = torch.unique_consecutive(g_ids[self.order], return_counts=True)
+        self.counts = counts
+        self.starts = torch.cumsum(counts, 0) - counts
+        self.keys = g_keys
+        self.size = int(g_ids.numel())
+
+    def same_id(self, q_ids: torch.Tensor, q_keys: torch.Tensor):
+        """Rows ``[S]``, gallery columns ``[S]`` and ``is_positive [S]`` of all same-id pairs.
+
+        Pairs come grouped by row (row-major); positives differ in camera/scene.
+        """
+        slot = torch.searchsorted(self.uniq, q_ids).clamp(max=max(len(self.uniq) - 1, 0))
+        found = (self.uniq[slot] == q_ids) if len(self.uniq) else torch.zeros_like(q_ids, dtype=torch.bool)
+        cnt = torch.where(found, self.counts[slot], torch.zeros_like(slot))
+        rows = torch.repeat_interleave(torch.arange(len(q_ids), device=q_ids.device), cnt)
+        offset = torch.arange(len(rows), device=q_ids.device) - (torch.cumsum(cnt, 0) - cnt)[rows]
+        cols = self.order[self.starts[slot[rows]] + offset]
+        return rows, cols, self.keys[cols] != q_keys[rows]
+
+
+def _order_codes(v: torch.Tensor) -> torch.Tensor:
+    """``[N]`` float -> ``[N]`` int64 codes in [0, 2**32) with the same order (equal stays equal)."""
+    if v.dtype == torch.float32:
+        # The IEEE-754 bit pattern, with the magnitude bits of negatives flipped, is
+        # an integer in the same order as the floats (+0.0 turns -0.0 into +0.0).
+        b = (v + 0.0).view(torch.int32)
+        return (b ^ ((b >> 31) & 0x7FFFFFFF)).to(torch.int64) + (1 << 31)
+    return torch.unique(v, sorted=True, return_inverse=True)[1]
+
+
+def _positive_ranks(d: torch.Tensor, cand: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor):
+    """1-based ranks ``[P]`` of the positives ``(p_rows, p_cols)`` in their rows of ``d [q, G]``.
+
+    ``cand [q, G]`` marks the valid items at or below their row's farthest positive
+    (positives included): exactly the items that can rank before a positive.
+    """
+    ncol = d.shape[1]
+    cbits = max(1, (ncol - 1).bit_length())
+    flat = cand.reshape(-1).nonzero().squeeze(1)  # (row, col) order
+    rows = torch.div(flat, ncol, rounding_mode="floor")
+    codes = _order_codes(d.reshape(-1)[flat])
+    # One unique key per candidate, ordered by (row, distance, gallery index): the
+    # tie rule is in the key, so a single int64 sort (radix on CPU) ranks all rows.
+    keys = (rows << (32 + cbits)) | (codes << cbits) | (flat - rows * ncol)
+    p_keys = keys[torch.searchsorted(flat, p_rows * ncol + p_cols)]
+    sorted_keys = torch.sort(keys).values
+    before = torch.searchsorted(sorted_keys, p_keys)
+    row_start = torch.searchsorted(sorted_keys, p_rows << (32 + cbits))
+    return before - row_start + 1
+
+
+def _row_blocks(counts: list[int], max_rows: int) -> Iterator[tuple[int, int]]:
+    """Split rows so each block has <= _CANDIDATE_BUDGET candidates (or one row) and <= max_rows rows."""
+    start, acc = 0, 0
+    for i, c in enumerate(counts):
+        if i > start and (acc + c > _CANDIDATE_BUDGET or i - start >= max_rows):
+            yield start, i
+            start, acc = i, 0
+        acc += c
+    yield start, len(counts)
+
+
+def _stats_from_ranks(ranks: torch.Tensor, rows: torch.Tensor, nrows: int):
+    """Positive ranks ``[P]`` of rows ``[P]`` -> first rank ``[q]`` (0: none), AP ``[q]``, INP ``[q]``."""
+    order = torch.argsort(rows * (int(ranks.max()) + 1 if len(ranks) else 1) + ranks)
+    rows, ranks = rows[order], ranks[order]
+    npos = torch.bincount(rows, minlength=nrows)
+    m = torch.arange(1, len(rows) + 1, device=rows.device) - (torch.cumsum(npos, 0) - npos)[rows]
+    rk = ranks.to(torch.float64)
+    ap = torch.zeros(nrows, dtype=torch.float64, device=rows.device).index_add_(0, rows, m / rk)
+    ap = ap / npos.clamp(min=1)
+    first = torch.zeros(nrows, dtype=torch.int64, device=rows.device)
+    first[rows[m == 1]] = ranks[m == 1]
+    inp = torch.zeros(nrows, dtype=torch.float64, device=rows.device)
+    last = m == npos[rows]
+    inp[rows[last]] = npos[rows[last]] / rk[last]
+    return first, ap, inp
+
+
+def _chunk_stats(d: torch.Tensor, q_ids: torch.Tensor, q_keys: torch.Tensor, gal: _Gallery):
+    """Per-query (first rank, AP, INP) of a distance chunk ``d [q, G]``."""
+    q = d.shape[0]
+    rows, cols, pos = gal.same_id(q_ids, q_keys)
+    p_rows, p_cols = rows[pos], cols[pos]
+    far = torch.full((q,), float("-inf"), dtype=d.dtype, device=d.device)
+    far.scatter_reduce_(0, p_rows, d[p_rows, p_cols], reduce="amax")
+    cand = d <= far[:, None]
+    cand[rows[~pos], cols[~pos]] = False  # same id and same camera / scene: removed
+    out = [torch.zeros(q, dtype=t, device=d.device) for t in (torch.int64, torch.float64, torch.float64)]
+    max_rows = 1 << (31 - max(1, (d.shape[1] - 1).bit_length()))
+    for a, b in _row_blocks(cand.sum(1).tolist(), max_rows):
+        lo, hi = torch.searchsorted(p_rows, torch.tensor([a, b], device=d.device)).tolist()
+        if lo == hi:
+            continue
+        ranks = _positive_ranks(d[a:b], cand[a:b], p_rows[lo:hi] - a, p_cols[lo:hi])
+        for o, s in zip(out, _stats_from_ranks(ranks, p_rows[lo:hi] - a, b - a)):
+            o[a:b] = s
+    return out
+
+
+def _collect(chunks, q_ids, q_keys, gal: _Gallery) -> QueryStats:
+    """Run ``_chunk_stats`` over ``(start, d)`` chunks -> numpy QueryStats ``[Q]``."""
+    nq = len(q_ids)
+    first, ap, inp = np.zeros(nq, np.int64), np.zeros(nq), np.zeros(nq)
+    for start, d in chunks:
+        sl = slice(start, start + d.shape[0])
+        f, a, i = _chunk_stats(d, q_ids[sl], q_keys[sl], gal)
+        first[sl], ap[sl], inp[sl] = f.cpu().numpy(), a.cpu().numpy(), i.cpu().numpy()
+    return QueryStats(first, ap, inp)
+
+
+def _default_chunk(ng: int) -> int:
+    """Query rows per chunk: ~16M distances (64 MB float32), between 64 and 1024 rows."""
+    return int(min(1024, max(64, (1 << 24) // max(ng, 1))))
+
+
+def _require_valid(result: RankResult) -> RankResult:
+    if result.num_valid == 0:
+        raise UserError(
+            f"none of the {result.num_skipped} queries has a valid match in the gallery "
+            "(same id, other camera/scene); check the query/gallery ids and cameras")
+    return result
+
+
+def rank_stats(distmat, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=None,
+               *, chunk_size: int | None = None) -> QueryStats:
+    """Per-query stats from a distance matrix ``[Q, G]`` (numpy or torch, float32 or float64)."""
+    d = torch.as_tensor(distmat)
+    if d.ndim != 2:
+        raise UserError(f"distmat: expected shape [Q, G], got {tuple(d.shape)}")
+    if d.dtype not in (torch.float32, torch.float64):
+        d = d.to(torch.float32)
+    if bool(torch.isnan(d).any()):
+        raise UserError("distmat contains NaN; check the features")
+    nq, ng = d.shape
+    qi, gi = _labels(q_ids, "q_ids", nq, d.device), _labels(g_ids, "g_ids", ng, d.device)
+    qk, gk = _exclusion_keys(q_cams, g_cams, q_scenes, g_scenes, nq, ng, d.device)
+    cs = chunk_size or _default_chunk(ng)
+    chunks = ((s, d[s : s + cs].contiguous()) for s in range(0, nq, cs))
+    return _collect(chunks, qi, qk, _Gallery(gi, gk))
+
+
+def evaluate_rank(distmat, q_ids, g_ids, q_cams, g_cams, max_rank: int = 50,
+                  q_scenes=None, g_scenes=None, *, chunk_size: int | None = None) -> RankResult:
+    """CMC / mAP / mINP from a distance matrix ``distmat [Q, G]`` (smaller = closer).
+
+    Ids and cameras (and optional scenes, MSVR310 rule) are integer arrays ``[Q]`` / ``[G]``.
+    Raises ``UserError`` when no query has a valid match.
+    """
+    stats = rank_stats(distmat, q_ids, g_ids, q_cams, g_cams, q_scenes, g_scenes, chunk_size=chunk_size)
+    return _require_valid(summarize(stats, max_rank))
+
+
+def feature_stats(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=None,
+                  *, metric: str = "euclidean", normalize: bool = True,
+                  chunk_size: int | None = None) -> QueryStats:
+    """Per-query stats from features ``query [Q, D]``, ``gallery [G, D]``, chunk by chunk."""
+    q = prepare_features(query, "query", metric, normalize)
+    g = prepare_features(gallery, "gallery", metric, normalize).to(q.device)
+    if q.shape[1] != g.shape[1]:
+        raise UserError(f"query has {q.shape[1]} feature dims but gallery has {g.shape[1]}")
+    nq, ng = len(q), len(g)
+    qi, gi = _labels(q_ids, "q_ids", nq, q.device), _labels(g_ids, "g_ids", ng, q.device)
+    qk, gk = _exclusion_keys(q_cams, g_cams, q_scenes, g_scenes, nq, ng, q.device)
+    chunks = iter_distance_chunks(q, g, metric, chunk_size or _default_chunk(ng))
+    return _collect(chunks, qi, qk, _Gallery(gi, gk))
+
+
+def evaluate_features(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=None,
+                      *, metric: str = "euclidean", normalize: bool = True, max_rank: int = 50,
+                      chunk_size: int | None = None, rerank: bool = False, k1: int = 20,
+                      k2: int = 6, lambda_value: float = 0.3) -> RankResult:
+    """CMC / mAP / mINP from features ``query [Q, D]`` and ``gallery [G, D]`` (numpy or torch).
+
+    Runs on the features' device in query chunks of ``chunk_size`` rows (default
+    ~16M distances per chunk); never builds a Q x G float64 matrix or argsort.
+    ``rerank`` applies k-reciprocal re-ranking (``re_ranking``; builds a float32
+    ``[Q, G]`` matrix). Raises ``UserError`` when no query has a valid match.
+    """
+    if rerank:
+        from msreid.evaluation.rerank import re_ranking
+
+        q = prepare_features(query, "query", metric, normalize)
+        g = prepare_features(gallery, "gallery", metric, normalize)
+        dist = re_ranking(q, g, k1=k1, k2=k2, lambda_value=lambda_value, metric=metric)
+        return evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams, max_rank, q_scenes, g_scenes,
+                             chunk_size=chunk_size)
+    stats = feature_stats(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes, g_scenes,
+                          metric=metric, normalize=normalize, chunk_size=chunk_size)
+    return _require_valid(summarize(stats, max_rank))
+
+
+def rgbnt201_protocol(features, ids, cams, **evaluate_kwargs) -> RankResult:
+    """RGBNT201: the test set is both query and gallery; the same-id-same-camera rule
+    removes each query's own entry (and its same-camera shots) before ranking.
+
+    ``features [N, D]``, ``ids [N]``, ``cams [N]``; keyword arguments go to ``evaluate_features``.
+    """
+    return evaluate_features(features, features, ids, ids, cams, cams, **evaluate_kwargs)
