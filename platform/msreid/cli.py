@@ -16,6 +16,8 @@ from msreid.errors import UserError
 
 # Explicit table of sub-commands (no registry filled by import side effects).
 COMMANDS: dict[str, str] = {
+    "ingest": "msreid.data.ingest",
+    "inspect": "msreid.data.inspect",
 }
 
 
