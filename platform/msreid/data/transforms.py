@@ -1,0 +1,148 @@
+"""Tuple-aligned augmentation for re-ID (numpy / torch only).
+
+The spectra of a tuple are pixel-aligned, so every random transform is drawn
+ONCE per tuple and applied to all of its spectra: the same flip, the same
+crop offset, the same erased box. (The official HAMNet code drew each
+spectrum's transform independently, which breaks the alignment.)
+
+Layout: a batch of tuples is ``uint8 [N, S, 3, H, W]`` (N tuples, S spectra).
+Augmentation stays in uint8 (4x less data through Ray's object store than
+float32); ``normalize`` turns a ``[B, 3, H, W]`` uint8 tensor into floats on
+the training device. Every random draw comes from a ``numpy.random.Generator``
+passed in, so a batch's augmentation is a function of its seed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Strong re-ID baseline augmentation (Luo et al. 2019), all switchable."""
+
+    flip_prob: float = 0.5
+    pad: int = 10
+    erase_prob: float = 0.0
+    erase_area: tuple[float, float] = (0.02, 0.4)  # fraction of the image (Zhong et al.)
+    erase_min_aspect: float = 0.3  # aspect ratio drawn in [r, 1/r]
+    erase_fill: tuple[int, int, int] = (124, 116, 104)  # ImageNet mean in 0-255: 0 once normalised
+
+
+@dataclass(frozen=True)
+class TupleDraw:
+    """One batch's random draws, one entry per tuple (shared by its spectra)."""
+
+    flip: np.ndarray  # [N] bool
+    crop: np.ndarray  # [N, 2] int (top, left) in the padded image, 0..2*pad
+    erase: np.ndarray  # [N, 4] int (top, left, height, width); height 0 = no erasing
+
+
+def resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize (antialiased when shrinking) of uint8 ``[..., 3, h, w]`` to ``size`` (H, W)."""
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    lead = images.shape[:-3]
+    x = torch.from_numpy(np.ascontiguousarray(images)).reshape(-1, *images.shape[-3:])
+    y = F.interpolate(x.float(), size=tuple(size), mode="bilinear", align_corners=False,
+                      antialias=True)
+    return y.round_().clamp_(0, 255).to(torch.uint8).reshape(*lead, 3, *size).numpy()
+
+
+def stack_tuples(decoded: list[dict[str, np.ndarray]], spectra: tuple[str, ...],
+                 size: tuple[int, int]) -> np.ndarray:
+    """Decoded tuples (``{spectrum: [h, w, 3] uint8}`` each) -> uint8 ``[N, S, 3, H, W]``.
+
+    Pieces that share a source size are resized together.
+    """
+    n, s = len(decoded), len(spectra)
+    out = np.empty((n, s, 3, *size), dtype=np.uint8)
+    by_shape: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+    for i, tup in enumerate(decoded):
+        for j, name in enumerate(spectra):
+            by_shape.setdefault(tup[name].shape, []).append((i, j))
+    for shape, where in by_shape.items():
+        chw = np.stack([decoded[i][spectra[j]] for i, j in where]).transpose(0, 3, 1, 2)
+        resized = resize(chw, size)
+        for k, (i, j) in enumerate(where):
+            out[i, j] = resized[k]
+    return out
+
+
+def draw(rng: np.random.Generator, n: int, size: tuple[int, int],
+         params: AugmentParams) -> TupleDraw:
+    """Draw flips, crop offsets and erased boxes for ``n`` tuples of images of ``size``."""
+    h, w = size
+    flip = rng.random(n) < params.flip_prob
+    crop = rng.integers(0, 2 * params.pad + 1, size=(n, 2)) if params.pad > 0 \
+        else np.zeros((n, 2), dtype=np.int64)
+    erase = _draw_erase(rng, n, h, w, params)
+    return TupleDraw(flip=flip, crop=crop, erase=erase)
+
+
+def _draw_erase(rng: np.random.Generator, n: int, h: int, w: int,
+                params: AugmentParams, attempts: int = 100) -> np.ndarray:
+    """Random erasing boxes (Zhong et al. 2020): up to 100 attempts per tuple, first fit wins.
+
+    Returns [n, 4] (top, left, height, width), zeros where no erasing happens.
+    """
+    boxes = np.zeros((n, 4), dtype=np.int64)
+    if params.erase_prob <= 0:
+        return boxes
+    apply = rng.random(n) < params.erase_prob
+    lo, hi = params.erase_area
+    r = params.erase_min_aspect
+    area = rng.uniform(lo, hi, size=(n, attempts)) * (h * w)
+    aspect = rng.uniform(r, 1.0 / r, size=(n, attempts))
+    eh = np.round(np.sqrt(area * aspect)).astype(np.int64)
+    ew = np.round(np.sqrt(area / aspect)).astype(np.int64)
+    u_top = rng.random((n, attempts))
+    u_left = rng.random((n, attempts))
+    fits = (eh < h) & (ew < w) & (eh > 0) & (ew > 0)
+    for i in np.flatnonzero(apply):
+        ok = np.flatnonzero(fits[i])
+        if ok.size == 0:
+            continue
+        k = ok[0]
+        top = int(u_top[i, k] * (h - eh[i, k] + 1))
+        left = int(u_left[i, k] * (w - ew[i, k] + 1))
+        boxes[i] = (top, left, eh[i, k], ew[i, k])
+    return boxes
+
+
+def apply(batch: np.ndarray, d: TupleDraw, params: AugmentParams) -> np.ndarray:
+    """Flip, pad + crop and erase uint8 ``[N, S, 3, H, W]``, tuple by tuple.
+
+    Tuple i's spectra all get flip[i], crop[i] and erase[i]. Returns a new array.
+    """
+    out = batch.copy()
+    if d.flip.any():
+        out[d.flip] = out[d.flip][..., ::-1]
+    p = params.pad
+    if p > 0:
+        h, w = batch.shape[-2:]
+        padded = np.pad(out, [(0, 0)] * 3 + [(p, p), (p, p)])  # zero fill, as torchvision Pad
+        for i, (top, left) in enumerate(d.crop):
+            out[i] = padded[i, :, :, top:top + h, left:left + w]
+    fill = np.asarray(params.erase_fill, dtype=np.uint8)[:, None, None]
+    for i in np.flatnonzero(d.erase[:, 2] > 0):
+        top, left, eh, ew = d.erase[i]
+        out[i, :, :, top:top + eh, left:left + ew] = fill
+    return out
+
+
+def augment(batch: np.ndarray, rng: np.random.Generator, params: AugmentParams) -> np.ndarray:
+    """``apply(batch, draw(...))``: one draw per tuple, shared by its spectra. uint8 [N, S, 3, H, W]."""
+    return apply(batch, draw(rng, batch.shape[0], batch.shape[-2:], params), params)
+
+
+def normalize(images: torch.Tensor, mean: tuple[float, float, float],
+              std: tuple[float, float, float], dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """uint8 ``[B, 3, H, W]`` -> ``(x / 255 - mean) / std`` as ``dtype``, on images' device."""
+    m = torch.tensor(mean, dtype=dtype, device=images.device).view(1, 3, 1, 1) * 255.0
+    s = torch.tensor(std, dtype=dtype, device=images.device).view(1, 3, 1, 1) * 255.0
+    return (images.to(dtype) - m) / s

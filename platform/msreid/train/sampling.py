@@ -1,0 +1,127 @@
+"""Which tuples go into which batch: validation carve-out and per-epoch batch plans (numpy).
+
+A *plan* is an int array ``[num_batches, batch_size]`` of manifest row
+indices, one row per batch. Ray Data has no identity-balanced sampler, so the
+training dataset is a dataset of plans: each row is one whole batch, decoded
+downstream (``msreid.train.pipeline``). Every plan is a function of
+``(seed, epoch)`` only, so a run resumed at epoch e sees the same batches as
+an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from msreid.errors import UserError
+
+
+@dataclass(frozen=True)
+class SplitRows:
+    """Manifest row indices of each role, and the contiguous training labels."""
+
+    train: np.ndarray  # [n_train] rows trained on
+    train_labels: np.ndarray  # [n_train] 0..num_classes-1 over the remaining train ids
+    num_classes: int
+    val_query: np.ndarray  # rows; empty when validation is off
+    val_gallery: np.ndarray
+    test_query: np.ndarray
+    test_gallery: np.ndarray
+
+
+def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
+    """The generator of one epoch: independent streams for batch order (0) and augmentation (1)."""
+    return np.random.default_rng([seed, epoch, stream])
+
+
+def uniform_plan(num_rows: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """A shuffled permutation cut into ``[num_rows // batch_size, batch_size]`` positions.
+
+    The last incomplete batch is dropped (as DataLoader(drop_last=True)).
+    """
+    nb = num_rows // batch_size
+    return rng.permutation(num_rows)[: nb * batch_size].reshape(nb, batch_size)
+
+
+def pk_plan(labels: np.ndarray, p: int, k: int, rng: np.random.Generator) -> np.ndarray:
+    """Identity-balanced batches of P ids x K positions each: ``[num_batches, P * K]``.
+
+    As the strong baseline's RandomIdentitySampler: each id's positions are
+    shuffled (drawn with replacement up to K when it has fewer) and cut into
+    chunks of K; while >= P ids have chunks left, P of them are drawn without
+    replacement and each gives its next chunk. Batch b holds ids in blocks of K.
+    """
+    chunks: dict[int, list[np.ndarray]] = {}
+    for pid in np.unique(labels):
+        idx = np.flatnonzero(labels == pid)
+        if idx.size < k:
+            idx = rng.choice(idx, size=k, replace=True)
+        idx = rng.permutation(idx)
+        n = idx.size // k
+        chunks[int(pid)] = [idx[i * k:(i + 1) * k] for i in range(n)]
+    batches = []
+    while True:
+        available = [pid for pid, c in chunks.items() if c]
+        if len(available) < p:
+            break
+        chosen = rng.choice(np.asarray(available), size=p, replace=False)
+        batches.append(np.concatenate([chunks[int(pid)].pop(0) for pid in chosen]))
+    if not batches:
+        return np.zeros((0, p * k), dtype=np.int64)
+    return np.stack(batches).astype(np.int64)
+
+
+def epoch_plan(labels: np.ndarray, *, mode: str, batch_size: int, p: int, k: int,
+               seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
+    """The batches of one epoch as positions into ``labels``: ``[nb, batch_size]``.
+
+    nb is cut to a multiple of world_size so every DDP worker runs the same
+    number of steps; batch b goes to worker b % world_size.
+    """
+    rng = epoch_rng(seed, epoch)
+    plan = (pk_plan(labels, p, k, rng) if mode == "pk"
+            else uniform_plan(labels.size, batch_size, rng))
+    nb = (plan.shape[0] // world_size) * world_size
+    return plan[:nb]
+
+
+def _num_val_ids(val_ids: float, n_ids: int) -> int:
+    if val_ids <= 0:
+        return 0
+    n = int(round(val_ids * n_ids)) if val_ids < 1 else int(val_ids)
+    n = max(n, 1)
+    if n >= n_ids:
+        raise UserError(f"data.val_ids={val_ids} leaves no training ids (the manifest has "
+                        f"{n_ids} train ids): lower it")
+    return n
+
+
+def split_rows(split: np.ndarray, pid: np.ndarray, camera: np.ndarray, *, val_ids: float,
+               per_camera: int, seed: int) -> SplitRows:
+    """Carve a validation query/gallery out of the TRAIN ids, deterministically from ``seed``.
+
+    split, pid, camera: [n_rows] per manifest row. ``val_ids`` (fraction < 1 or
+    count) train ids are held out; for each (id, camera) ``per_camera`` of
+    their tuples become validation queries, the rest the validation gallery.
+    The remaining train ids are relabelled 0..N-1 in increasing pid order.
+    """
+    split = np.asarray(split).astype(str)
+    rows = np.flatnonzero(split == "train")
+    ids = np.unique(pid[rows])
+    rng = np.random.default_rng([seed, 7919])  # its own stream: independent of batch order
+    held = np.sort(rng.choice(ids, size=_num_val_ids(val_ids, ids.size), replace=False))
+    is_val = np.isin(pid[rows], held)
+    train, val = rows[~is_val], rows[is_val]
+    kept = np.unique(pid[train])
+    labels = np.searchsorted(kept, pid[train]).astype(np.int64)
+    query = []
+    for key in sorted({(int(pid[r]), int(camera[r])) for r in val}):
+        group = val[(pid[val] == key[0]) & (camera[val] == key[1])]
+        query.extend(rng.permutation(group)[:per_camera].tolist())
+    query_arr = np.sort(np.asarray(query, dtype=np.int64))
+    return SplitRows(
+        train=train, train_labels=labels, num_classes=int(kept.size),
+        val_query=query_arr, val_gallery=np.setdiff1d(val, query_arr),
+        test_query=np.flatnonzero(split == "query"),
+        test_gallery=np.flatnonzero(split == "gallery"))

@@ -1,0 +1,109 @@
+"""msreid.config: presets, overrides, flat dicts and one clear UserError per mistake."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from msreid.config import (TrainConfig, check_against_manifest, config_from_dict,
+                           config_to_dict, load_config, loss_kwargs, replace_dotted)
+from msreid.errors import UserError
+
+PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"
+
+
+def test_paper_preset_has_the_papers_hyper_parameters():
+    cfg = load_config(PRESETS / "paper.yaml")
+    # "Adam ... batch size of 16 ... 10 epochs linearly increasing the learning rate
+    # from 3.5e-5 to 3.5e-4 ... decayed ... at 40-th epoch and 70-th ... 120 epochs"
+    assert (cfg.optim.optimizer, cfg.data.batch_size, cfg.data.batch_mode) == ("adam", 16, "uniform")
+    assert (cfg.optim.warmup_epochs, cfg.optim.warmup_lr, cfg.optim.lr) == (10, 3.5e-5, 3.5e-4)
+    assert (cfg.optim.milestones, cfg.optim.gamma, cfg.optim.epochs) == ((40, 70), 0.1, 120)
+    assert cfg.optim.weight_decay == 0.0 and cfg.loss.alpha == 0.001
+    assert loss_kwargs(cfg.loss)["hsc_alpha"] == 0.001
+
+
+def test_official_preset_uses_pk_8x4_triplet_and_weight_decay():
+    cfg = load_config(PRESETS / "official.yaml")
+    assert (cfg.data.batch_mode, cfg.data.P, cfg.data.K, cfg.data.batch_size) == ("pk", 8, 4, 32)
+    assert cfg.optim.weight_decay == 5e-4
+    assert loss_kwargs(cfg.loss)["triplet_margin"] == 0.3
+
+
+def test_smoke_preset_is_tiny():
+    cfg = load_config(PRESETS / "smoke.yaml")
+    assert cfg.model.backbone.startswith("test_") and cfg.data.image_size == (64, 128)
+    assert cfg.optim.epochs <= 5
+
+
+def test_overrides_are_yaml_values_on_dotted_keys():
+    cfg = load_config(PRESETS / "paper.yaml", ["loss.alpha=0.01", "data.spectra=[rgb, nir]",
+                                               "data.image_size=[32, 64]", "run.use_gpu=true",
+                                               "optim.milestones=[5]"])
+    assert cfg.loss.alpha == 0.01 and cfg.data.spectra == ("rgb", "nir")
+    assert cfg.data.image_size == (32, 64) and cfg.run.use_gpu is True
+    assert cfg.optim.milestones == (5,)
+    assert cfg.optim.epochs == 120  # untouched keys keep the preset's values
+
+
+def test_flat_dict_round_trip_and_replace_dotted():
+    cfg = load_config(PRESETS / "official.yaml")
+    flat = config_to_dict(cfg)
+    assert flat["data.P"] == 8 and flat["optim.milestones"] == [40, 70]
+    assert config_from_dict(flat) == cfg
+    changed = replace_dotted(cfg, {"loss.alpha": 0.5, "data.K": 2, "data.batch_size": 16})
+    assert (changed.loss.alpha, changed.data.K, changed.data.batch_size) == (0.5, 2, 16)
+    assert cfg.loss.alpha is None  # frozen original untouched
+
+
+def test_defaults_build_without_a_file():
+    assert load_config(None) == TrainConfig()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("data.batchsize=8", ["data.batchsize", "data.batch_size"]),  # unknown key lists valid ones
+    ("modell.backbone=x", ["modell", "data, model, loss, optim, run"]),
+    ("data.batch_size=big", ["data.batch_size", "'big'", "integer"]),
+    ("data.flip_prob=yes", ["data.flip_prob", "number"]),
+    ("run.use_gpu=1", ["run.use_gpu", "true or false"]),
+    ("data.batch_mode=random", ["data.batch_mode", "uniform, pk"]),
+    ("loss.ablation=hamnett", ["loss.ablation", "hamnett", "msn+hsc"]),
+    ("run.precision=fp8", ["run.precision", "bf16"]),
+    ("data.spectra=[rgb, uv]", ["data.spectra", "rgb, nir, tir"]),
+    ("data.flip_prob=1.5", ["data.flip_prob", "[0, 1]"]),
+    ("data.image_size=[64]", ["data.image_size", "2 values"]),
+    ("noequals", ["noequals", "section.key=value"]),
+])
+def test_bad_overrides_are_one_user_error_naming_key_and_choices(override, words):
+    with pytest.raises(UserError) as err:
+        load_config(PRESETS / "paper.yaml", [override])
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_pk_batch_must_equal_p_times_k():
+    with pytest.raises(UserError, match=r"8 x 4 = 32"):
+        load_config(PRESETS / "official.yaml", ["data.batch_size=16"])
+
+
+def test_one_stream_needs_exactly_one_spectrum():
+    with pytest.raises(UserError, match="one_stream"):
+        load_config(PRESETS / "paper.yaml", ["loss.ablation=one_stream"])
+    cfg = load_config(PRESETS / "paper.yaml", ["loss.ablation=one_stream", "data.spectra=[tir]"])
+    assert check_against_manifest(cfg, ("rgb", "nir", "tir")) == ("tir",)
+
+
+def test_unknown_key_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("optim:\n  learning_rate: 0.1\n")
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert str(path) in str(err.value) and "optim.learning_rate" in str(err.value)
+
+
+def test_spectra_must_be_in_the_manifest():
+    cfg = load_config(None, ["data.spectra=[rgb, tir]"])
+    with pytest.raises(UserError, match="tir not in the manifest"):
+        check_against_manifest(cfg, ("rgb", "nir"))
+    assert check_against_manifest(load_config(None), ("rgb", "nir")) == ("rgb", "nir")
