@@ -9,6 +9,7 @@ import pytest
 from msreid.data import ingest as ingest_mod
 from msreid.data.decode import decode_row
 from msreid.data.ingest import ingest
+from msreid.errors import UserError
 from msreid.data.schema import MANIFEST_SCHEMA, manifest_files, manifest_info, read_manifest
 from test_data_fixtures import (
     COLOURS, RGBNT201_DIRS, MSVR310_DIRS, decode_file, make_market, make_msvr310, make_rgbnt201,
@@ -179,3 +180,11 @@ def test_piece_size_auto_for_synthetic_sizes(tmp_path):
     ingest("rgbnt100", data, tmp_path / "m", piece_size="auto")
     row = read_manifest(str(tmp_path / "m")).slice(0, 1).to_pylist()[0]
     assert row["tir_box"] == [256, 0, 384, 64]  # third 128-wide piece of a 384x64 image
+
+
+def test_uniform_other_size_suggests_piece_size(tmp_path):
+    data = make_market(tmp_path / "d", ("rgb", "nir"), piece_size=(128, 64))
+    with pytest.raises(UserError, match=r"every image is 256x64.*--piece-size auto \(here 128x64\)"):
+        ingest("rgbn300", data, tmp_path / "m")
+    ingest("rgbn300", data, tmp_path / "m", piece_size=(128, 64))
+    assert read_manifest(str(tmp_path / "m")).num_rows == 10

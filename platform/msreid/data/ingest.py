@@ -44,7 +44,7 @@ CHALLENGE_TAGS = ("normal", "low_illumination", "black_night", "glare", "shadow"
 MAX_LISTED_PROBLEMS = 20
 TARGET_ROW_GROUP_BYTES = 4 << 20  # streaming readers hold one row group at a time
 TARGET_FILE_BYTES = 128 << 20  # several part files let readers parallelise
-DECODE_THREADS = 4  # PIL releases the GIL while decoding: ~1.8x on 2 cores (docs/DATA.md)
+DECODE_THREADS = 4  # PIL releases the GIL while decoding: ~1.5x on 2 cores (docs/DATA.md)
 
 
 @dataclass(frozen=True)
@@ -148,6 +148,20 @@ def expected_size(spec: LayoutSpec, piece: tuple[int, int] | str | None,
     return (pw * len(spec.spectra), ph)
 
 
+def _check_uniform_resize(spec: LayoutSpec, full: tuple[int, int] | None,
+                          loaded: dict[str, LoadedFile], data_root: Path) -> None:
+    """One clear error (instead of one per file) when EVERY image has the same other size."""
+    sizes = {f.size for f in loaded.values() if f.size is not None}
+    if full is None or len(sizes) != 1 or sizes == {full}:
+        return
+    (w, h), = sizes
+    if w * full[1] == h * full[0] and w % len(spec.spectra) == 0:  # same shape, scaled
+        raise UserError(
+            f"{spec.name} dataset at {data_root}: every image is {w}x{h}, released {spec.name} "
+            f"images are {full[0]}x{full[1]}; for `msreid synth` output or a resized copy pass "
+            f"--piece-size auto (here {w // len(spec.spectra)}x{h})")
+
+
 def crop_boxes(spec: LayoutSpec, record: TupleRecord, loaded: dict[str, LoadedFile],
                full: tuple[int, int] | None, problems: list[Problem]) -> list[tuple[int, int, int, int]] | None:
     """One crop box per spectrum (in ``spec.spectra`` order), or None after logging problems."""
@@ -163,7 +177,7 @@ def crop_boxes(spec: LayoutSpec, record: TupleRecord, loaded: dict[str, LoadedFi
             want = "?" if full is None else f"{full[0]}x{full[1]}"
             problems.append(Problem(record.files[0], f"image is {w}x{h}, layout {spec.name} needs "
                                     f"{want} ({len(spec.spectra)} pieces side by side; "
-                                    "see --piece-size)"))
+                                    "check --layout and --piece-size)"))
             return None
         pw = w // len(spec.spectra)
         return [(i * pw, 0, (i + 1) * pw, h) for i in range(len(spec.spectra))]
@@ -309,6 +323,7 @@ def validate(layout: str, root: Path, piece_size: tuple[int, int] | str | None =
     check_challenges(tags, records, data_root, problems)
     loaded = load_files(data_root, sorted({f for r in records for f in r.files}))
     full = expected_size(spec, piece_size, loaded)
+    _check_uniform_resize(spec, full, loaded, data_root)
     rows = []
     for record in records:
         boxes = crop_boxes(spec, record, loaded, full, problems)
