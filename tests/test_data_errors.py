@@ -163,3 +163,11 @@ def test_read_manifest_rejects_foreign_schema(tmp_path):
         read_manifest(str(tmp_path / "m"))
     with pytest.raises(UserError, match="not found"):
         read_manifest(str(tmp_path / "nowhere"))
+
+
+def test_ingest_refuses_remote_out(tmp_path):
+    root = make_market(tmp_path / "d", RGBNT100)
+    with pytest.raises(UserError, match="local directories only"):
+        ingest("rgbnt100", root, "s3://bucket/m")
+    ingest("rgbnt100", (tmp_path / "d").as_uri(), (tmp_path / "m").as_uri())  # file:// is local
+    assert read_manifest(str(tmp_path / "m")).num_rows == 10

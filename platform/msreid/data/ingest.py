@@ -281,6 +281,19 @@ def _compression(schema: pa.Schema) -> dict[str, str]:
     return leaves
 
 
+def _local_path(path: str | Path, option: str) -> Path:
+    """Absolute local path from a path or ``file://`` URI; other URIs are refused."""
+    text = str(path)
+    if text.startswith("file://"):
+        from urllib.parse import unquote, urlparse
+
+        text = unquote(urlparse(text).path)
+    elif "://" in text:
+        raise UserError(f"{option} {text}: ingest reads and writes local directories only; "
+                        "ingest locally, then copy the manifest directory to object storage")
+    return Path(text).expanduser().absolute()
+
+
 def _check_destination(out: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory; choose another path")
@@ -343,7 +356,7 @@ def ingest(layout: str, root: str | Path, out: str | Path, overwrite: bool = Fal
     ``piece_size``: ``None`` = the released size (256x128 per spectrum),
     ``(width, height)``, or ``"auto"`` = the most common size in the dataset.
     """
-    root, out = Path(root).expanduser(), Path(out).expanduser().absolute()
+    root, out = _local_path(root, "--root"), _local_path(out, "--out")
     _check_destination(out, overwrite)
     spec, _, rows, tags, loaded, sidecar = validate(layout, root, piece_size)
     table = build_table(spec, rows, tags, loaded)
