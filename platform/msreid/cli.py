@@ -18,6 +18,7 @@ from msreid.errors import UserError
 COMMANDS: dict[str, str] = {
     "ingest": "msreid.data.ingest",
     "inspect": "msreid.data.inspect",
+    "synth": "msreid.data.synth_cli",
 }
 
 
