@@ -19,6 +19,7 @@ COMMANDS: dict[str, str] = {
     "ingest": "msreid.data.ingest",
     "inspect": "msreid.data.inspect",
     "synth": "msreid.data.synth_cli",
+    "report": "msreid.tracking.report",
 }
 
 
