@@ -58,7 +58,7 @@ def assert_matches(result, ref):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_hand_computed_three_queries(dtype):
+def test_hand_computed_three_queries(dtype, ranking_path):
     r = evaluate_rank(DIST.astype(dtype), Q_IDS, G_IDS, Q_CAMS, G_CAMS, max_rank=5)
     # first ranks A 1, B 3, C 1 -> R1 = 2/3, R2 = 2/3, R3.. = 1
     np.testing.assert_allclose(r.cmc, [2 / 3, 2 / 3, 1, 1, 1])
@@ -116,7 +116,7 @@ def test_rgbnt201_self_match_removed():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_ties_broken_by_gallery_index(dtype):
+def test_ties_broken_by_gallery_index(dtype, ranking_path):
     # Every distance equal: the ranking is the gallery order. Query (id 1, cam 0);
     # gallery ids 2 1 2 1 on camera 1: positives at ranks 2 and 4 -> AP = (1/2 + 2/4)/2 = 0.5,
     # INP = 2/4. Add -0.0 vs +0.0 (equal floats) to check they tie too.
@@ -137,8 +137,15 @@ def random_case(rng, nq=60, ng=300, dim=16, n_ids=25, n_cams=4):
             rng.integers(0, n_cams, nq), rng.integers(0, n_cams, ng))
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
-def test_random_against_slow_reference(seed):
+@pytest.fixture(params=["sparse", "dense"])
+def ranking_path(request, monkeypatch):
+    """Run a test with the compaction + sort path, then with the bucket-count path."""
+    monkeypatch.setattr(rank_module, "_DENSE_FRACTION", 2.0 if request.param == "sparse" else -1.0)
+    return request.param
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_against_slow_reference(seed, ranking_path):
     rng = np.random.default_rng(seed)
     q, g, qi, gi, qc, gc = random_case(rng)
     dist = compute_distance_matrix(q, g).numpy()
@@ -159,11 +166,11 @@ def test_random_against_slow_reference(seed):
                        slow_reference(d, qi, gi, qs, gs, 20))
 
 
-def test_chunk_size_and_blocks_do_not_change_results(monkeypatch):
+def test_chunk_size_and_blocks_do_not_change_results(monkeypatch, ranking_path):
     rng = np.random.default_rng(3)
     q, g, qi, gi, qc, gc = random_case(rng, nq=50, ng=200)
     base = rank_stats(compute_distance_matrix(q, g).numpy(), qi, gi, qc, gc)
-    monkeypatch.setattr(rank_module, "_CANDIDATE_BUDGET", 64)  # force many row blocks
+    monkeypatch.setattr(rank_module, "_BLOCK_ELEMS", 1000)  # force blocks of 5 rows
     for chunk in (1, 7, 50, None):
         r = evaluate_features(q, g, qi, gi, qc, gc, chunk_size=chunk)
         assert r.mAP == pytest.approx(float(base.ap[base.first_rank > 0].mean()), abs=1e-12)

@@ -4,6 +4,7 @@ Plain torch / numpy; see docs/EVALUATION.md for the exact definitions.
 """
 
 from msreid.evaluation.distance import METRICS, compute_distance_matrix
+from msreid.evaluation.rerank import re_ranking
 from msreid.evaluation.rank import (
     QueryStats,
     RankResult,
@@ -24,6 +25,7 @@ __all__ = [
     "evaluate_rank",
     "feature_stats",
     "rank_stats",
+    "re_ranking",
     "rgbnt201_protocol",
     "summarize",
 ]

@@ -16,13 +16,16 @@ skipped and counted.
 Speed design (see docs/EVALUATION.md): nothing of size Q x G is sorted. Per
 query chunk, a row's positives fix a threshold (its farthest positive); only the
 valid gallery items at or below it ("candidates") can rank before a positive.
-They are compacted, given one unique int64 key ``(row, distance, gallery
-index)`` and sorted once; a positive's rank is its position in its row's run.
+When they are few (a trained model), they are compacted, given one unique int64
+key ``(row, distance, gallery index)`` and sorted once; a positive's rank is its
+position in its row's run. When they are many (an untrained model), each item
+is put in a bucket between the row's sorted positives (``searchsorted``) and
+the buckets are counted (``bincount``): rank of the m-th positive = items in
+buckets <= m.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -32,8 +35,11 @@ import torch
 from msreid.errors import UserError
 from msreid.evaluation.distance import iter_distance_chunks, prepare_features
 
-_CANDIDATE_BUDGET = 1 << 23
-"""Candidates ranked at once (bounds the int64 work tensors to ~0.3 GB)."""
+_BLOCK_ELEMS = 1 << 23
+"""Distances ranked at once (rows x G); bounds the int64 work tensors to ~0.2 GB."""
+
+_DENSE_FRACTION = 0.2
+"""Above this fraction of candidates per block, bucket counting beats sorting them."""
 
 
 @dataclass(frozen=True)
@@ -157,15 +163,43 @@ def _positive_ranks(d: torch.Tensor, cand: torch.Tensor, p_rows: torch.Tensor, p
     return before - row_start + 1
 
 
-def _row_blocks(counts: list[int], max_rows: int) -> Iterator[tuple[int, int]]:
-    """Split rows so each block has <= _CANDIDATE_BUDGET candidates (or one row) and <= max_rows rows."""
-    start, acc = 0, 0
-    for i, c in enumerate(counts):
-        if i > start and (acc + c > _CANDIDATE_BUDGET or i - start >= max_rows):
-            yield start, i
-            start, acc = i, 0
-        acc += c
-    yield start, len(counts)
+def _sorted_positives(d: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor):
+    """Positives sorted by (row, distance, gallery index) -> rows ``[P]``, cols ``[P]``,
+    position within the row ``[P]`` (0-based) and their number per row ``[q]``."""
+    cbits = max(1, (d.shape[1] - 1).bit_length())
+    codes = _order_codes(d[p_rows, p_cols])
+    order = torch.argsort((p_rows << (32 + cbits)) | (codes << cbits) | p_cols)
+    rows, cols = p_rows[order], p_cols[order]
+    npos = torch.bincount(rows, minlength=d.shape[0])
+    m = torch.arange(len(rows), device=d.device) - (torch.cumsum(npos, 0) - npos)[rows]
+    return rows, cols, m, npos
+
+
+def _positive_ranks_dense(d: torch.Tensor, x_rows: torch.Tensor, x_cols: torch.Tensor,
+                          p_rows: torch.Tensor, p_cols: torch.Tensor):
+    """Ranks ``[P]`` (and their rows ``[P]``) of the positives, counting buckets over all of ``d [q, G]``.
+
+    Item i falls in bucket b_i = #{positives p : (d_p, p) < (d_i, i)}; the m-th positive
+    (0-based) has rank #{i : b_i <= m}. Removed items ``(x_rows, x_cols)`` go to bucket K.
+    """
+    q, ncol = d.shape
+    rows, cols, m, npos = _sorted_positives(d, p_rows, p_cols)
+    k = max(int(npos.max()), 1)
+    pos_d = torch.full((q, k), float("inf"), dtype=d.dtype, device=d.device)
+    pos_d[rows, m] = d[rows, cols]
+    pos_c = torch.full((q, k), ncol, dtype=torch.int64, device=d.device)
+    pos_c[rows, m] = cols
+    bucket = torch.searchsorted(pos_d, d)  # #{p : d_p < d_i}, [q, G]
+    tied = (pos_d.gather(1, bucket.clamp(max=k - 1)) == d).nonzero()  # rare: equal distances
+    step = max(1, (1 << 22) // k)
+    for t in tied.split(step):  # add #{p : d_p == d_i, p < i} (gallery-index tie rule)
+        r, c = t[:, 0], t[:, 1]
+        same = (pos_d[r] == d[r, c, None]) & (pos_c[r] < c[:, None])
+        bucket[r, c] += same.sum(1)
+    bucket[x_rows, x_cols] = k
+    bucket += (torch.arange(q, device=d.device) * (k + 1))[:, None]
+    hist = torch.bincount(bucket.view(-1), minlength=q * (k + 1)).view(q, k + 1)
+    return hist.cumsum(1)[rows, m], rows
 
 
 def _stats_from_ranks(ranks: torch.Tensor, rows: torch.Tensor, nrows: int):
@@ -195,13 +229,22 @@ def _chunk_stats(d: torch.Tensor, q_ids: torch.Tensor, q_keys: torch.Tensor, gal
     cand = d <= far[:, None]
     cand[rows[~pos], cols[~pos]] = False  # same id and same camera / scene: removed
     out = [torch.zeros(q, dtype=t, device=d.device) for t in (torch.int64, torch.float64, torch.float64)]
-    max_rows = 1 << (31 - max(1, (d.shape[1] - 1).bit_length()))
-    for a, b in _row_blocks(cand.sum(1).tolist(), max_rows):
-        lo, hi = torch.searchsorted(p_rows, torch.tensor([a, b], device=d.device)).tolist()
+    cbits = max(1, (d.shape[1] - 1).bit_length())
+    step = max(1, min(_BLOCK_ELEMS // d.shape[1], 1 << (31 - cbits)))
+    bounds = torch.searchsorted(p_rows, torch.arange(0, q + step, step, device=d.device)).tolist()
+    x_rows, x_cols = rows[~pos], cols[~pos]
+    for j, a in enumerate(range(0, q, step)):
+        b, (lo, hi) = min(a + step, q), bounds[j : j + 2]
         if lo == hi:
             continue
-        ranks = _positive_ranks(d[a:b], cand[a:b], p_rows[lo:hi] - a, p_cols[lo:hi])
-        for o, s in zip(out, _stats_from_ranks(ranks, p_rows[lo:hi] - a, b - a)):
+        if float(cand[a:b].sum()) > _DENSE_FRACTION * (b - a) * d.shape[1]:
+            x = (x_rows >= a) & (x_rows < b)
+            ranks, r = _positive_ranks_dense(d[a:b], x_rows[x] - a, x_cols[x],
+                                             p_rows[lo:hi] - a, p_cols[lo:hi])
+        else:
+            r = p_rows[lo:hi] - a
+            ranks = _positive_ranks(d[a:b], cand[a:b], r, p_cols[lo:hi])
+        for o, s in zip(out, _stats_from_ranks(ranks, r, b - a)):
             o[a:b] = s
     return out
 
