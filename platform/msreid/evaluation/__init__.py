@@ -1,10 +1,17 @@
 """Re-ID evaluation: CMC / mAP / mINP (Market-1501 protocol), re-ranking, breakdowns.
 
-Plain torch / numpy; see docs/EVALUATION.md for the exact definitions.
+Plain torch / numpy / pandas; see docs/EVALUATION.md for the exact definitions.
 """
 
+from msreid.evaluation.breakdowns import (
+    SHORT_NAMES,
+    challenge_table,
+    evaluate_subsets,
+    spectrum_subsets,
+    subset_name,
+    subset_table,
+)
 from msreid.evaluation.distance import METRICS, compute_distance_matrix
-from msreid.evaluation.rerank import re_ranking
 from msreid.evaluation.rank import (
     QueryStats,
     RankResult,
@@ -15,17 +22,24 @@ from msreid.evaluation.rank import (
     rgbnt201_protocol,
     summarize,
 )
+from msreid.evaluation.rerank import re_ranking
 
 __all__ = [
     "METRICS",
+    "SHORT_NAMES",
     "QueryStats",
     "RankResult",
+    "challenge_table",
     "compute_distance_matrix",
     "evaluate_features",
     "evaluate_rank",
+    "evaluate_subsets",
     "feature_stats",
     "rank_stats",
     "re_ranking",
     "rgbnt201_protocol",
+    "spectrum_subsets",
+    "subset_name",
+    "subset_table",
     "summarize",
 ]

@@ -303,13 +303,20 @@ def evaluate_rank(distmat, q_ids, g_ids, q_cams, g_cams, max_rank: int = 50,
 
 
 def feature_stats(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=None,
-                  *, metric: str = "euclidean", normalize: bool = True,
-                  chunk_size: int | None = None) -> QueryStats:
-    """Per-query stats from features ``query [Q, D]``, ``gallery [G, D]``, chunk by chunk."""
+                  *, metric: str = "euclidean", normalize: bool = True, chunk_size: int | None = None,
+                  rerank: bool = False, k1: int = 20, k2: int = 6,
+                  lambda_value: float = 0.3) -> QueryStats:
+    """Per-query stats from features ``query [Q, D]``, ``gallery [G, D]``, chunk by chunk
+    (options as ``evaluate_features``)."""
     q = prepare_features(query, "query", metric, normalize)
     g = prepare_features(gallery, "gallery", metric, normalize).to(q.device)
     if q.shape[1] != g.shape[1]:
         raise UserError(f"query has {q.shape[1]} feature dims but gallery has {g.shape[1]}")
+    if rerank:
+        from msreid.evaluation.rerank import re_ranking
+
+        dist = re_ranking(q, g, k1=k1, k2=k2, lambda_value=lambda_value, metric=metric)
+        return rank_stats(dist, q_ids, g_ids, q_cams, g_cams, q_scenes, g_scenes, chunk_size=chunk_size)
     nq, ng = len(q), len(g)
     qi, gi = _labels(q_ids, "q_ids", nq, q.device), _labels(g_ids, "g_ids", ng, q.device)
     qk, gk = _exclusion_keys(q_cams, g_cams, q_scenes, g_scenes, nq, ng, q.device)
@@ -325,19 +332,14 @@ def evaluate_features(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=Non
 
     Runs on the features' device in query chunks of ``chunk_size`` rows (default
     ~16M distances per chunk); never builds a Q x G float64 matrix or argsort.
-    ``rerank`` applies k-reciprocal re-ranking (``re_ranking``; builds a float32
-    ``[Q, G]`` matrix). Raises ``UserError`` when no query has a valid match.
+    ``metric``: ``euclidean`` (squared) or ``cosine``; ``normalize``: L2-normalise first.
+    ``rerank`` applies k-reciprocal re-ranking (``re_ranking``, parameters ``k1``,
+    ``k2``, ``lambda_value``; builds a float32 ``[Q, G]`` matrix).
+    Raises ``UserError`` when no query has a valid match.
     """
-    if rerank:
-        from msreid.evaluation.rerank import re_ranking
-
-        q = prepare_features(query, "query", metric, normalize)
-        g = prepare_features(gallery, "gallery", metric, normalize)
-        dist = re_ranking(q, g, k1=k1, k2=k2, lambda_value=lambda_value, metric=metric)
-        return evaluate_rank(dist, q_ids, g_ids, q_cams, g_cams, max_rank, q_scenes, g_scenes,
-                             chunk_size=chunk_size)
     stats = feature_stats(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes, g_scenes,
-                          metric=metric, normalize=normalize, chunk_size=chunk_size)
+                          metric=metric, normalize=normalize, chunk_size=chunk_size,
+                          rerank=rerank, k1=k1, k2=k2, lambda_value=lambda_value)
     return _require_valid(summarize(stats, max_rank))
 
 
