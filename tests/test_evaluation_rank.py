@@ -137,10 +137,10 @@ def random_case(rng, nq=60, ng=300, dim=16, n_ids=25, n_cams=4):
             rng.integers(0, n_cams, nq), rng.integers(0, n_cams, ng))
 
 
-@pytest.fixture(params=["sparse", "dense"])
+@pytest.fixture(params=[1, 2, 4096])
 def ranking_path(request, monkeypatch):
-    """Run a test with the compaction + sort path, then with the bucket-count path."""
-    monkeypatch.setattr(rank_module, "_DENSE_FRACTION", 2.0 if request.param == "sparse" else -1.0)
+    """Run a test with one bin (every item ranked exactly), two bins and many bins."""
+    monkeypatch.setattr(rank_module, "_MAX_BINS", request.param)
     return request.param
 
 

@@ -14,14 +14,12 @@ CMC, mAP and mINP are means over the queries with P >= 1; the others are
 skipped and counted.
 
 Speed design (see docs/EVALUATION.md): nothing of size Q x G is sorted. Per
-query chunk, a row's positives fix a threshold (its farthest positive); only the
-valid gallery items at or below it ("candidates") can rank before a positive.
-When they are few (a trained model), they are compacted, given one unique int64
-key ``(row, distance, gallery index)`` and sorted once; a positive's rank is its
-position in its row's run. When they are many (an untrained model), each item
-is put in a bucket between the row's sorted positives (``searchsorted``) and
-the buckets are counted (``bincount``): rank of the m-th positive = items in
-buckets <= m.
+block of query rows, the distances ``[q, G]`` (one matmul per chunk) are cut into
+per-row bins spanning the row's positives (bins are monotone in the distance);
+one ``bincount`` counts the valid items per (row, bin), so a positive's rank is
+the number of items in lower bins of its row plus its rank among the few items
+that share its bin. Those few are ranked exactly with one unique int64 key
+``(row, distance, gallery index)`` (the tie rule is in the key) and one sort.
 """
 
 from __future__ import annotations
@@ -38,8 +36,8 @@ from msreid.evaluation.distance import iter_distance_chunks, prepare_features
 _BLOCK_ELEMS = 1 << 23
 """Distances ranked at once (rows x G); bounds the int64 work tensors to ~0.2 GB."""
 
-_DENSE_FRACTION = 0.2
-"""Above this fraction of candidates per block, bucket counting beats sorting them."""
+_MAX_BINS = 4096
+"""Distance bins per query row (at most; G // 8 by default): more bins, fewer items ranked exactly."""
 
 
 @dataclass(frozen=True)
@@ -142,64 +140,59 @@ def _order_codes(v: torch.Tensor) -> torch.Tensor:
     return torch.unique(v, sorted=True, return_inverse=True)[1]
 
 
-def _positive_ranks(d: torch.Tensor, cand: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor):
+def _bin_index(d: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, nbins: int):
+    """Per-row bins ``[q, G]`` int32 in [0, nbins + 1], non-decreasing in the distance.
+
+    The row's positives span bins 1..nbins; closer items fall in bin 0, farther ones
+    in bins up to nbins + 1 (also the bin of removed items). Only monotonicity
+    matters for exactness: an item in a lower bin than a positive is strictly closer.
+    """
+    q = d.shape[0]
+    p_d = d[p_rows, p_cols]
+    lo = torch.full((q,), float("inf"), dtype=d.dtype, device=d.device)
+    hi = torch.full((q,), float("-inf"), dtype=d.dtype, device=d.device)
+    lo.scatter_reduce_(0, p_rows, p_d, reduce="amin")
+    hi.scatter_reduce_(0, p_rows, p_d, reduce="amax")
+    has = torch.isfinite(lo)
+    lo, hi = torch.where(has, lo, 0.0), torch.where(has, hi, 0.0)
+    # A row with one positive (hi == lo) still needs a finite, positive scale.
+    width = torch.maximum(hi - lo, torch.clamp(torch.maximum(hi.abs(), lo.abs()) * 1e-3, min=1e-12))
+    scale = (nbins - 1) / width
+    x = torch.addcmul((1.0 - lo * scale)[:, None], d, scale[:, None])  # 1 + (d - lo) * scale
+    return x.clamp_(0, nbins + 1).to(torch.int32)
+
+
+def _block_ranks(d: torch.Tensor, x_rows: torch.Tensor, x_cols: torch.Tensor,
+                 p_rows: torch.Tensor, p_cols: torch.Tensor, nbins: int) -> torch.Tensor:
     """1-based ranks ``[P]`` of the positives ``(p_rows, p_cols)`` in their rows of ``d [q, G]``.
 
-    ``cand [q, G]`` marks the valid items at or below their row's farthest positive
-    (positives included): exactly the items that can rank before a positive.
-    """
-    ncol = d.shape[1]
-    cbits = max(1, (ncol - 1).bit_length())
-    flat = cand.reshape(-1).nonzero().squeeze(1)  # (row, col) order
-    rows = torch.div(flat, ncol, rounding_mode="floor")
-    codes = _order_codes(d.reshape(-1)[flat])
-    # One unique key per candidate, ordered by (row, distance, gallery index): the
-    # tie rule is in the key, so a single int64 sort (radix on CPU) ranks all rows.
-    keys = (rows << (32 + cbits)) | (codes << cbits) | (flat - rows * ncol)
-    p_keys = keys[torch.searchsorted(flat, p_rows * ncol + p_cols)]
-    sorted_keys = torch.sort(keys).values
-    before = torch.searchsorted(sorted_keys, p_keys)
-    row_start = torch.searchsorted(sorted_keys, p_rows << (32 + cbits))
-    return before - row_start + 1
-
-
-def _sorted_positives(d: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor):
-    """Positives sorted by (row, distance, gallery index) -> rows ``[P]``, cols ``[P]``,
-    position within the row ``[P]`` (0-based) and their number per row ``[q]``."""
-    cbits = max(1, (d.shape[1] - 1).bit_length())
-    codes = _order_codes(d[p_rows, p_cols])
-    order = torch.argsort((p_rows << (32 + cbits)) | (codes << cbits) | p_cols)
-    rows, cols = p_rows[order], p_cols[order]
-    npos = torch.bincount(rows, minlength=d.shape[0])
-    m = torch.arange(len(rows), device=d.device) - (torch.cumsum(npos, 0) - npos)[rows]
-    return rows, cols, m, npos
-
-
-def _positive_ranks_dense(d: torch.Tensor, x_rows: torch.Tensor, x_cols: torch.Tensor,
-                          p_rows: torch.Tensor, p_cols: torch.Tensor):
-    """Ranks ``[P]`` (and their rows ``[P]``) of the positives, counting buckets over all of ``d [q, G]``.
-
-    Item i falls in bucket b_i = #{positives p : (d_p, p) < (d_i, i)}; the m-th positive
-    (0-based) has rank #{i : b_i <= m}. Removed items ``(x_rows, x_cols)`` go to bucket K.
+    Removed items are ``(x_rows, x_cols)``. Items are counted per (row, bin) with one
+    ``bincount``; only the items sharing a bin with a positive are ranked exactly, by one
+    unique int64 key ``(row, distance, gallery index)`` (tie rule included) and a sort.
     """
     q, ncol = d.shape
-    rows, cols, m, npos = _sorted_positives(d, p_rows, p_cols)
-    k = max(int(npos.max()), 1)
-    pos_d = torch.full((q, k), float("inf"), dtype=d.dtype, device=d.device)
-    pos_d[rows, m] = d[rows, cols]
-    pos_c = torch.full((q, k), ncol, dtype=torch.int64, device=d.device)
-    pos_c[rows, m] = cols
-    bucket = torch.searchsorted(pos_d, d)  # #{p : d_p < d_i}, [q, G]
-    tied = (pos_d.gather(1, bucket.clamp(max=k - 1)) == d).nonzero()  # rare: equal distances
-    step = max(1, (1 << 22) // k)
-    for t in tied.split(step):  # add #{p : d_p == d_i, p < i} (gallery-index tie rule)
-        r, c = t[:, 0], t[:, 1]
-        same = (pos_d[r] == d[r, c, None]) & (pos_c[r] < c[:, None])
-        bucket[r, c] += same.sum(1)
-    bucket[x_rows, x_cols] = k
-    bucket += (torch.arange(q, device=d.device) * (k + 1))[:, None]
-    hist = torch.bincount(bucket.view(-1), minlength=q * (k + 1)).view(q, k + 1)
-    return hist.cumsum(1)[rows, m], rows
+    nb = nbins + 2
+    idx = _bin_index(d, p_rows, p_cols, nbins)
+    idx[x_rows, x_cols] = nb - 1
+    idx += (torch.arange(q, dtype=torch.int32, device=d.device) * nb)[:, None]
+    idx = idx.view(-1)
+    hist = torch.bincount(idx, minlength=q * nb)
+    below = hist.cumsum(0) - hist  # items in earlier (row, bin) slots
+    p_flat = p_rows * ncol + p_cols
+    p_slot = idx[p_flat].to(torch.int64)
+    shared = torch.zeros(q * nb, dtype=torch.bool, device=d.device)
+    shared[p_slot] = True
+    flat = shared.index_select(0, idx).nonzero().squeeze(1)  # items sharing a bin with a positive
+    f_hist = torch.bincount(idx[flat].to(torch.int64), minlength=q * nb)
+    f_below = f_hist.cumsum(0) - f_hist
+    cbits = max(1, (ncol - 1).bit_length())
+    rows = torch.div(flat, ncol, rounding_mode="floor")
+    keys = (rows << (32 + cbits)) | (_order_codes(d.reshape(-1)[flat]) << cbits) | (flat - rows * ncol)
+    p_keys = keys[torch.searchsorted(flat, p_flat)]
+    # shared items with a smaller key, minus those in earlier slots = same bin, before
+    within = torch.searchsorted(torch.sort(keys).values, p_keys) - f_below[p_slot]
+    before_bin = below[p_slot] - below[p_rows * nb]
+    return before_bin + within + 1
 
 
 def _stats_from_ranks(ranks: torch.Tensor, rows: torch.Tensor, nrows: int):
@@ -224,28 +217,21 @@ def _chunk_stats(d: torch.Tensor, q_ids: torch.Tensor, q_keys: torch.Tensor, gal
     q = d.shape[0]
     rows, cols, pos = gal.same_id(q_ids, q_keys)
     p_rows, p_cols = rows[pos], cols[pos]
-    far = torch.full((q,), float("-inf"), dtype=d.dtype, device=d.device)
-    far.scatter_reduce_(0, p_rows, d[p_rows, p_cols], reduce="amax")
-    cand = d <= far[:, None]
-    cand[rows[~pos], cols[~pos]] = False  # same id and same camera / scene: removed
     out = [torch.zeros(q, dtype=t, device=d.device) for t in (torch.int64, torch.float64, torch.float64)]
     cbits = max(1, (d.shape[1] - 1).bit_length())
     step = max(1, min(_BLOCK_ELEMS // d.shape[1], 1 << (31 - cbits)))
     bounds = torch.searchsorted(p_rows, torch.arange(0, q + step, step, device=d.device)).tolist()
     x_rows, x_cols = rows[~pos], cols[~pos]
+    nbins = int(min(_MAX_BINS, max(1, d.shape[1] // 8)))
     for j, a in enumerate(range(0, q, step)):
         b, (lo, hi) = min(a + step, q), bounds[j : j + 2]
         if lo == hi:
             continue
-        if float(cand[a:b].sum()) > _DENSE_FRACTION * (b - a) * d.shape[1]:
-            x = (x_rows >= a) & (x_rows < b)
-            ranks, r = _positive_ranks_dense(d[a:b], x_rows[x] - a, x_cols[x],
-                                             p_rows[lo:hi] - a, p_cols[lo:hi])
-        else:
-            r = p_rows[lo:hi] - a
-            ranks = _positive_ranks(d[a:b], cand[a:b], r, p_cols[lo:hi])
-        for o, s in zip(out, _stats_from_ranks(ranks, r, b - a)):
-            o[a:b] = s
+        x = (x_rows >= a) & (x_rows < b)
+        r = p_rows[lo:hi] - a
+        ranks = _block_ranks(d[a:b], x_rows[x] - a, x_cols[x], r, p_cols[lo:hi], nbins)
+        for o, st in zip(out, _stats_from_ranks(ranks, r, b - a)):
+            o[a:b] = st
     return out
 
 
@@ -281,8 +267,8 @@ def rank_stats(distmat, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=No
         raise UserError(f"distmat: expected shape [Q, G], got {tuple(d.shape)}")
     if d.dtype not in (torch.float32, torch.float64):
         d = d.to(torch.float32)
-    if bool(torch.isnan(d).any()):
-        raise UserError("distmat contains NaN; check the features")
+    if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
+        raise UserError("distmat contains NaN or inf; use large finite values to push items away")
     nq, ng = d.shape
     qi, gi = _labels(q_ids, "q_ids", nq, d.device), _labels(g_ids, "g_ids", ng, d.device)
     qk, gk = _exclusion_keys(q_cams, g_cams, q_scenes, g_scenes, nq, ng, d.device)
