@@ -1,0 +1,161 @@
+"""Evaluation inside the training loop: features, ranks, and the artifact files of a run.
+
+Plain torch / numpy on top of ``msreid.evaluation``; the batches come from a
+Ray Data iterator but this module does not import Ray.
+
+Artifacts written into the final checkpoint (see docs/TRAINING.md):
+``cmc.csv`` (rank, cmc), ``missing_modality.csv`` (subset, metrics),
+``per_challenge.csv`` (challenge, num_queries, metrics) and ``ranking.json``
+(top-10 gallery rows of a few queries, with match flags).
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from msreid.data.transforms import normalize
+from msreid.errors import UserError
+from msreid.evaluation import RankResult, evaluate_features
+
+METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Per manifest row (global index): pid, camera, scene (-1 = none), challenge tag."""
+
+    pid: np.ndarray
+    camera: np.ndarray
+    scene: np.ndarray
+    challenge: np.ndarray  # object: str or None
+
+    @property
+    def use_scenes(self) -> bool:
+        return bool((self.scene >= 0).any())
+
+
+def spectrum_subsets(spectra: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset of ``spectra`` in canonical order, largest last: r, n, ..., rnt."""
+    return [c for k in range(1, len(spectra) + 1) for c in itertools.combinations(spectra, k)]
+
+
+def subset_name(subset: Sequence[str]) -> str:
+    """("rgb", "tir") -> "rt", the missing-modality settings' usual names."""
+    return "".join(s[0] for s in subset)
+
+
+@torch.no_grad()
+def extract_features(model: torch.nn.Module, batches: Iterable[Mapping[str, torch.Tensor]],
+                     spectra: Sequence[str], subsets: Sequence[tuple[str, ...]],
+                     mean: Sequence[float], std: Sequence[float], device: torch.device,
+                     channels_last: bool = False) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
+    """Embed every batch (``rows [n]``, uint8 ``[n, 3, H, W]`` per spectrum) for each subset.
+
+    Returns (rows [N], {subset name: float32 [N, D] on the CPU}); ``model`` is
+    the unwrapped MultiStreamNet, switched to eval mode here (and left so).
+    """
+    model.eval()
+    rows, feats = [], {subset_name(s): [] for s in subsets}
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    for batch in batches:
+        images = {s: normalize(batch[s].to(device, non_blocking=True), mean, std)
+                  .contiguous(memory_format=fmt) for s in spectra}
+        rows.append(np.asarray(batch["rows"].cpu()))
+        for subset in subsets:
+            f = model.embed(images, spectra=subset, missing="drop")
+            feats[subset_name(subset)].append(f.float().cpu())
+    if not rows:
+        raise UserError("evaluation set is empty: check the manifest's query/gallery splits")
+    return np.concatenate(rows), {k: torch.cat(v) for k, v in feats.items()}
+
+
+def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    order = np.argsort(rows)
+    pos = order[np.searchsorted(rows[order], wanted)]
+    if not np.array_equal(rows[pos], wanted):
+        raise RuntimeError("evaluation batches did not cover every requested row")
+    return pos
+
+
+def rank_features(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray,
+                  gallery: np.ndarray, labels: Labels) -> RankResult:
+    """CMC / mAP / mINP of ``query`` against ``gallery`` (manifest rows) from ``feats [N, D]``."""
+    qp, gp = _positions(rows, query), _positions(rows, gallery)
+    scenes = (labels.scene[query], labels.scene[gallery]) if labels.use_scenes else (None, None)
+    return evaluate_features(feats[qp], feats[gp], labels.pid[query], labels.pid[gallery],
+                             labels.camera[query], labels.camera[gallery], *scenes)
+
+
+def per_challenge(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray,
+                  gallery: np.ndarray, labels: Labels) -> list[dict]:
+    """One row per challenge tag of the queries: that tag's queries against the whole gallery."""
+    tags = labels.challenge[query]
+    out = []
+    for tag in sorted({t for t in tags if t is not None}):
+        q = query[tags == tag]
+        try:
+            res = rank_features(feats, rows, q, gallery, labels)
+        except UserError:  # no query of this tag has a valid match
+            continue
+        out.append({"challenge": tag, "num_queries": int(res.num_valid), **res.as_dict()})
+    return out
+
+
+def ranking_lists(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray, gallery: np.ndarray,
+                  labels: Labels, num_queries: int, top: int = 10) -> list[dict]:
+    """Top-``top`` gallery rows of ``num_queries`` queries spread over the query set.
+
+    Gallery items with the query's id and camera (scene, MSVR310) are left out,
+    as in the evaluation protocol. Distances: squared Euclidean on L2-normalised features.
+    """
+    qp, gp = _positions(rows, query), _positions(rows, gallery)
+    pick = np.unique(np.linspace(0, len(query) - 1, num=min(num_queries, len(query))).astype(int))
+    g = torch.nn.functional.normalize(feats[gp], dim=1)
+    out = []
+    for i in pick:
+        q = torch.nn.functional.normalize(feats[qp[i]][None], dim=1)
+        d = ((g - q) ** 2).sum(1).numpy()
+        key = labels.scene if labels.use_scenes else labels.camera
+        junk = (labels.pid[gallery] == labels.pid[query[i]]) & (key[gallery] == key[query[i]])
+        d[junk] = np.inf
+        order = np.argsort(d, kind="stable")[:top]
+        order = order[np.isfinite(d[order])]
+        out.append({"query_row": int(query[i]), "query_pid": int(labels.pid[query[i]]),
+                    "gallery_rows": [int(gallery[j]) for j in order],
+                    "gallery_pids": [int(labels.pid[gallery[j]]) for j in order],
+                    "match": [bool(labels.pid[gallery[j]] == labels.pid[query[i]]) for j in order],
+                    "distance": [float(d[j]) for j in order]})
+    return out
+
+
+def _write_csv(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def write_artifacts(directory: str | Path, test: RankResult,
+                    subsets: Mapping[str, RankResult] | None,
+                    challenges: list[dict] | None, ranking: list[dict]) -> list[str]:
+    """Write the artifact files into ``directory``; returns the names written."""
+    d = Path(directory)
+    written = ["cmc.csv", "ranking.json"]
+    _write_csv(d / "cmc.csv", [{"rank": k + 1, "cmc": float(c)} for k, c in enumerate(test.cmc)])
+    (d / "ranking.json").write_text(json.dumps(ranking, indent=1) + "\n")
+    if subsets:
+        _write_csv(d / "missing_modality.csv",
+                   [{"subset": name, **r.as_dict()} for name, r in subsets.items()])
+        written.append("missing_modality.csv")
+    if challenges:
+        _write_csv(d / "per_challenge.csv", challenges)
+        written.append("per_challenge.csv")
+    return written

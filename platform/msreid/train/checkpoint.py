@@ -1,0 +1,123 @@
+"""Checkpoints: written atomically, read back without unpickling arbitrary code.
+
+A checkpoint directory holds
+
+- ``model.pt``: the model's state dict at the end of the checkpoint's epoch;
+- ``best_model.pt``: the state dict of the best epoch by validation mAP so far
+  (the last epoch's when validation is off);
+- ``train_state.pt``: optimiser, scheduler, grad scaler, epoch, RNG states
+  (torch, numpy, python: stored as tensors / lists) and the best metric;
+- ``config.json`` (flat ``config_to_dict``), ``meta.json`` (epoch, spectra,
+  num_classes, image size, best epoch), ``history.json`` (per-epoch metrics);
+- in the final checkpoint also ``final_metrics.json`` and the artifacts
+  ``cmc.csv``, ``missing_modality.csv``, ``per_challenge.csv``, ``ranking.json``.
+
+Every ``.pt`` file loads with ``torch.load(..., weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+MODEL_FILE = "model.pt"
+BEST_MODEL_FILE = "best_model.pt"
+STATE_FILE = "train_state.pt"
+CONFIG_FILE = "config.json"
+META_FILE = "meta.json"
+HISTORY_FILE = "history.json"
+FINAL_METRICS_FILE = "final_metrics.json"
+
+
+def rng_state() -> dict[str, Any]:
+    """torch, numpy and python RNG states in weights_only-loadable form."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    version, state, gauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {"name": name, "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": int(version), "state": list(state), "gauss": gauss},
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of ``rng_state``."""
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"],
+                         n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+
+
+def write_checkpoint(directory: str | Path, files: dict[str, Any],
+                     extra: Callable[[Path], Any] | None = None) -> Path:
+    """Write ``{file name: tensors-dict | json-able}`` into ``directory`` atomically.
+
+    Files go to a temporary sibling first, which is renamed to ``directory``
+    at the end: a crash leaves either no directory or a complete one.
+    ``.pt`` names are saved with ``torch.save``, others as JSON; ``extra(tmp)``
+    may add more files before the rename.
+    """
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        for name, value in files.items():
+            if name.endswith(".pt"):
+                torch.save(value, tmp / name)
+            elif isinstance(value, (str, bytes)):
+                (tmp / name).write_bytes(value.encode() if isinstance(value, str) else value)
+            else:
+                (tmp / name).write_text(json.dumps(value, indent=1, default=float) + "\n")
+        if extra is not None:
+            extra(tmp)
+        if directory.exists():
+            shutil.rmtree(directory)
+        os.rename(tmp, directory)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return directory
+
+
+def load_pt(directory: str | Path, name: str) -> Any:
+    """``torch.load(directory / name, weights_only=True)`` on the CPU."""
+    return torch.load(Path(directory) / name, map_location="cpu", weights_only=True)
+
+
+def load_json(directory: str | Path, name: str, default: Any = None) -> Any:
+    path = Path(directory) / name
+    return json.loads(path.read_text()) if path.exists() else default
+
+
+def load_model(checkpoint_dir: str | Path, which: str = "best"):
+    """``(MultiStreamNet in eval mode, TrainConfig)`` from a checkpoint directory.
+
+    which: "best" (selected by validation mAP; the model the test metrics
+    are reported for) or "last" (the last epoch's). Builds the network with
+    random backbone weights (no download), then loads the stored state dict.
+    """
+    from msreid.config import config_from_dict
+    from msreid.models import build_model
+
+    if which not in ("best", "last"):
+        raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    cfg = config_from_dict(load_json(checkpoint_dir, CONFIG_FILE))
+    meta = load_json(checkpoint_dir, META_FILE)
+    model = build_model(cfg.model.backbone, meta["spectra"], meta["num_classes"],
+                        pretrained=False, last_stride_1=cfg.model.last_stride_1,
+                        neck=cfg.model.neck, embedding=cfg.model.embedding,
+                        embed_at=cfg.model.embed_at, input_size=tuple(meta["image_size"]))
+    name = BEST_MODEL_FILE if which == "best" else MODEL_FILE
+    model.load_state_dict(load_pt(checkpoint_dir, name))
+    return model.eval(), cfg

@@ -1,0 +1,211 @@
+"""Ray Data input pipeline: Parquet manifest -> decoded, augmented batches per spectrum.
+
+1. ``load_manifest``: Ray Data reads the manifest's part files (local path or
+   any pyarrow URI) into Arrow blocks in the object store; a tiny task per
+   block returns its split / pid / camera / scene / challenge columns, so the
+   driver can plan batches without ever holding the JPEG bytes.
+2. Plans (``msreid.train.sampling``): every batch of every epoch as manifest
+   row indices, computed from (seed, epoch) only. Ray Data has no
+   identity-balanced sampler; a dataset whose rows are whole batches gives
+   P x K (and uniform) batching with one code path.
+3. ``train_dataset``: one row per batch, ``map_batches`` tasks fetch the
+   batch's rows from the Arrow blocks, decode the JPEGs, cut the spectra,
+   resize and augment (one draw per tuple, ``msreid.data.transforms``), and
+   emit ``uint8 [B, 3, H, W]`` per spectrum. The trainer splits it across
+   workers (``DataConfig(datasets_to_split=["train"])``); each worker reads
+   its shard with ``iter_torch_batches(batch_size=1)``.
+4. ``eval_dataset``: one row per tuple (no augmentation), for features.
+
+Images stay uint8 through the object store (4x less than float32); the
+training worker normalises them on its device (``transforms.normalize``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import ray
+
+from msreid.data.decode import decode_row
+from msreid.data.schema import manifest_files, resolve_filesystem
+from msreid.data.transforms import AugmentParams, augment, stack_tuples
+
+META_COLUMNS = ["split", "pid", "camera", "scene", "challenge"]
+DECODE_COLUMNS = ["blobs"] + [f"{s}_{k}" for s in ("rgb", "nir", "tir") for k in ("src", "box")]
+
+
+@dataclass(frozen=True)
+class ManifestIndex:
+    """Where the manifest's rows live: Arrow blocks in Ray's object store.
+
+    Global row r is row ``r - offsets[b]`` of block b, with
+    ``offsets[b] <= r < offsets[b + 1]``. Small and picklable: it travels to
+    every decode task and training worker by value (the refs, not the data).
+    """
+
+    refs: tuple[Any, ...]  # ObjectRef[pa.Table]
+    offsets: np.ndarray  # [n_blocks + 1] int64
+
+
+@dataclass(frozen=True)
+class RowMeta:
+    """Per-row labels of the whole manifest, ``[n_rows]`` each."""
+
+    split: np.ndarray  # str
+    pid: np.ndarray  # int64
+    camera: np.ndarray  # int64
+    scene: np.ndarray  # int64, -1 where null
+    challenge: np.ndarray  # object: str or None
+
+    @property
+    def has_scenes(self) -> bool:
+        return bool((self.scene >= 0).any())
+
+    @property
+    def has_challenges(self) -> bool:
+        return any(c is not None for c in self.challenge)
+
+
+@dataclass(frozen=True)
+class DecodeSpec:
+    """What a decode task needs besides the rows: spectra, size, augmentation, seed."""
+
+    index: ManifestIndex
+    spectra: tuple[str, ...]
+    size: tuple[int, int]  # (H, W)
+    augment: AugmentParams | None  # None = no augmentation (evaluation)
+    seed: int = 0
+
+
+@ray.remote(num_cpus=0.25)
+def _block_meta(table: pa.Table) -> dict[str, np.ndarray]:
+    """The label columns of one block as numpy (no blobs leave the object store)."""
+    scene = table.column("scene").fill_null(-1).to_numpy()
+    return {
+        "split": np.asarray(table.column("split").to_pylist(), dtype=object).astype(str),
+        "pid": table.column("pid").to_numpy().astype(np.int64),
+        "camera": table.column("camera").to_numpy().astype(np.int64),
+        "scene": np.asarray(scene, dtype=np.int64),
+        "challenge": np.asarray(table.column("challenge").to_pylist(), dtype=object),
+    }
+
+
+def load_manifest(manifest: str) -> tuple[ManifestIndex, RowMeta]:
+    """Read every part file of ``manifest`` with Ray Data into the object store.
+
+    Returns the block index and the label columns of all rows (train, query,
+    gallery), ordered as the blocks. Call ``msreid.data.schema.manifest_info``
+    first: it validates the schema with a clear error.
+    """
+    fs, path = resolve_filesystem(manifest)
+    files = manifest_files(path, filesystem=fs)
+    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(META_COLUMNS + DECODE_COLUMNS)
+    _quiet_ordered(ds)  # blocks in file order: global row r = row r of read_manifest()
+    refs = ds.to_arrow_refs()
+    metas = ray.get([_block_meta.remote(r) for r in refs])
+    counts = [len(m["pid"]) for m in metas]
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    meta = RowMeta(**{k: np.concatenate([m[k] for m in metas]) if metas else np.zeros(0)
+                      for k in ("split", "pid", "camera", "scene", "challenge")})
+    keep = [r for r, c in zip(refs, counts) if c > 0]
+    keep_offsets = np.concatenate([[0], np.cumsum([c for c in counts if c > 0])]).astype(np.int64)
+    return ManifestIndex(refs=tuple(keep), offsets=keep_offsets), meta
+
+
+def take_rows(index: ManifestIndex, rows: np.ndarray) -> list[dict]:
+    """Manifest rows (python dicts with blobs and boxes) for global indices ``rows``, in order."""
+    block = np.searchsorted(index.offsets, rows, side="right") - 1
+    out: list[dict | None] = [None] * len(rows)
+    for b in np.unique(block):
+        sel = np.flatnonzero(block == b)
+        table = ray.get(index.refs[int(b)])  # zero-copy from the local object store
+        local = pa.array(np.asarray(rows)[sel] - index.offsets[b])
+        for i, row in zip(sel, table.take(local).select(DECODE_COLUMNS).to_pylist()):
+            out[i] = row
+    return out  # type: ignore[return-value]
+
+
+def decode_tuples(spec: DecodeSpec, rows: np.ndarray,
+                  rng: np.random.Generator | None = None) -> np.ndarray:
+    """Rows -> uint8 ``[N, S, 3, H, W]``, augmented with ``rng`` when spec.augment is set."""
+    decoded = [decode_row(r, spec.spectra) for r in take_rows(spec.index, rows)]
+    x = stack_tuples(decoded, spec.spectra, spec.size)
+    if spec.augment is not None:
+        x = augment(x, rng, spec.augment)
+    return x
+
+
+def _decode_plan_rows(batch: dict[str, np.ndarray], spec: DecodeSpec,
+                      refs: tuple[Any, ...]) -> dict[str, np.ndarray]:
+    """map_batches UDF: plan row ids ``batch["id"] [n]`` -> n whole training batches.
+
+    Output: "epoch", "step" [n]; "rows", "labels" [n, B]; one uint8 [n, B, 3, H, W]
+    column per spectrum. Augmentation is seeded by (seed, epoch, step) alone, so
+    it does not depend on which task or worker decodes the batch.
+    """
+    plan, labels, epochs, steps = ray.get(list(refs))  # nested refs: not auto-resolved
+    ids = np.asarray(batch["id"], dtype=np.int64)
+    out: dict[str, list] = {k: [] for k in ("epoch", "step", "rows", "labels", *spec.spectra)}
+    for i in ids:
+        e, s = int(epochs[i]), int(steps[i])
+        rng = np.random.default_rng([spec.seed, e, 1, s])
+        x = decode_tuples(spec, plan[i], rng)
+        for j, name in enumerate(spec.spectra):
+            out[name].append(x[:, j])
+        out["epoch"].append(e)
+        out["step"].append(s)
+        out["rows"].append(plan[i])
+        out["labels"].append(labels[i])
+    return {k: np.stack(v) if k not in ("epoch", "step") else np.asarray(v, dtype=np.int64)
+            for k, v in out.items()}
+
+
+def _decode_eval_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
+    """map_batches UDF: ``batch["rows"] [n]`` -> "rows" [n] and uint8 [n, 3, H, W] per spectrum."""
+    rows = np.asarray(batch["rows"], dtype=np.int64)
+    x = decode_tuples(spec, rows)
+    return {"rows": rows, **{name: x[:, j] for j, name in enumerate(spec.spectra)}}
+
+
+def _quiet_ordered(ds: ray.data.Dataset) -> None:
+    """Rows out in input order (reproducible); no progress bars in the training logs."""
+    ds.context.execution_options.preserve_order = True
+    ds.context.enable_progress_bars = False
+
+
+def _concurrency(num_decode_workers: int) -> int | None:
+    return num_decode_workers if num_decode_workers > 0 else None
+
+
+def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
+                  epochs: np.ndarray, steps: np.ndarray, *,
+                  num_decode_workers: int = 0) -> ray.data.Dataset:
+    """A dataset with one row per training batch (``plan[i]``: manifest rows ``[B]``).
+
+    Rows come out in plan order (preserve_order), so a single worker sees the
+    same sequence every time; with several workers the trainer's streaming
+    split hands each its share of whole batches.
+    """
+    n = int(plan.shape[0])
+    refs = [ray.put(np.ascontiguousarray(a)) for a in (plan, labels, epochs, steps)]
+    ds = ray.data.range(n, override_num_blocks=max(1, min(n, 20_000)))
+    _quiet_ordered(ds)
+    return ds.map_batches(
+        _decode_plan_rows, batch_size=1, batch_format="numpy",
+        fn_kwargs={"spec": spec, "refs": tuple(refs)},
+        concurrency=_concurrency(num_decode_workers))
+
+
+def eval_dataset(spec: DecodeSpec, rows: np.ndarray, *, batch_size: int = 64,
+                 num_decode_workers: int = 0) -> ray.data.Dataset:
+    """A dataset with one row per tuple of ``rows`` (no augmentation), in order."""
+    rows = np.asarray(rows, dtype=np.int64)
+    blocks = max(1, min(int(np.ceil(len(rows) / batch_size)), 2_000))
+    ds = ray.data.from_items([{"rows": int(r)} for r in rows], override_num_blocks=blocks)
+    _quiet_ordered(ds)
+    return ds.map_batches(_decode_eval_rows, batch_size=batch_size, batch_format="numpy",
+                          fn_kwargs={"spec": spec},
+                          concurrency=_concurrency(num_decode_workers))
