@@ -1,0 +1,93 @@
+"""Pretrained weights: local .safetensors / .pth files, and the error when timm's hub fails."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+
+from msreid.errors import UserError
+from msreid.models import build_model, load_backbone_file
+
+
+def reference_state(name: str = "test_resnet", **kwargs) -> dict[str, torch.Tensor]:
+    """State dict of a fresh timm model *with* its classifier head (like a hub checkpoint)."""
+    torch.manual_seed(123)
+    return {k: v.contiguous() for k, v in timm.create_model(name, **kwargs).state_dict().items()}
+
+
+def assert_backbones_equal(model, state: dict[str, torch.Tensor]) -> None:
+    for s in model.spectra:
+        own = model.streams[s].backbone.state_dict()
+        assert own.keys() <= state.keys()
+        for k, v in own.items():
+            assert torch.equal(v, state[k]), (s, k)
+
+
+def test_safetensors_file_loads_into_every_stream(tmp_path):
+    state = reference_state()
+    path = tmp_path / "w.safetensors"
+    save_file(state, str(path))
+    model = build_model("test_resnet", ["rgb", "nir"], num_classes=5, pretrained_file=str(path))
+    assert_backbones_equal(model, state)
+    # the classifier stays the msreid one: random, bias-free, C = 5
+    assert model.streams["rgb"].classifier.weight.shape == (5, model.feature_dim)
+
+
+def test_pth_file_with_wrapper_and_report(tmp_path):
+    state = reference_state()
+    path = tmp_path / "w.pth"
+    torch.save({"state_dict": {"module." + k: v for k, v in state.items()}}, path)
+    model = build_model("test_resnet", ["rgb"], num_classes=5, pretrained_file=str(path))
+    assert_backbones_equal(model, state)
+    backbone = timm.create_model("test_resnet", num_classes=0)
+    report = load_backbone_file(backbone, path)
+    assert set(report.ignored_head) == {"fc.weight", "fc.bias"}  # timm's head: ignored, reported
+    assert report.ignored_other == ()
+    assert report.loaded == len(backbone.state_dict())
+
+
+def test_vit_file_of_another_grid_is_resampled(tmp_path):
+    # weights saved at timm's default 160 x 160 (10 x 10 patches) load into a 64 x 128 model
+    state = reference_state("test_vit")
+    path = tmp_path / "vit.safetensors"
+    save_file(state, str(path))
+    model = build_model("test_vit", ["rgb"], num_classes=3, pretrained_file=str(path))
+    own = model.streams["rgb"].backbone.state_dict()
+    assert own["pos_embed"].shape == (1, 1 + 4 * 8, 64)
+    assert torch.equal(own["blocks.0.attn.qkv.weight"], state["blocks.0.attn.qkv.weight"])
+
+
+def test_missing_file_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        build_model("test_resnet", ["rgb"], num_classes=3,
+                    pretrained_file=str(tmp_path / "nope.safetensors"))
+
+
+def test_file_of_another_architecture_is_a_user_error(tmp_path):
+    path = tmp_path / "eff.safetensors"
+    save_file(reference_state("test_efficientnet"), str(path))
+    with pytest.raises(UserError, match="lacks"):
+        build_model("test_resnet", ["rgb"], num_classes=3, pretrained_file=str(path))
+
+
+def test_pickled_object_is_refused(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": object()}, path)
+    with pytest.raises(UserError, match="plain tensors"):
+        build_model("test_resnet", ["rgb"], num_classes=3, pretrained_file=str(path))
+
+
+def test_hub_failure_names_both_options(monkeypatch):
+    real = timm.create_model
+
+    def offline(name, pretrained=False, **kwargs):
+        if pretrained:
+            raise OSError("no internet")
+        return real(name, pretrained=False, **kwargs)
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(UserError) as err:
+        build_model("test_resnet", ["rgb"], num_classes=3, pretrained=True)
+    assert "pretrained_file" in str(err.value) and "pretrained=false" in str(err.value)
