@@ -186,3 +186,7 @@ def test_bad_input_raises_user_error():
         evaluate_features(np.ones((3, 4)), np.ones((6, 4)), Q_IDS, G_IDS, Q_CAMS, G_CAMS, metric="manhattan")
     with pytest.raises(UserError, match="NaN"):
         evaluate_features(np.full((3, 4), np.nan), np.ones((6, 4)), Q_IDS, G_IDS, Q_CAMS, G_CAMS)
+    with pytest.raises(UserError, match="NaN or inf"):
+        evaluate_rank(np.full((3, 6), np.inf), Q_IDS, G_IDS, Q_CAMS, G_CAMS)
+    with pytest.raises(UserError, match="non-empty query and gallery"):
+        evaluate_rank(np.zeros((3, 0)), Q_IDS, [], Q_CAMS, [])

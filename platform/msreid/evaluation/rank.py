@@ -84,6 +84,12 @@ def summarize(stats: QueryStats, max_rank: int = 50, mask: np.ndarray | None = N
                       n, int(len(first) - n))
 
 
+def _check_sizes(nq: int, ng: int) -> None:
+    if nq == 0 or ng == 0:
+        raise UserError(f"evaluation needs a non-empty query and gallery, got {nq} queries and "
+                        f"{ng} gallery items")
+
+
 def _labels(x, name: str, n: int, device: torch.device) -> torch.Tensor:
     """Array-like of ``n`` integer labels -> int64 tensor on ``device``."""
     a = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)
@@ -114,7 +120,6 @@ class _Gallery:
         self.counts = counts
         self.starts = torch.cumsum(counts, 0) - counts
         self.keys = g_keys
-        self.size = int(g_ids.numel())
 
     def same_id(self, q_ids: torch.Tensor, q_keys: torch.Tensor):
         """Rows ``[S]``, gallery columns ``[S]`` and ``is_positive [S]`` of all same-id pairs.
@@ -158,7 +163,10 @@ def _bin_index(d: torch.Tensor, p_rows: torch.Tensor, p_cols: torch.Tensor, nbin
     # A row with one positive (hi == lo) still needs a finite, positive scale.
     width = torch.maximum(hi - lo, torch.clamp(torch.maximum(hi.abs(), lo.abs()) * 1e-3, min=1e-12))
     scale = (nbins - 1) / width
-    x = torch.addcmul((1.0 - lo * scale)[:, None], d, scale[:, None])  # 1 + (d - lo) * scale
+    # 1 + (d - lo) * scale as two separately rounded IEEE ops (no fused multiply-add),
+    # so the bin is the same function of the distance in every SIMD lane: monotone.
+    x = d * scale[:, None]
+    x += (1.0 - lo * scale)[:, None]
     return x.clamp_(0, nbins + 1).to(torch.int32)
 
 
@@ -270,6 +278,7 @@ def rank_stats(distmat, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=No
     if not bool(torch.isfinite(d.sum())) and not bool(torch.isfinite(d).all()):
         raise UserError("distmat contains NaN or inf; use large finite values to push items away")
     nq, ng = d.shape
+    _check_sizes(nq, ng)
     qi, gi = _labels(q_ids, "q_ids", nq, d.device), _labels(g_ids, "g_ids", ng, d.device)
     qk, gk = _exclusion_keys(q_cams, g_cams, q_scenes, g_scenes, nq, ng, d.device)
     cs = chunk_size or _default_chunk(ng)
@@ -304,6 +313,7 @@ def feature_stats(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g
         dist = re_ranking(q, g, k1=k1, k2=k2, lambda_value=lambda_value, metric=metric)
         return rank_stats(dist, q_ids, g_ids, q_cams, g_cams, q_scenes, g_scenes, chunk_size=chunk_size)
     nq, ng = len(q), len(g)
+    _check_sizes(nq, ng)
     qi, gi = _labels(q_ids, "q_ids", nq, q.device), _labels(g_ids, "g_ids", ng, q.device)
     qk, gk = _exclusion_keys(q_cams, g_cams, q_scenes, g_scenes, nq, ng, q.device)
     chunks = iter_distance_chunks(q, g, metric, chunk_size or _default_chunk(ng))
