@@ -304,18 +304,19 @@ def _inverse_homography(view: CameraView, rng: np.random.Generator,
 def _vehicle_coords(height: int, width: int, inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Vehicle coordinates (u, v) of every pixel centre, each ``[H, W]``."""
     half = height / 2.0
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    # float32 halves the cost of every per-pixel op; precision is ample at these sizes.
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     x = (x + 0.5 - width / 2.0) / half
     y = (y + 0.5 - half) / half
     w = inv[2, 0] * x + inv[2, 1] * y + inv[2, 2]
     u = (inv[0, 0] * x + inv[0, 1] * y + inv[0, 2]) / w
     v = (inv[1, 0] * x + inv[1, 1] * y + inv[1, 2]) / w
-    return u, v
+    return u.astype(np.float32), v.astype(np.float32)
 
 
 def _soft(sd: np.ndarray, edge: float) -> np.ndarray:
     """Soft inside-mask from a signed distance (negative inside)."""
-    return 1.0 / (1.0 + np.exp(np.clip(sd / edge, -30, 30)))
+    return 1.0 / (1.0 + np.exp(np.clip(sd * np.float32(1.0 / edge), -30, 30)))
 
 
 def _box_sd(u: np.ndarray, v: np.ndarray, cu: float, cv: float, hu: float, hv: float,
@@ -327,8 +328,8 @@ def _box_sd(u: np.ndarray, v: np.ndarray, cu: float, cv: float, hu: float, hv: f
     return outside + np.minimum(np.maximum(qx, qy), 0) - r
 
 
-def shape_masks(u: np.ndarray, v: np.ndarray, shape: Shape, edge: float) -> dict[str, np.ndarray]:
-    """Soft masks ``[H, W]`` in [0, 1]: body, cabin, glass, wheels, vehicle (union)."""
+def shape_distances(u: np.ndarray, v: np.ndarray, shape: Shape) -> dict[str, np.ndarray]:
+    """Signed distances ``[H, W]`` (negative inside) to the shell (body + cabin), glass, wheels."""
     L = shape.half_length
     body_sd = _box_sd(u, v, 0.0, (shape.body_top + BODY_BOTTOM) / 2, L,
                       (BODY_BOTTOM - shape.body_top) / 2, 0.12)
@@ -339,20 +340,30 @@ def shape_masks(u: np.ndarray, v: np.ndarray, shape: Shape, edge: float) -> dict
         sd_x = np.abs(u - shape.cabin_center * L) - half
         cabin_sd = np.maximum(sd_x, np.maximum(shape.roof - v, v - shape.body_top - 0.05))
         glass_sd = np.maximum(sd_x + 0.12, np.maximum(shape.roof + 0.08 - v, v - shape.body_top + 0.04))
+        shell_sd = np.minimum(body_sd, cabin_sd)
     else:  # van: one box with a window band
-        cabin_sd = np.full_like(u, 1.0)
         glass_sd = _box_sd(u, v, 0.1 * L, shape.body_top + 0.22, 0.8 * L, 0.13, 0.03)
+        shell_sd = body_sd
     wx, r = shape.wheel_u * L, shape.wheel_radius
     wheel_sd = np.minimum(np.hypot(u - wx, v - BODY_BOTTOM), np.hypot(u + wx, v - BODY_BOTTOM)) - r
-    body, cabin = _soft(body_sd, edge), _soft(cabin_sd, edge)
-    wheels = _soft(wheel_sd, edge)
-    shell = np.maximum(body, cabin)
-    return {"shell": shell, "glass": _soft(glass_sd, edge) * shell, "wheels": wheels,
-            "vehicle": np.maximum(shell, wheels)}
+    return {"shell": shell_sd, "glass": glass_sd, "wheels": wheel_sd}
+
+
+def shape_masks(dist: dict[str, np.ndarray], edge: float) -> dict[str, np.ndarray]:
+    """Soft masks ``[H, W]`` in [0, 1] from :func:`shape_distances`: shell, glass, wheels, vehicle."""
+    shell, wheels = _soft(dist["shell"], edge), _soft(dist["wheels"], edge)
+    # soft() is decreasing, so the union max(soft(a), soft(b)) is soft(min(a, b))
+    vehicle = _soft(np.minimum(dist["shell"], dist["wheels"]), edge)
+    return {"shell": shell, "glass": _soft(dist["glass"], edge) * shell, "wheels": wheels,
+            "vehicle": vehicle}
 
 
 def marking_field(u: np.ndarray, v: np.ndarray, shape: Shape, marking: int) -> np.ndarray:
-    """Marking pattern ``[H, W]`` in [-1, 1] (0 = plain paint); coarse on purpose."""
+    """Marking pattern ``[H, W]`` float32 in [-1, 1] (0 = plain paint); coarse on purpose."""
+    return _marking(u, v, shape, marking).astype(np.float32, copy=False)
+
+
+def _marking(u: np.ndarray, v: np.ndarray, shape: Shape, marking: int) -> np.ndarray:
     L = shape.half_length
     un = u / L
     vb = (v - shape.body_top) / (BODY_BOTTOM - shape.body_top)  # 0 top .. 1 bottom of body
@@ -394,15 +405,16 @@ def _heat_spots(shape: Shape, heat: int) -> list[tuple[float, float, float, floa
 
 def _gradient(height: int, width: int, top: np.ndarray, bottom: np.ndarray) -> np.ndarray:
     """Vertical background gradient ``[H, W, C]`` from ``top`` to ``bottom`` (each ``[C]``)."""
-    t = np.linspace(0.0, 1.0, height)[:, None, None]
-    img = (1 - t) * np.asarray(top)[None, None, :] + t * np.asarray(bottom)[None, None, :]
+    t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]
+    top, bottom = np.asarray(top, np.float32), np.asarray(bottom, np.float32)
+    img = (1 - t) * top[None, None, :] + t * bottom[None, None, :]
     return np.broadcast_to(img, (height, width, img.shape[2])).copy()
 
 
 def _layer(img: np.ndarray, mask: np.ndarray, value: np.ndarray | float) -> np.ndarray:
     """Alpha-composite ``value`` over ``img`` ``[H, W, C]`` with ``mask`` ``[H, W]``."""
     m = mask[..., None]
-    return img * (1 - m) + np.asarray(value) * m
+    return img * (1 - m) + np.asarray(value, np.float32) * m
 
 
 def render_rgb(u, v, masks, identity: Identity, view: CameraView, rng) -> np.ndarray:
@@ -410,15 +422,15 @@ def render_rgb(u, v, masks, identity: Identity, view: CameraView, rng) -> np.nda
     shape = SHAPES[identity.shape]
     h, w = u.shape
     img = _gradient(h, w, np.array(view.bg_rgb[0]), np.array(view.bg_rgb[1]))
-    img += rng.uniform(-0.08, 0.08, size=3)  # per-tuple background change
-    paint = np.array(list(PAINTS.values())[identity.paint])
+    img += rng.uniform(-0.08, 0.08, size=3).astype(np.float32)  # per-tuple background change
+    paint = np.array(list(PAINTS.values())[identity.paint], np.float32)
     shade = 1.1 - 0.3 * np.clip((v - shape.roof) / (BODY_BOTTOM - shape.roof), 0, 1)
     mark = marking_field(u, v, shape, identity.marking)
     body = paint[None, None, :] * (shade * (1 + 0.06 * mark))[..., None]
     img = img * (1 - masks["shell"][..., None]) + body * masks["shell"][..., None]
     img = _layer(img, masks["glass"], np.array([0.14, 0.17, 0.22]))
     img = _layer(img, masks["wheels"], np.array([0.07, 0.07, 0.08]))
-    return img * rng.uniform(0.9, 1.1) * rng.uniform(0.95, 1.05, size=3)
+    return img * (rng.uniform(0.9, 1.1) * rng.uniform(0.95, 1.05, size=3)).astype(np.float32)
 
 
 def render_nir(u, v, masks, identity: Identity, view: CameraView, rng) -> np.ndarray:
@@ -456,7 +468,7 @@ def render_tir(u, v, masks, identity: Identity, view: CameraView, rng) -> np.nda
 
 def _glare_blob(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """Large Gaussian light blob ``[H, W]`` in [0, 1] at a random place."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     cx, cy = rng.uniform(0, w), rng.uniform(0, h * 0.6)
     sigma = rng.uniform(0.25, 0.45) * w
     return np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * sigma ** 2))
@@ -464,7 +476,7 @@ def _glare_blob(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 def _shadow_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """Soft half-plane ``[H, W]`` (1 = in shadow) through a random point."""
-    y, x = np.mgrid[0:h, 0:w].astype(np.float64)
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     cx, cy = rng.uniform(0.3, 0.7) * w, rng.uniform(0.3, 0.7) * h
     d = (x - cx) * np.cos(angle) + (y - cy) * np.sin(angle)
@@ -473,7 +485,7 @@ def _shadow_mask(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 
 def _occluder(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
     """Hard mask ``[H, W]`` of an occluder: a pole or another vehicle from one side."""
-    mask = np.zeros((h, w))
+    mask = np.zeros((h, w), np.float32)
     if rng.random() < 0.5:  # pole
         x0 = int(rng.uniform(0.2, 0.7) * w)
         mask[:, x0: x0 + max(2, int(rng.uniform(0.10, 0.18) * w))] = 1.0
@@ -494,7 +506,7 @@ def apply_challenge(pieces: dict[str, np.ndarray], challenge: str,
     h, w = rgb.shape[:2]
     noise = {"rgb": 0.0, "nir": 0.0, "tir": 0.0}
     if challenge == "low_illumination":
-        rgb *= rng.uniform(0.18, 0.32) * np.array([0.85, 0.95, 1.25])
+        rgb *= (rng.uniform(0.18, 0.32) * np.array([0.85, 0.95, 1.25])).astype(np.float32)
         nir *= rng.uniform(0.8, 0.9)
         noise.update(rgb=0.035, nir=0.01)
     elif challenge == "black_night":
@@ -505,7 +517,7 @@ def apply_challenge(pieces: dict[str, np.ndarray], challenge: str,
     elif challenge == "glare":
         blob = _glare_blob(h, w, rng)
         a = np.clip(rng.uniform(0.35, 0.55) + 0.6 * blob, 0, 1)[..., None]
-        rgb[:] = rgb * (1 - a) + a * np.array([1.0, 0.97, 0.9])
+        rgb[:] = rgb * (1 - a) + a * np.array([1.0, 0.97, 0.9], np.float32)
         nir[:] = nir * (1 - 0.25 * blob[..., None]) + 0.25 * blob[..., None]
     elif challenge == "shadow":
         m = _shadow_mask(h, w, rng)[..., None]
@@ -513,7 +525,7 @@ def apply_challenge(pieces: dict[str, np.ndarray], challenge: str,
         nir *= 1 - rng.uniform(0.15, 0.3) * m
     elif challenge == "occlusion":
         m = _occluder(h, w, rng)[..., None]
-        values = {"rgb": rng.uniform(0.1, 0.7, 3), "nir": rng.uniform(0.2, 0.6),
+        values = {"rgb": rng.uniform(0.1, 0.7, 3).astype(np.float32), "nir": rng.uniform(0.2, 0.6),
                   "tir": rng.uniform(0.18, 0.3)}
         for name, img in pieces.items():
             img[:] = img * (1 - m) + values[name] * m
@@ -533,13 +545,13 @@ def render_tuple(identity: Identity, plan: TuplePlan, spectra: tuple[str, ...],
     inv = _inverse_homography(view, rngs[0], plan.challenge)
     u, v = _vehicle_coords(height, width, inv)
     edge = 1.5 / height  # about 0.75 pixel in vehicle units at scale 1
-    shape = SHAPES[identity.shape]
-    masks = shape_masks(u, v, shape, edge)
+    dist = shape_distances(u, v, SHAPES[identity.shape])
+    masks = shape_masks(dist, edge)
     renderers = {"rgb": render_rgb, "nir": render_nir, "tir": render_tir}
     pieces = {}
     for k, name in enumerate(spectra):
         # TIR is blurry: softer silhouette edges, no texture.
-        m = shape_masks(u, v, shape, 4 * edge) if name == "tir" else masks
+        m = shape_masks(dist, 4 * edge) if name == "tir" else masks
         pieces[name] = renderers[name](u, v, m, identity, view, rngs[1 + k])
     extra = apply_challenge(pieces, plan.challenge, rngs[4])
     base = {"rgb": 0.02, "nir": 0.02, "tir": 0.012}
@@ -547,7 +559,7 @@ def render_tuple(identity: Identity, plan: TuplePlan, spectra: tuple[str, ...],
     for name in spectra:
         img = pieces[name]
         sigma = base[name] + extra[name]
-        img = img + rngs[5].normal(0.0, sigma, size=img.shape)
+        img = img + sigma * rngs[5].standard_normal(img.shape, dtype=np.float32)
         img = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
         out[name] = img if img.shape[2] == 3 else np.repeat(img, 3, axis=2)
     return out
