@@ -105,12 +105,13 @@ def test_same_seed_same_metrics(ray_session, manifest, tmp_path):
 
     cfg = _cfg(manifest, "data.batch_mode=pk", "data.P=2", "data.K=4", "loss.triplet=true",
                "optim.epochs=1")
-    a = fit(cfg, storage_path=str(tmp_path), name="a").metrics
-    b = fit(cfg, storage_path=str(tmp_path), name="b").metrics
-    assert a == b
-    c = fit(_cfg(manifest, "data.batch_mode=pk", "data.P=2", "data.K=4", "loss.triplet=true",
-                 "optim.epochs=1", "run.seed=1"), storage_path=str(tmp_path), name="c").metrics
-    assert c != a
+    a = fit(cfg, storage_path=str(tmp_path), name="a")
+    b = fit(cfg, storage_path=str(tmp_path), name="b")
+    timeless = [[{k: v for k, v in h.items() if k != "tuples_per_s"} for h in run.history]
+                for run in (a, b)]
+    assert a.metrics == b.metrics and timeless[0] == timeless[1]
+    assert a.history[0]["train/triplet"] > 0  # a real run, not constants
+    # (that another seed gives other batches is checked in test_train_sampling.py)
 
 
 @pytest.mark.ray
@@ -131,14 +132,14 @@ def test_two_worker_ddp_pk_run(ray_session, manifest, tmp_path):
 def test_killed_worker_resumes_to_the_same_metrics(ray_session, manifest, tmp_path, monkeypatch):
     from msreid.train.run import fit
 
-    cfg = _cfg(manifest, "run.num_workers=1", "run.cpus_per_worker=0.5", "optim.epochs=3",
-               "run.eval_every=2", "run.checkpoint_every=1")
+    cfg = _cfg(manifest, "run.num_workers=1", "run.cpus_per_worker=0.5",
+               "run.checkpoint_every=1")
     clean = fit(cfg, storage_path=str(tmp_path), name="clean")
     marker = tmp_path / "killed"
-    monkeypatch.setenv("MSREID_FAIL_AT_EPOCH", "2")
+    monkeypatch.setenv("MSREID_FAIL_AT_EPOCH", "1")
     monkeypatch.setenv("MSREID_FAIL_MARKER", str(marker))
     resumed = fit(cfg, storage_path=str(tmp_path), name="killed", max_failures=1)
-    assert marker.exists()  # the worker really died once at the start of epoch 2
+    assert marker.exists()  # the worker really died once, at the start of epoch 1
     assert resumed.metrics == clean.metrics
     assert [h.get("train/loss") for h in resumed.history] == \
         [h.get("train/loss") for h in clean.history]

@@ -12,18 +12,22 @@ Artifacts written into the final checkpoint (see docs/TRAINING.md):
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from msreid.data.transforms import normalize
 from msreid.errors import UserError
-from msreid.evaluation import RankResult, evaluate_features
+from msreid.evaluation import (RankResult, challenge_table, evaluate_features, spectrum_subsets,
+                               subset_name, subset_table)
+
+__all__ = ["Labels", "extract_features", "rank_features", "per_challenge", "ranking_lists",
+           "write_artifacts", "spectrum_subsets", "subset_name"]
 
 METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
 
@@ -40,16 +44,6 @@ class Labels:
     @property
     def use_scenes(self) -> bool:
         return bool((self.scene >= 0).any())
-
-
-def spectrum_subsets(spectra: Sequence[str]) -> list[tuple[str, ...]]:
-    """Every non-empty subset of ``spectra`` in canonical order, largest last: r, n, ..., rnt."""
-    return [c for k in range(1, len(spectra) + 1) for c in itertools.combinations(spectra, k)]
-
-
-def subset_name(subset: Sequence[str]) -> str:
-    """("rgb", "tir") -> "rt", the missing-modality settings' usual names."""
-    return "".join(s[0] for s in subset)
 
 
 @torch.no_grad()
@@ -95,18 +89,13 @@ def rank_features(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray,
 
 
 def per_challenge(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray,
-                  gallery: np.ndarray, labels: Labels) -> list[dict]:
-    """One row per challenge tag of the queries: that tag's queries against the whole gallery."""
-    tags = labels.challenge[query]
-    out = []
-    for tag in sorted({t for t in tags if t is not None}):
-        q = query[tags == tag]
-        try:
-            res = rank_features(feats, rows, q, gallery, labels)
-        except UserError:  # no query of this tag has a valid match
-            continue
-        out.append({"challenge": tag, "num_queries": int(res.num_valid), **res.as_dict()})
-    return out
+                  gallery: np.ndarray, labels: Labels) -> pd.DataFrame | None:
+    """``msreid.evaluation.challenge_table`` of the queries' challenge tags (None: no tags)."""
+    qp, gp = _positions(rows, query), _positions(rows, gallery)
+    scenes = (labels.scene[query], labels.scene[gallery]) if labels.use_scenes else (None, None)
+    return challenge_table(feats[qp], feats[gp], labels.pid[query], labels.pid[gallery],
+                           labels.camera[query], labels.camera[gallery],
+                           labels.challenge[query], *scenes)
 
 
 def ranking_lists(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray, gallery: np.ndarray,
@@ -145,17 +134,23 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_artifacts(directory: str | Path, test: RankResult,
                     subsets: Mapping[str, RankResult] | None,
-                    challenges: list[dict] | None, ranking: list[dict]) -> list[str]:
-    """Write the artifact files into ``directory``; returns the names written."""
+                    challenges: pd.DataFrame | None, ranking: list[dict]) -> list[str]:
+    """Write the artifact files into ``directory``; returns the names written.
+
+    missing_modality.csv and per_challenge.csv are ``msreid.evaluation``'s
+    ``subset_table`` / ``challenge_table`` as CSV.
+    """
     d = Path(directory)
     written = ["cmc.csv", "ranking.json"]
-    _write_csv(d / "cmc.csv", [{"rank": k + 1, "cmc": float(c)} for k, c in enumerate(test.cmc)])
+    with open(d / "cmc.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["rank", "cmc"])
+        writer.writerows([k + 1, float(c)] for k, c in enumerate(test.cmc))
     (d / "ranking.json").write_text(json.dumps(ranking, indent=1) + "\n")
     if subsets:
-        _write_csv(d / "missing_modality.csv",
-                   [{"subset": name, **r.as_dict()} for name, r in subsets.items()])
+        subset_table(subsets).to_csv(d / "missing_modality.csv", index=False)
         written.append("missing_modality.csv")
-    if challenges:
-        _write_csv(d / "per_challenge.csv", challenges)
+    if challenges is not None and len(challenges):
+        challenges.to_csv(d / "per_challenge.csv", index=False)
         written.append("per_challenge.csv")
     return written

@@ -358,9 +358,7 @@ def finish(raw, opt, sched, scaler, cfg: TrainConfig, job: dict, w: Worker,
     by_subset = ({art.subset_name(s): art.rank_features(feats[art.subset_name(s)], rows, q, g,
                                                         labels) for s in subsets}
                  if len(subsets) > 1 else None)
-    challenges = (art.per_challenge(full, rows, q, g, labels)
-                  if cfg.run.per_challenge and any(c is not None for c in labels.challenge[q])
-                  else None)
+    challenges = art.per_challenge(full, rows, q, g, labels) if cfg.run.per_challenge else None
     ranking = art.ranking_lists(full, rows, q, g, labels, cfg.run.ranking_queries)
     directory = ck.write_checkpoint(
         _checkpoint_dir(job, w, "final"), files,
