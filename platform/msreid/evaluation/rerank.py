@@ -85,6 +85,17 @@ def _expanded_sets(nearest, rec, rec_half, rows):
     return rows[r], sets[r, m]
 
 
+def _pair_distances(f, f_sq, rows: torch.Tensor, cols: torch.Tensor, metric: str) -> torch.Tensor:
+    """Distances ``[E]`` between items ``rows [E]`` and ``cols [E]``, gathering a few thousand at a time."""
+    out = torch.empty(len(rows), dtype=f.dtype, device=f.device)
+    step = max(1, _BLOCK_ELEMS // (4 * f.shape[1]))
+    for a in range(0, len(rows), step):
+        r, c = rows[a : a + step], cols[a : a + step]
+        dot = torch.einsum("ij,ij->i", f[r], f[c])
+        out[a : a + step] = 1.0 - dot if metric == "cosine" else f_sq[r] + f_sq[c] - 2.0 * dot
+    return out
+
+
 def _initial_weights(f, rowmax, nearest, k1: int, metric: str):
     """Sparse ``V [N, N]`` (COO): exp(-d) over each row's expanded set, rows summing to 1."""
     n, kh = len(f), int(np.around(k1 / 2.0)) + 1
@@ -96,9 +107,7 @@ def _initial_weights(f, rowmax, nearest, k1: int, metric: str):
     for a in range(0, n, step):
         block = torch.arange(a, min(a + step, n), device=f.device)
         rows, cols = _expanded_sets(nearest, rec, rec_half, block)
-        dot = (f[rows] * f[cols]).sum(1)
-        d = 1.0 - dot if metric == "cosine" else f_sq[rows] + f_sq[cols] - 2.0 * dot
-        w = torch.exp(-(d / rowmax[rows]))
+        w = torch.exp(-(_pair_distances(f, f_sq, rows, cols, metric) / rowmax[rows]))
         total = torch.zeros(n, dtype=w.dtype, device=w.device).index_add_(0, rows, w)
         rows_all.append(rows), cols_all.append(cols), vals_all.append(w / total[rows])
     idx = torch.stack([torch.cat(rows_all), torch.cat(cols_all)])
