@@ -1,0 +1,88 @@
+"""Run the paper's tables as Ray Tune experiments, tracked in MLflow, and print them.
+
+  python experiments/full_benchmark.py                      # smoke: synthetic data, ~10 min on 2 cores
+  python experiments/full_benchmark.py --preset paper --data /data/rgbn300_manifest --data /data/rgbnt100_manifest
+  python experiments/full_benchmark.py --resume             # continue the latest interrupted run
+  ray submit cluster.yaml experiments/full_benchmark.py -- --preset paper --data s3://bucket/rgbnt100
+
+Self-contained on purpose: `ray submit` copies only this file to the head
+node, so it imports the installed `msreid` package and nothing else from the
+repository; suites and presets are found as msreid.orchestration.paths says
+(a path, $MSREID_PROJECT_DIR, the checkout of an editable install, ./experiments).
+See docs/BENCHMARK.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--preset", default=None,
+                   help="benchmark suite: smoke (default without --data), paper (default with "
+                        "--data), or a suite YAML path (experiments/grids/)")
+    p.add_argument("--data", action="append", default=[], metavar="[DATASET=]MANIFEST",
+                   help="a manifest (local path or s3://...) written by `msreid ingest`; the "
+                        "dataset is read from its metadata unless given; repeat per dataset")
+    p.add_argument("--config", default=None,
+                   help="training preset (experiments/presets/) instead of the suite's")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override for every trial, e.g. --set optim.epochs=2")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (suite's default)")
+    p.add_argument("--experiment", default="msreid-benchmark", help="MLflow experiment name")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else "
+                        "sqlite:///<cwd>/mlflow.db (served by `make ui`)")
+    p.add_argument("--storage-path", default=None,
+                   help="Ray results dir, shared on clusters (default $MSREID_STORAGE_PATH or "
+                        "./ray_results)")
+    p.add_argument("--name", default=None, help="benchmark name (default <suite>-<timestamp>)")
+    p.add_argument("--resume", nargs="?", const="", default=None, metavar="NAME",
+                   help="continue an interrupted benchmark (default: the latest of this suite)")
+    p.add_argument("--max-concurrent-trials", type=int, default=None,
+                   help="trials at once (default: the suite's)")
+    p.add_argument("--ray-address", default=None, help="Ray cluster (default $RAY_ADDRESS or local)")
+    p.add_argument("--synth", default="{}",
+                   help='JSON SynthSpec overrides for the synthetic data, e.g. \'{"ids": 20}\'')
+    p.add_argument("--quiet", action="store_true", help="no progress table")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from msreid.errors import UserError
+    from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
+
+    args = build_parser().parse_args(argv)
+    preset = args.preset or ("paper" if args.data else "smoke")
+    opts = BenchmarkOptions(
+        preset=preset, data=tuple(args.data), config=args.config,
+        overrides=tuple(args.overrides), seeds=tuple(args.seeds) if args.seeds else None,
+        experiment=args.experiment, tracking_uri=args.tracking_uri,
+        storage_path=args.storage_path, name=args.name, resume=args.resume,
+        max_concurrent_trials=args.max_concurrent_trials, ray_address=args.ray_address,
+        synth=json.loads(args.synth), verbose=0 if args.quiet else 1)
+    start = time.time()
+    try:
+        out = run_benchmark(opts)
+    except UserError as exc:
+        print(f"full_benchmark: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n" + out.markdown)
+    for ok, message in out.checks:
+        print(("check: " if ok else "CHECK FAILED: ") + message)
+    for error in out.errors:
+        print(f"trial failed: {error}", file=sys.stderr)
+    print(f"\nwall time {time.time() - start:.0f} s; MLflow: {out.tracking_uri}, experiment "
+          f"{opts.experiment!r}, parent run {out.parent_run_id}; rebuild the tables with\n"
+          f"  msreid report --experiment {opts.experiment} --run {out.parent_run_id}"
+          + (f" --tracking-uri {out.tracking_uri}" if args.tracking_uri else ""))
+    return 1 if out.errors or not all(ok for ok, _ in out.checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

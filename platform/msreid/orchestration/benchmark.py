@@ -1,0 +1,276 @@
+"""The benchmark driver: a suite of tables -> Tune trials -> MLflow runs -> printed tables.
+
+Order of work (nothing expensive before the cheap checks):
+1. read the suite and the training preset, build and check every trial's config;
+2. resolve the tracking URI and check it is reachable, create the store and
+   experiment (SQLite migrations must not race in the trials);
+3. resolve manifests (``--data``, or generate + ingest the synthetic one);
+4. find or create the parent run (on ``--resume``: the previous invocation's);
+5. run (or restore) the Tune experiment: one function trial per (cell, seed);
+6. assemble the tables from the trial results, print them, log them on the parent.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from msreid.errors import UserError
+from msreid.orchestration import grid as G
+from msreid.orchestration.paths import default_storage_path, find_experiment_file
+from msreid.tracking import runs as R
+from msreid.tracking import tables as T
+
+log = logging.getLogger(__name__)
+
+TAG_SUITE = "msreid.suite"
+
+
+@dataclass(frozen=True)
+class BenchmarkOptions:
+    """Everything ``experiments/full_benchmark.py`` passes to ``run_benchmark``."""
+
+    preset: str = field(default="smoke", metadata={"help": "suite name or path (experiments/grids)"})
+    data: tuple[str, ...] = field(default=(), metadata={"help": "manifests: [dataset=]URI"})
+    config: str | None = field(default=None, metadata={"help": "training preset overriding the suite's"})
+    overrides: tuple[str, ...] = field(default=(), metadata={"help": "key=value for every trial"})
+    seeds: tuple[int, ...] | None = field(default=None, metadata={"help": "override the suite's seeds"})
+    experiment: str = field(default="msreid-benchmark", metadata={"help": "MLflow experiment"})
+    tracking_uri: str | None = field(default=None, metadata={"help": "MLflow tracking URI"})
+    storage_path: str | None = field(default=None, metadata={"help": "Ray results (shared on clusters)"})
+    name: str | None = field(default=None, metadata={"help": "benchmark name (Tune experiment)"})
+    resume: str | None = field(default=None, metadata={"help": "'' = latest of this suite, or a name"})
+    max_concurrent_trials: int | None = field(default=None, metadata={"help": "override the suite's"})
+    ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address"})
+    synth: dict = field(default_factory=dict, metadata={"help": "SynthSpec overrides (smoke data)"})
+    fit: Any = field(default="msreid.train.run:fit",
+                     metadata={"help": "fit: 'module:function' or the function (tests swap a fake)"})
+    figures: dict = field(default_factory=dict, metadata={"help": "figure options per trial"})
+    verbose: int = field(default=1, metadata={"help": "0 = quiet, 1 = progress table"})
+
+
+@dataclass
+class BenchmarkOutcome:
+    """What ``run_benchmark`` produced."""
+
+    name: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    frames: dict
+    markdown: str
+    checks: list[tuple[bool, str]]
+    errors: list[str]
+    suite: G.Suite
+
+
+def prepare_trials(opts: BenchmarkOptions, suite: G.Suite, datasets: set[str] | None):
+    """Base config (flat dict) and trials; every trial's config is checked here (UserError)."""
+    from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
+
+    preset = find_experiment_file(opts.config or suite.preset, "presets")
+    base = config_to_dict(load_config(preset, list(opts.overrides)))
+    trials = G.expand_trials(suite, datasets)
+    if not trials:
+        raise UserError(f"suite {suite.source}: no cell runs on the given data "
+                        f"({sorted(datasets or [])}); pass --data for one of its datasets")
+    forced = parse_overrides(list(opts.overrides))
+    for t in trials:
+        flat = {**base, **t.overrides, **forced, "run.seed": t.seed, "data.manifest": "x"}
+        try:
+            config_from_dict(flat)
+        except UserError as exc:
+            raise UserError(f"suite {suite.source}, cell {' / '.join(t.cells[0])}: {exc}") from None
+    return base, forced, trials
+
+
+def load_benchmark_suite(opts: BenchmarkOptions) -> G.Suite:
+    """The suite file named by ``opts.preset``, with ``opts.seeds`` applied."""
+    suite = G.load_suite(find_experiment_file(opts.preset, "grids"))
+    if opts.seeds is not None:
+        suite = G.Suite(**{**suite.__dict__, "seeds": tuple(opts.seeds)})
+    return suite
+
+
+def resolve_manifests(opts: BenchmarkOptions) -> tuple[dict[str, str], dict[str, str]]:
+    """``({dataset: manifest}, {dataset: fingerprint})`` from --data or the synthetic default."""
+    from msreid.data.schema import manifest_info
+    from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synthetic_manifest
+
+    if opts.data:
+        manifests = resolve_data_args(list(opts.data))
+    else:
+        manifests = {SMOKE_LAYOUT: synthetic_manifest(opts.synth)}
+    prints = {ds: manifest_info(uri).fingerprint for ds, uri in manifests.items()}
+    return manifests, prints
+
+
+def benchmark_name(opts: BenchmarkOptions, suite: G.Suite, client, experiment_id: str) -> str:
+    """A fresh ``<suite>-<timestamp>`` name, or the one to resume."""
+    if opts.resume is None:
+        return opts.name or f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if opts.resume:
+        return opts.resume
+    previous = R.find_runs(client, experiment_id, {R.TAG_KIND: "benchmark", TAG_SUITE: suite.name})
+    if not previous:
+        raise UserError(f"--resume: no earlier `{suite.name}` benchmark in MLflow experiment "
+                        "(run without --resume first, or pass --resume NAME)")
+    return previous[0].data.tags[R.TAG_BENCHMARK]
+
+
+def start_parent(opts, suite, client, experiment_id, name, manifests, prints) -> str:
+    """Find (resume) or create the parent run and log the suite description on it."""
+    parent, created = R.get_or_create_parent(client, experiment_id, name,
+                                             tags={TAG_SUITE: suite.name})
+    if opts.resume is not None and created:
+        log.warning("no parent run found for %s: starting a new one", name)
+    commit = R.git_commit()
+    R.log_params(client, parent, {"suite": suite.source, "seeds": list(suite.seeds),
+                                  "overrides": list(opts.overrides), **{
+                                      f"data.{k}": v for k, v in manifests.items()}})
+    tags = {f"msreid.manifest_fingerprint.{k}": v for k, v in prints.items()}
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    R.set_tags(client, parent, tags)
+    if created:
+        R.log_text(client, parent, json.dumps(G.suite_to_dict(suite), indent=1), "suite.json")
+    return parent
+
+
+def init_ray(address: str | None) -> None:
+    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized to this machine."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address)
+        return
+    # Logical oversubscription (2x the cores): Train reserves its workers' CPUs and
+    # Ray Data needs whole CPUs of its own, else it waits forever (RAY_NOTES.md).
+    ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False,
+             configure_logging=False, log_to_driver=False)
+
+
+def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
+    """Run (or resume) a benchmark suite end to end; see the module docstring."""
+    from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+
+    suite = load_benchmark_suite(opts)
+    uri = resolve_tracking_uri(opts.tracking_uri)
+    check_reachable(uri)
+    wanted = None
+    if opts.data:
+        from msreid.orchestration.datasets import resolve_data_args
+        wanted = set(resolve_data_args(list(opts.data)))
+    base, forced, trials = prepare_trials(opts, suite, wanted)
+    experiment_id = ensure_experiment(uri, opts.experiment)
+    client = R.client_for(uri)
+    name = benchmark_name(opts, suite, client, experiment_id)
+    manifests, prints = resolve_manifests(opts)
+    if wanted is None:
+        base, forced, trials = prepare_trials(opts, suite, set(manifests))
+    parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints)
+    storage = opts.storage_path or default_storage_path()
+    ctx = {"base_config": base, "force": forced, "manifests": manifests, "fingerprints": prints,
+           "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
+           "benchmark": name, "train_storage": f"{storage.rstrip('/')}/{name}/train",
+           "train_max_failures": 0, "git_commit": R.git_commit(), "fit": opts.fit,
+           "figures": opts.figures}
+    init_ray(opts.ray_address)
+    print(f"Benchmark {name}: {len(trials)} trials ({len(suite.seeds)} seed(s)), MLflow {uri} "
+          f"experiment {opts.experiment!r}, parent run {parent}", flush=True)
+    results, errors = run_tune(suite, trials, ctx, storage, name, opts)
+    return finish(suite, results, errors, client, parent, experiment_id, uri, name)
+
+
+def finish(suite, results, errors, client, parent, experiment_id, uri, name) -> BenchmarkOutcome:
+    """Assemble, log and return the tables; close the parent run."""
+    frames = T.assemble_suite(suite, results)
+    markdown = T.suite_markdown(suite, frames)
+    checks = T.run_checks(suite, frames)
+    log_tables(client, parent, suite, frames, checks)
+    client.set_terminated(parent, "FINISHED" if not errors else "FAILED")
+    return BenchmarkOutcome(name=name, parent_run_id=parent, experiment_id=experiment_id,
+                            tracking_uri=uri, frames=frames, markdown=markdown, checks=checks,
+                            errors=errors, suite=suite)
+
+
+def log_tables(client, parent: str, suite: G.Suite, frames: dict, checks) -> None:
+    """Each table as markdown, CSV and HTML under ``tables/`` of the parent run, plus metrics."""
+    for table_name, frame in frames.items():
+        table = suite.table(table_name)
+        R.log_text(client, parent, T.to_markdown(table, frame), f"tables/{table_name}.md")
+        R.log_text(client, parent, T.to_csv(frame), f"tables/{table_name}.csv")
+        R.log_text(client, parent, T.to_html(table, frame), f"tables/{table_name}.html")
+    R.log_text(client, parent, T.suite_markdown(suite, frames), "tables/all.md")
+    if checks:
+        R.log_text(client, parent, "\n".join(m for _, m in checks) + "\n", "tables/checks.txt")
+        R.set_tags(client, parent, {"msreid.checks": "PASS" if all(ok for ok, _ in checks) else "FAIL"})
+
+
+def _trainable(ctx: dict, suite: G.Suite):
+    from ray import tune
+
+    from msreid.orchestration.trainable import run_trial
+
+    resources = {k.lower() if k in ("CPU", "GPU") else k: v for k, v in suite.trial_resources.items()}
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+
+
+def run_tune(suite: G.Suite, trials: list[G.TrialSpec], ctx: dict, storage: str, name: str,
+             opts: BenchmarkOptions) -> tuple[list[T.TrialResult], list[str]]:
+    """Fit (or restore and finish) the Tune experiment; return results and error messages."""
+    from ray import tune
+
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # use the CLIReporter below (done/running/pending + metrics)
+    trainable = _trainable(ctx, suite)
+    path = f"{storage.rstrip('/')}/{name}"
+    if opts.resume is not None and tune.Tuner.can_restore(path):
+        print(f"Resuming {path}: finished trials are kept, errored ones re-run", flush=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(trainable, param_space=param_space(trials),
+                           tune_config=tune.TuneConfig(
+                               max_concurrent_trials=(opts.max_concurrent_trials
+                                                      or suite.max_concurrent_trials or None),
+                               trial_dirname_creator=lambda t: t.config["trial"]["key"],
+                               reuse_actors=True),  # keep torch/MLflow imported between trials
+                           run_config=run_config(suite, storage, name, opts.verbose))
+    grid = tuner.fit()
+    results, errors = [], []
+    for res in grid:
+        trial = res.config["trial"]
+        if res.error is not None:
+            errors.append(f"{trial['label']}: {type(res.error).__name__}: {res.error}"[:2000])
+        if res.metrics and "test/mAP" in res.metrics:
+            results.append(T.TrialResult(cells=tuple(tuple(c) for c in trial["cells"]),
+                                         seed=int(trial["seed"]), metrics=dict(res.metrics)))
+    return results, errors
+
+
+def param_space(trials: list[G.TrialSpec]) -> dict[str, Any]:
+    """One grid point per trial (JSON-able dicts: Tune stores them for --resume)."""
+    return {"trial": __import__("ray").tune.grid_search([
+        {"key": t.key, "dataset": t.dataset, "seed": t.seed, "overrides": t.overrides,
+         "cells": [list(c) for c in t.cells], "label": t.label} for t in trials])}
+
+
+def run_config(suite: G.Suite, storage: str, name: str, verbose: int):
+    """Tune RunConfig: stable name, retries, a progress table with the latest metrics."""
+    from ray import tune
+
+    reporter = tune.CLIReporter(
+        metric_columns={"epoch": "epoch", "train/loss": "loss", "val/mAP": "val mAP",
+                        "test/mAP": "test mAP"},
+        parameter_columns={"trial/label": "cell"}, max_report_frequency=30,
+        max_column_length=60, sort_by_metric=False)
+    return tune.RunConfig(name=name, storage_path=storage,
+                          failure_config=tune.FailureConfig(max_failures=suite.max_failures),
+                          progress_reporter=reporter, verbose=verbose)

@@ -1,0 +1,51 @@
+"""What a finished trial logs to its MLflow child run besides the live per-epoch metrics."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from msreid.tracking import runs as R
+
+log = logging.getLogger(__name__)
+
+EVAL_FILES = ("cmc.csv", "missing_modality.csv", "per_challenge.csv", "ranking.json")
+
+
+def log_history(client, run_id: str, history: list[dict]) -> None:
+    """Log per-epoch metrics (step = epoch) for epochs the live callback did not log."""
+    if not history:
+        return
+    probe = next((k for k in ("train/loss", "lr") if k in history[0]), None)
+    logged = set()
+    if probe:
+        logged = {m.step for m in client.get_metric_history(run_id, probe)}
+    for entry in history:
+        epoch = int(entry.get("epoch", 0))
+        if epoch not in logged:
+            R.log_metrics(client, run_id, entry, step=epoch)
+
+
+def log_trial_artifacts(client, run_id: str, cfg, outcome, figures: dict) -> None:
+    """Evaluation tables (CSV/JSON), the CMC plot, the ranked-list figure and CAM overlays."""
+    from msreid.tracking import figures as F
+
+    art = Path(outcome.artifacts_dir) if outcome.artifacts_dir else None
+    if art is None or not art.is_dir():
+        return
+    R.log_files(client, run_id, [art / name for name in EVAL_FILES], "evaluation")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp)
+        made = []
+        if (art / "cmc.csv").is_file():
+            made.append(F.cmc_plot(art / "cmc.csv", out / "cmc.png"))
+        if (art / "ranking.json").is_file() and figures.get("ranked_list", True):
+            made.append(F.ranked_list_figure(art / "ranking.json", cfg.data.manifest,
+                                             out / "ranked_list.png"))
+        R.log_files(client, run_id, [p for p in made if p], "figures")
+        cams = figures.get("cam_queries", 3)
+        if cams and outcome.checkpoint_path:
+            paths = F.cam_overlays(outcome.checkpoint_path, art / "ranking.json",
+                                   cfg.data.manifest, out / "cams", max_queries=cams)
+            R.log_files(client, run_id, paths, "figures/cams")
