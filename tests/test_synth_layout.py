@@ -56,7 +56,7 @@ def test_released_folders_names_and_sizes(small):
         per_id = Counter(i for i, _, _ in rows)
         # 8 tuples per id on average: each id gets round(0.75*8)=6 .. round(1.25*8)=10
         assert all(6 <= n <= 10 for n in per_id.values()), per_id
-        # at least 2 cameras per id (half of 4), so every query has a cross-camera match
+        # at least 2 cameras per id, so every query has a cross-camera match
         assert all(len({c for i2, c, _ in rows if i2 == i}) >= 2 for i in per_id)
     for path in list((small / "bounding_box_train").iterdir())[:10]:
         with Image.open(path) as im:
@@ -108,6 +108,12 @@ def test_challenge_and_split_proportions():
     tuples, queries = plan_dataset(SynthSpec(ids=300, tuples_per_id=20))
     # mean per id is 20 (uniform over 15..25): 600 * 20 = 12,000, +-2%
     assert 11_760 <= len(tuples) <= 12_240
+    # cameras per id: 8 - Binomial(6, 0.2) -> mean 8 - 1.2 = 6.8 (sd 0.98 / sqrt(600) = 0.04)
+    cams = {}
+    for t in tuples:
+        cams.setdefault(t.pid, set()).add(t.camera)
+    assert abs(np.mean([len(c) for c in cams.values()]) - 6.8) < 0.15
+    assert min(len(c) for c in cams.values()) >= 2
     counts = Counter(t.challenge for t in tuples)
     expected = {"normal": 0.55, "low_illumination": 0.12, "black_night": 0.08, "glare": 0.06,
                 "shadow": 0.08, "occlusion": 0.05, "view_change": 0.06}
