@@ -24,14 +24,21 @@ that share its bin. Those few are ranked exactly with one unique int64 key
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import numpy as np
 import torch
 
 from msreid.errors import UserError
 from msreid.evaluation.distance import iter_distance_chunks, prepare_features
+
+Labels = Union[np.ndarray, torch.Tensor, Sequence[int]]
+"""Integer labels (ids, cameras, scenes), one per row: numpy, torch or a list."""
+
+Array = Union[np.ndarray, torch.Tensor]
+"""A float matrix: distances ``[Q, G]`` or features ``[N, D]``, numpy or torch."""
 
 _BLOCK_ELEMS = 1 << 23
 """Distances ranked at once (rows x G); bounds the int64 work tensors to ~0.2 GB."""
@@ -90,7 +97,7 @@ def _check_sizes(nq: int, ng: int) -> None:
                         f"{ng} gallery items")
 
 
-def _labels(x, name: str, n: int, device: torch.device) -> torch.Tensor:
+def _labels(x: Labels, name: str, n: int, device: torch.device) -> torch.Tensor:
     """Array-like of ``n`` integer labels -> int64 tensor on ``device``."""
     a = np.asarray(x.cpu() if isinstance(x, torch.Tensor) else x)
     if a.shape != (n,):
@@ -267,7 +274,8 @@ def _require_valid(result: RankResult) -> RankResult:
     return result
 
 
-def rank_stats(distmat, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=None,
+def rank_stats(distmat: Array, q_ids: Labels, g_ids: Labels, q_cams: Labels, g_cams: Labels,
+               q_scenes: Labels | None = None, g_scenes: Labels | None = None,
                *, chunk_size: int | None = None) -> QueryStats:
     """Per-query stats from a distance matrix ``[Q, G]`` (numpy or torch, float32 or float64)."""
     d = torch.as_tensor(distmat)
@@ -286,8 +294,9 @@ def rank_stats(distmat, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=No
     return _collect(chunks, qi, qk, _Gallery(gi, gk))
 
 
-def evaluate_rank(distmat, q_ids, g_ids, q_cams, g_cams, max_rank: int = 50,
-                  q_scenes=None, g_scenes=None, *, chunk_size: int | None = None) -> RankResult:
+def evaluate_rank(distmat: Array, q_ids: Labels, g_ids: Labels, q_cams: Labels, g_cams: Labels,
+                  max_rank: int = 50, q_scenes: Labels | None = None, g_scenes: Labels | None = None,
+                  *, chunk_size: int | None = None) -> RankResult:
     """CMC / mAP / mINP from a distance matrix ``distmat [Q, G]`` (smaller = closer).
 
     Ids and cameras (and optional scenes, MSVR310 rule) are integer arrays ``[Q]`` / ``[G]``.
@@ -297,8 +306,8 @@ def evaluate_rank(distmat, q_ids, g_ids, q_cams, g_cams, max_rank: int = 50,
     return _require_valid(summarize(stats, max_rank))
 
 
-def feature_stats(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=None,
-                  *, metric: str = "euclidean", normalize: bool = True, chunk_size: int | None = None,
+def feature_stats(query: Array, gallery: Array, q_ids: Labels, g_ids: Labels, q_cams: Labels,
+                  g_cams: Labels, q_scenes: Labels | None = None, g_scenes: Labels | None = None, *, metric: str = "euclidean", normalize: bool = True, chunk_size: int | None = None,
                   rerank: bool = False, k1: int = 20, k2: int = 6,
                   lambda_value: float = 0.3) -> QueryStats:
     """Per-query stats from features ``query [Q, D]``, ``gallery [G, D]``, chunk by chunk
@@ -320,8 +329,8 @@ def feature_stats(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g
     return _collect(chunks, qi, qk, _Gallery(gi, gk))
 
 
-def evaluate_features(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=None, g_scenes=None,
-                      *, metric: str = "euclidean", normalize: bool = True, max_rank: int = 50,
+def evaluate_features(query: Array, gallery: Array, q_ids: Labels, g_ids: Labels, q_cams: Labels,
+                      g_cams: Labels, q_scenes: Labels | None = None, g_scenes: Labels | None = None, *, metric: str = "euclidean", normalize: bool = True, max_rank: int = 50,
                       chunk_size: int | None = None, rerank: bool = False, k1: int = 20,
                       k2: int = 6, lambda_value: float = 0.3) -> RankResult:
     """CMC / mAP / mINP from features ``query [Q, D]`` and ``gallery [G, D]`` (numpy or torch).
@@ -339,7 +348,7 @@ def evaluate_features(query, gallery, q_ids, g_ids, q_cams, g_cams, q_scenes=Non
     return _require_valid(summarize(stats, max_rank))
 
 
-def rgbnt201_protocol(features, ids, cams, **evaluate_kwargs) -> RankResult:
+def rgbnt201_protocol(features: Array, ids: Labels, cams: Labels, **evaluate_kwargs) -> RankResult:
     """RGBNT201: the test set is both query and gallery; the same-id-same-camera rule
     removes each query's own entry (and its same-camera shots) before ranking.
 
