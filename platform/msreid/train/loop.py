@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import random
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -86,7 +87,7 @@ class RunState:
 
 def _worker(cfg: TrainConfig) -> Worker:
     ctx = ray.train.get_context()
-    local = not hasattr(ctx, "get_local_rank") or cfg.run.num_workers == 0
+    local = cfg.run.num_workers == 0
     device = ray.train.torch.get_device() if cfg.run.use_gpu else torch.device("cpu")
     return Worker(ctx.get_world_rank(), ctx.get_world_size(), device, local)
 
@@ -271,10 +272,12 @@ def _checkpoint_dir(job: dict, w: Worker, epoch: int | str) -> Path:
 def report(metrics: dict, directory: Path | None, w: Worker) -> None:
     """ray.train.report (+ the user callbacks by hand in local mode, where Ray skips them)."""
     ckpt = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
-    ray.train.report(metrics, checkpoint=ckpt)
+    ray.train.report(metrics, checkpoint=ckpt)  # synchronous upload to the run's storage
     if w.local_mode:
         for cb in LOCAL_CALLBACKS:
             cb.after_report(run_context=None, metrics=[dict(metrics)], checkpoint=ckpt)
+    elif directory is not None:
+        shutil.rmtree(directory.parent, ignore_errors=True)  # our temp copy, now persisted
 
 
 def _maybe_fail(job: dict, epoch: int, w: Worker) -> None:
