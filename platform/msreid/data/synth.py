@@ -421,7 +421,8 @@ def _layer(img: np.ndarray, mask: np.ndarray, value: np.ndarray | float) -> np.n
     return img * (1 - m) + np.asarray(value, np.float32) * m
 
 
-def render_rgb(u, v, masks, identity: Identity, view: CameraView, rng) -> np.ndarray:
+def render_rgb(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], identity: Identity,
+               view: CameraView, rng: np.random.Generator) -> np.ndarray:
     """RGB piece ``[H, W, 3]``: paint colour, faint markings, glass, tyres."""
     shape = SHAPES[identity.shape]
     h, w = u.shape
@@ -437,7 +438,8 @@ def render_rgb(u, v, masks, identity: Identity, view: CameraView, rng) -> np.nda
     return img * (rng.uniform(0.9, 1.1) * rng.uniform(0.95, 1.05, size=3)).astype(np.float32)
 
 
-def render_nir(u, v, masks, identity: Identity, view: CameraView, rng) -> np.ndarray:
+def render_nir(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], identity: Identity,
+               view: CameraView, rng: np.random.Generator) -> np.ndarray:
     """NIR piece ``[H, W, 1]``: near-uniform paint reflectance, strong markings."""
     shape = SHAPES[identity.shape]
     h, w = u.shape
@@ -451,7 +453,8 @@ def render_nir(u, v, masks, identity: Identity, view: CameraView, rng) -> np.nda
     return img * rng.uniform(0.92, 1.08)
 
 
-def render_tir(u, v, masks, identity: Identity, view: CameraView, rng) -> np.ndarray:
+def render_tir(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], identity: Identity,
+               view: CameraView, rng: np.random.Generator) -> np.ndarray:
     """TIR piece ``[H, W, 1]``: smooth warm body plus the identity's hot spots."""
     h, w = u.shape
     img = _gradient(h, w, np.array([view.bg_tir[0]]), np.array([view.bg_tir[1]]))
@@ -614,6 +617,7 @@ def _write_tree(root: Path, layout: str, spec: SynthSpec) -> dict:
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
+    """Refuse a file, or a non-empty directory unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
