@@ -49,5 +49,7 @@ def main(args: argparse.Namespace) -> int:
     rendered = counts["bounding_box_train"] + counts["bounding_box_test"]
     print(f"  {rendered} tuples rendered in {seconds:.1f} s "
           f"({60 * rendered / max(seconds, 1e-9):.0f} per minute)")
-    print(f"ingest with: msreid ingest --layout {args.layout} --root {root} --out MANIFEST_DIR")
+    # Ingest expects the released 256x128 pieces unless told the piece size.
+    piece = "" if (spec.width, spec.height) == (256, 128) else f" --piece-size {spec.width}x{spec.height}"
+    print(f"ingest with: msreid ingest --layout {args.layout} --root {root} --out MANIFEST_DIR{piece}")
     return 0
