@@ -57,7 +57,7 @@ preset: {preset}
 seeds: [0, 1]
 tables: [t3.yaml, t5.yaml]
 set: {{model.backbone: test_resnet, optim.epochs: 2}}
-trial_resources: {{CPU: 1}}
+trial_resources: [{{CPU: 1}}, {{CPU: 1}}]
 max_concurrent_trials: 2
 max_failures: 0
 checks:

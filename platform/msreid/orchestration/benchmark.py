@@ -152,9 +152,12 @@ def init_ray(address: str | None) -> None:
     if address:
         ray.init(address=address)
         return
-    # Logical oversubscription (2x the cores): Train reserves its workers' CPUs and
-    # Ray Data needs whole CPUs of its own, else it waits forever (RAY_NOTES.md).
-    ray.init(num_cpus=2 * (os.cpu_count() or 1), include_dashboard=False,
+    # Logical oversubscription (4x the cores). Each trial holds its placement group
+    # (the trial function + the tasks it captures), Train reserves its workers' CPUs,
+    # and Ray Data schedules OUTSIDE those groups and needs whole free CPUs, else it
+    # waits forever (RAY_NOTES.md). Measured on 2 cores: 2 trials x 2 CPUs in 4
+    # logical CPUs hang in Ray Data; 8 logical CPUs run.
+    ray.init(num_cpus=4 * (os.cpu_count() or 1), include_dashboard=False,
              configure_logging=False, log_to_driver=False)
 
 
@@ -220,8 +223,9 @@ def _trainable(ctx: dict, suite: G.Suite):
 
     from msreid.orchestration.trainable import run_trial
 
-    resources = {k.lower() if k in ("CPU", "GPU") else k: v for k, v in suite.trial_resources.items()}
-    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx), resources)
+    bundles = [dict(b) for b in suite.trial_resources]
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                               tune.PlacementGroupFactory(bundles))
 
 
 def run_tune(suite: G.Suite, trials: list[G.TrialSpec], ctx: dict, storage: str, name: str,

@@ -108,7 +108,7 @@ class Suite:
     tables: tuple[TableSpec, ...]
     seeds: tuple[int, ...] = (0,)
     set: dict[str, Any] = field(default_factory=dict)
-    trial_resources: dict[str, float] = field(default_factory=lambda: {"CPU": 1.0})
+    trial_resources: tuple[dict[str, float], ...] = ({"CPU": 1.0},)  # placement-group bundles
     max_concurrent_trials: int = 0
     max_failures: int = 1
     checks: tuple[Check, ...] = ()
@@ -195,6 +195,23 @@ def _select_columns(table: TableSpec, raw: Any, where: str) -> TableSpec:
     return TableSpec(**{**table.__dict__, "columns": tuple(chosen)})
 
 
+def _bundles(raw: Any, where: str) -> tuple[dict[str, float], ...]:
+    """``{CPU: 1}`` or ``[{CPU: 1}, {CPU: 1}]`` -> placement-group bundles (CPU/GPU upper-cased).
+
+    A trial's first bundle runs the trial function (and a local-mode training);
+    further bundles are for the tasks it starts (Ray Data decoding, the
+    manifest loading), which Tune schedules inside the trial's placement group.
+    """
+    items = raw if isinstance(raw, list) else [raw]
+    if not items or not all(isinstance(b, dict) and b for b in items):
+        raise UserError(f"{where}: expected a mapping like {{CPU: 1, GPU: 0.5}} or a list of them")
+    try:
+        return tuple({str(k).upper() if str(k).lower() in ("cpu", "gpu") else str(k): float(v)
+                      for k, v in b.items()} for b in items)
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: resource amounts must be numbers, got {raw!r}") from None
+
+
 def load_suite(path: str | Path) -> Suite:
     """Read a suite YAML file; table files are resolved relative to it."""
     path = Path(path)
@@ -211,8 +228,7 @@ def load_suite(path: str | Path) -> Suite:
         tables.append(table)
     checks = tuple(Check(table=c["table"], metric=c.get("metric", "mAP"), row=c["row"],
                          above=tuple(c["above"])) for c in data.get("checks", []))
-    resources = {str(k).upper() if str(k).lower() in ("cpu", "gpu") else str(k): float(v)
-                 for k, v in (data.get("trial_resources") or {"CPU": 1}).items()}
+    resources = _bundles(data.get("trial_resources") or {"CPU": 1}, f"{path}: trial_resources")
     return Suite(name=str(data["name"]), preset=str(data["preset"]), tables=tuple(tables),
                  seeds=tuple(int(s) for s in data.get("seeds", [0])),
                  set=dict(data.get("set") or {}), trial_resources=resources,
@@ -282,6 +298,7 @@ def suite_to_dict(suite: Suite) -> dict:
 
     d = dict(suite.__dict__)
     d.update(tables=[table(t) for t in suite.tables], seeds=list(suite.seeds),
+             trial_resources=[dict(b) for b in suite.trial_resources],
              checks=[dict(c.__dict__, above=list(c.above)) for c in suite.checks])
     return d
 
@@ -298,4 +315,5 @@ def suite_from_dict(d: dict) -> Suite:
 
     return Suite(**{**d, "tables": tuple(table(t) for t in d["tables"]),
                     "seeds": tuple(d["seeds"]),
+                    "trial_resources": tuple(d["trial_resources"]),
                     "checks": tuple(Check(**{**c, "above": tuple(c["above"])}) for c in d["checks"])})

@@ -15,6 +15,7 @@ all trials share: the base config, manifests, tracking URI, parent run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -48,6 +49,31 @@ class MlflowEpochCallback(UserCallback):
             R.log_metrics(R.client_for(self.tracking_uri), self.run_id, first, step=step)
         except Exception as exc:  # tracking must never kill a training run
             log.warning("MLflow per-epoch logging failed: %s", exc)
+
+
+@contextlib.contextmanager
+def local_mode_under_tune(local: bool):
+    """Let a local-mode (num_workers=0) training report while inside a Tune trial.
+
+    Ray 2.60's ``ray.train.report`` / ``get_checkpoint`` raise DeprecationWarning
+    whenever they run in a Tune session, which is where a local-mode training
+    runs (in the trial's own process). Local mode keeps the last report in
+    process and never calls Train callbacks; ``fit`` calls them by hand
+    (``TuneReportCallback`` included, which is how Tune still gets the epochs).
+    So for the duration of ``fit`` the session check answers False. Worker mode
+    (num_workers >= 1) reports from separate processes and is left alone.
+    """
+    if not local:
+        yield
+        return
+    from ray.tune.trainable import trainable_fn_utils
+
+    original = trainable_fn_utils._in_tune_session
+    trainable_fn_utils._in_tune_session = lambda: False
+    try:
+        yield
+    finally:
+        trainable_fn_utils._in_tune_session = original
 
 
 def import_callable(path: str | Callable) -> Callable:
@@ -109,7 +135,9 @@ def run_trial(config: dict, ctx: dict) -> None:
     key = _trial_key(config)
     trial = config["trial"]
     client = R.client_for(ctx["tracking_uri"])
-    label = trial.get("label") or key
+    searched = {k: v for k, v in config.items() if k != "trial"}
+    label = trial.get("label") or ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                                            for k, v in searched.items()) or key
     run_id, _ = R.get_or_create_child(client, ctx["experiment_id"], ctx["parent_run_id"], key,
                                       run_name=label, tags=_trial_tags(ctx, config, key))
     done = _reuse_finished(client, run_id)
@@ -122,10 +150,11 @@ def run_trial(config: dict, ctx: dict) -> None:
     cfg = trial_config(ctx, config)
     R.log_params(client, run_id, config_to_dict(cfg))
     fit = import_callable(ctx.get("fit", "msreid.train.run:fit"))
+    callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx["tracking_uri"], run_id)]
     try:
-        outcome = fit(cfg, storage_path=ctx["train_storage"], name=key,
-                      callbacks=[TuneReportCallback(), MlflowEpochCallback(ctx["tracking_uri"], run_id)],
-                      max_failures=ctx.get("train_max_failures", 0))
+        with local_mode_under_tune(cfg.run.num_workers == 0):
+            outcome = fit(cfg, storage_path=ctx["train_storage"], name=key, callbacks=callbacks,
+                          max_failures=ctx.get("train_max_failures", 0))
     except BaseException as exc:
         R.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
         client.set_terminated(run_id, "FAILED")

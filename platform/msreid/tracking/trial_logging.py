@@ -22,7 +22,9 @@ def log_history(client, run_id: str, history: list[dict]) -> None:
     if probe:
         logged = {m.step for m in client.get_metric_history(run_id, probe)}
     for entry in history:
-        epoch = int(entry.get("epoch", 0))
+        if "epoch" not in entry:  # fit appends the final metrics, logged separately
+            continue
+        epoch = int(entry["epoch"])
         if epoch not in logged:
             R.log_metrics(client, run_id, entry, step=epoch)
 

@@ -1,0 +1,255 @@
+"""Tune alpha, the weight of L_hsc (eq. 6), on VALIDATION mAP with a search algorithm + ASHA.
+
+alpha is sampled log-uniformly over [low, high] by Tune's BasicVariantGenerator
+(built in; the paper's 0.001 is evaluated first through ``points_to_evaluate``);
+ASHA stops trials whose validation mAP lags at each rung. Every trial is an
+MLflow child run of one parent; the best alpha is chosen on validation mAP
+only, and its test metrics (checkpoint selected on validation) are reported
+beside it, never used to choose.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from msreid.errors import UserError
+from msreid.orchestration.benchmark import init_ray, resolve_manifests
+from msreid.orchestration.paths import default_storage_path, find_experiment_file
+from msreid.tracking import runs as R
+
+PAPER_ALPHA = 0.001
+
+
+@dataclass(frozen=True)
+class AlphaOptions:
+    """What ``experiments/tune_alpha.py`` passes to ``run_alpha_search``."""
+
+    data: tuple[str, ...] = field(default=(), metadata={"help": "one manifest; default synthetic"})
+    config: str = field(default="smoke", metadata={"help": "training preset"})
+    ablation: str = field(default="hamnet", metadata={"help": "loss.ablation with L_hsc"})
+    overrides: tuple[str, ...] = field(default=(), metadata={"help": "key=value for every trial"})
+    num_samples: int = field(default=6, metadata={"help": "trials, alpha=0.001 included"})
+    low: float = field(default=1e-4, metadata={"help": "lower bound of alpha"})
+    high: float = field(default=1e-1, metadata={"help": "upper bound of alpha"})
+    seed: int = field(default=0, metadata={"help": "training seed and search seed"})
+    grace_period: int = field(default=1, metadata={"help": "ASHA: epochs before stopping"})
+    reduction_factor: int = field(default=2, metadata={"help": "ASHA: keep 1/rf per rung"})
+    max_concurrent_trials: int = field(default=2, metadata={"help": "trials at once"})
+    trial_resources: tuple = field(default=({"CPU": 1.0}, {"CPU": 1.0}),
+                                   metadata={"help": "placement-group bundles per trial"})
+    experiment: str = field(default="msreid-tune-alpha", metadata={"help": "MLflow experiment"})
+    tracking_uri: str | None = None
+    storage_path: str | None = None
+    name: str | None = None
+    ray_address: str | None = None
+    synth: dict = field(default_factory=dict)
+    fit: Any = "msreid.train.run:fit"
+    verbose: int = 1
+
+
+@dataclass
+class AlphaOutcome:
+    """The search's table (one row per trial), the best row and where it is logged."""
+
+    table: pd.DataFrame
+    best: dict
+    markdown: str
+    parent_run_id: str
+    tracking_uri: str
+
+
+def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
+    """(flat base config, forced keys); validation every epoch so ASHA compares rungs."""
+    from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
+
+    preset = find_experiment_file(opts.config, "presets")
+    forced = {**parse_overrides(list(opts.overrides)), "run.eval_every": 1,
+              "loss.ablation": opts.ablation}
+    base = config_to_dict(load_config(preset, list(opts.overrides)))
+    cfg = config_from_dict({**base, **forced, "data.manifest": "x"})
+    if cfg.data.val_ids <= 0:
+        raise UserError("tune_alpha selects alpha on validation mAP: data.val_ids must be > 0 "
+                        f"(the preset {preset} has {cfg.data.val_ids})")
+    from msreid.losses import ABLATIONS
+
+    if "hsc_alpha" not in ABLATIONS.get(opts.ablation, {}):
+        raise UserError(f"--ablation {opts.ablation} has no L_hsc term, so alpha does nothing: "
+                        "use hamnet or msn+hsc")
+    if not 0 < opts.low < opts.high:
+        raise UserError(f"alpha range [{opts.low}, {opts.high}]: need 0 < low < high")
+    return base, forced
+
+
+def _tuner(opts: AlphaOptions, ctx: dict, dataset: str, storage: str, name: str, epochs: int):
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler
+    from ray.tune.search.basic_variant import BasicVariantGenerator
+
+    from msreid.orchestration.trainable import run_trial
+
+    points = [{"loss.alpha": PAPER_ALPHA}] if opts.low <= PAPER_ALPHA <= opts.high else []
+    space = {"trial": {"prefix": "alpha", "dataset": dataset, "seed": opts.seed, "overrides": {},
+                       "cells": []},
+             "loss.alpha": tune.loguniform(opts.low, opts.high)}
+    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                                    tune.PlacementGroupFactory([dict(b) for b in opts.trial_resources]))
+    return tune.Tuner(
+        trainable, param_space=space,
+        tune_config=tune.TuneConfig(
+            metric="val/mAP", mode="max", num_samples=opts.num_samples,
+            search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=opts.seed),
+            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1,
+                                    grace_period=opts.grace_period,
+                                    reduction_factor=opts.reduction_factor),
+            max_concurrent_trials=opts.max_concurrent_trials),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=opts.verbose,
+            progress_reporter=tune.CLIReporter(
+                metric_columns={"epoch": "epoch", "val/mAP": "val mAP", "test/mAP": "test mAP"},
+                parameter_columns={"loss.alpha": "alpha"}, max_report_frequency=30)))
+
+
+def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
+    """Search alpha, log every trial and the summary to MLflow, return the table."""
+    import os
+
+    from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+
+    uri = resolve_tracking_uri(opts.tracking_uri)
+    check_reachable(uri)
+    base, forced = base_config(opts)
+    if len(opts.data) > 1:
+        raise UserError("tune_alpha tunes on one dataset: give one --data manifest")
+    experiment_id = ensure_experiment(uri, opts.experiment)
+    manifests, prints = resolve_manifests(_as_benchmark(opts))
+    dataset = next(iter(manifests))
+    client = R.client_for(uri)
+    name = opts.name or f"tune-alpha-{time.strftime('%Y%m%d-%H%M%S')}"
+    parent, _ = R.get_or_create_parent(client, experiment_id, name, kind="tune_alpha")
+    R.log_params(client, parent, {"alpha.low": opts.low, "alpha.high": opts.high,
+                                  "num_samples": opts.num_samples, "loss.ablation": opts.ablation,
+                                  "config": opts.config, "data": manifests[dataset],
+                                  "asha.grace_period": opts.grace_period,
+                                  "asha.reduction_factor": opts.reduction_factor})
+    storage = opts.storage_path or default_storage_path()
+    ctx = {"base_config": base, "force": forced, "manifests": manifests, "fingerprints": prints,
+           "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
+           "benchmark": name, "train_storage": f"{storage.rstrip('/')}/{name}/train",
+           "git_commit": R.git_commit(), "fit": opts.fit, "figures": {"cam_queries": 0}}
+    init_ray(opts.ray_address)
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    epochs = int(base.get("optim.epochs", 1))
+    grid = _tuner(opts, ctx, dataset, storage, name, epochs).fit()
+    table = summarize(grid, epochs)
+    close_children(client, experiment_id, parent)
+    best = pick_best(table)
+    markdown = to_markdown(table, best)
+    log_summary(client, parent, table, best, markdown)
+    client.set_terminated(parent, "FINISHED")
+    return AlphaOutcome(table=table, best=best, markdown=markdown, parent_run_id=parent,
+                        tracking_uri=uri)
+
+
+def _as_benchmark(opts: AlphaOptions):
+    from msreid.orchestration.benchmark import BenchmarkOptions
+
+    return BenchmarkOptions(data=opts.data, synth=opts.synth)
+
+
+def summarize(grid, epochs: int) -> pd.DataFrame:
+    """One row per trial: alpha, how far it trained, best val mAP, test metrics when it finished."""
+    rows = []
+    for res in grid:
+        m = res.metrics or {}
+        finished = "test/mAP" in m and res.error is None
+        row = {"alpha": float(res.config["loss.alpha"]),
+               "status": "finished" if finished else ("error" if res.error else "stopped (ASHA)"),
+               "epochs": int(max((h.get("epoch", -1) for h in _history(res)), default=-1) + 1),
+               "val/mAP": float(m.get("val/mAP", math.nan)),
+               "mlflow_run_id": m.get("mlflow_run_id", "")}
+        for k in ("test/mAP", "test/R1", "test/R5", "test/R10"):
+            row[k] = float(m[k]) if finished and k in m else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows).sort_values("alpha").reset_index(drop=True)
+
+
+def _history(res) -> list[dict]:
+    df = getattr(res, "metrics_dataframe", None)
+    if df is None or "epoch" not in df:
+        return []
+    return [{"epoch": e} for e in df["epoch"].dropna()]
+
+
+def pick_best(table: pd.DataFrame) -> dict:
+    """The finished trial with the highest validation mAP (test metrics never choose)."""
+    done = table[table["status"] == "finished"]
+    if done.empty:
+        raise UserError("no alpha trial finished; see the Tune errors above")
+    return done.loc[done["val/mAP"].idxmax()].to_dict()
+
+
+def to_markdown(table: pd.DataFrame, best: dict) -> str:
+    """The search as a markdown table (in %), best row marked."""
+    lines = ["**alpha of L_hsc: validation-selected (test = test set at the validation-selected "
+             "checkpoint, in %)**", "",
+             "| alpha | status | epochs | val mAP | test mAP | test R1 | test R5 | test R10 |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in table.to_dict("records"):
+        mark = " **(best)**" if row["alpha"] == best["alpha"] else ""
+        mark += " (paper)" if math.isclose(row["alpha"], PAPER_ALPHA) else ""
+        cells = [f"{100 * row[k]:.1f}" if not math.isnan(row[k]) else "n/a"
+                 for k in ("val/mAP", "test/mAP", "test/R1", "test/R5", "test/R10")]
+        lines.append(f"| {row['alpha']:.2e}{mark} | {row['status']} | {row['epochs']} | "
+                     + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(f"best alpha = {best['alpha']:.3g}: val mAP {100 * best['val/mAP']:.1f}, "
+                 f"test mAP {100 * best['test/mAP']:.1f}, test R1 {100 * best['test/R1']:.1f}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(table: pd.DataFrame, best: dict, out: Path) -> Path:
+    """mAP (val for every trial, test for finished ones) against alpha, log x axis."""
+    from msreid.tracking.figures import _plt
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
+    ax.semilogx(table["alpha"], 100 * table["val/mAP"], "o", label="val mAP (selects)")
+    done = table[table["status"] == "finished"]
+    ax.semilogx(done["alpha"], 100 * done["test/mAP"], "s", mfc="none", label="test mAP")
+    ax.axvline(PAPER_ALPHA, color="grey", ls=":", label="paper (0.001)")
+    ax.axvline(best["alpha"], color="green", ls="--", label=f"best {best['alpha']:.2g}")
+    ax.set(xlabel="alpha (weight of L_hsc)", ylabel="mAP (%)", title="mAP against alpha")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def close_children(client, experiment_id: str, parent: str) -> None:
+    """Trials stopped by ASHA never finish their run: mark them KILLED (tag stopped_early)."""
+    for run in R.children(client, experiment_id, parent):
+        if run.info.status == "RUNNING":
+            R.set_tags(client, run.info.run_id, {"msreid.stopped_early": "ASHA"})
+            client.set_terminated(run.info.run_id, "KILLED")
+
+
+def log_summary(client, parent: str, table: pd.DataFrame, best: dict, markdown: str) -> None:
+    """Best alpha (param + metrics), the table (md/csv) and the plot on the parent run."""
+    R.log_params(client, parent, {"best_alpha": best["alpha"]})
+    R.log_metrics(client, parent, {"best_alpha": best["alpha"], "best/val/mAP": best["val/mAP"],
+                                   **{f"best/{k}": best[k] for k in
+                                      ("test/mAP", "test/R1", "test/R5", "test/R10")}})
+    R.log_text(client, parent, markdown, "alpha/alpha_search.md")
+    R.log_text(client, parent, table.to_csv(index=False), "alpha/alpha_search.csv")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = plot(table, best, Path(tmp) / "map_vs_alpha.png")
+        client.log_artifact(parent, str(path), "alpha")
