@@ -97,35 +97,41 @@ def dataloader_rate(root: Path, size, batch: int, cores: int, n: int, warmup: in
     return rate(forever(), n, warmup, lambda b: int(b[-1].numel()))
 
 
-def ray_rate(manifest: Path, size, batch: int, cores: int, n: int, warmup: int) -> float:
+def start_ray(manifest: Path, cores: int):
+    """Ray with ``cores`` CPUs (kept for the whole run) and the manifest in its object store."""
     import ray
 
-    from msreid.data.transforms import AugmentParams, normalize
-    from msreid.train.pipeline import DecodeSpec, load_manifest, train_dataset
-    from msreid.train.sampling import epoch_plan, split_rows
+    from msreid.train.pipeline import load_manifest
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
-    index, meta = load_manifest(str(manifest))
+    return load_manifest(str(manifest))
+
+
+def ray_rate(loaded, size, batch: int, n: int, warmup: int, per_task: int) -> float:
+    from msreid.data.transforms import AugmentParams, normalize
+    from msreid.train.pipeline import DecodeSpec, train_dataset
+    from msreid.train.sampling import epoch_plan, split_rows
+
+    index, meta = loaded
     rows = split_rows(meta.split, meta.pid, meta.camera, val_ids=0, per_camera=1, seed=0)
+    epochs_needed = int(np.ceil((n + warmup) * batch / rows.train.size)) + 1
     plans = [epoch_plan(rows.train_labels, mode="uniform", batch_size=batch, p=0, k=0, seed=0,
-                        epoch=e) for e in range(int(np.ceil((n + warmup) * batch / rows.train.size)) + 1)]
+                        epoch=e) for e in range(epochs_needed)]
     pos = np.concatenate(plans)
     epochs = np.concatenate([np.full(len(p), e) for e, p in enumerate(plans)])
     steps = np.concatenate([np.arange(len(p)) for p in plans])
     spec = DecodeSpec(index, ("rgb", "nir", "tir"), size,
                       AugmentParams(flip_prob=0.5, pad=10, erase_prob=0.5), 0)
-    ds = train_dataset(spec, rows.train[pos], rows.train_labels[pos], epochs, steps)
+    ds = train_dataset(spec, rows.train[pos], rows.train_labels[pos], epochs, steps,
+                       batches_per_task=per_task)
 
     def consume(b) -> int:
         for s in spec.spectra:
             normalize(b[s][0], MEAN, STD)
         return int(b["labels"].numel())
 
-    try:
-        return rate(ds.iter_torch_batches(batch_size=1, prefetch_batches=2), n, warmup, consume)
-    finally:
-        ray.shutdown()
+    return rate(ds.iter_torch_batches(batch_size=1, prefetch_batches=2), n, warmup, consume)
 
 
 def main() -> None:
@@ -137,6 +143,8 @@ def main() -> None:
     p.add_argument("--cores", type=int, default=2)
     p.add_argument("--batches", type=int, default=40, help="measured batches per pipeline")
     p.add_argument("--warmup", type=int, default=4)
+    p.add_argument("--batches-per-task", type=int, default=8, help="data.batches_per_task")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--backbone", default="resnet50", help="for the train step's consumption")
     args = p.parse_args()
     torch.set_num_threads(args.cores)
@@ -144,20 +152,33 @@ def main() -> None:
 
     size = tuple(resolve_backbone(args.backbone).input_size)
     root, manifest = make_data(args.work, args.ids, args.tuples_per_id)
-    load = os.getloadavg()[0]
-    dl = dataloader_rate(root, size, args.batch, args.cores, args.batches, args.warmup)
-    rd = ray_rate(manifest, size, args.batch, args.cores, args.batches, args.warmup)
+    loaded = start_ray(manifest, args.cores)  # idle while the DataLoader runs
+    runs = {"torch DataLoader + PIL (released JPEGs)": lambda: dataloader_rate(
+                root, size, args.batch, args.cores, args.batches, args.warmup),
+            "Ray Data pipeline, 1 batch per task": lambda: ray_rate(
+                loaded, size, args.batch, args.batches, args.warmup, 1),
+            f"Ray Data pipeline, {args.batches_per_task} batches per task": lambda: ray_rate(
+                loaded, size, args.batch, args.batches, args.warmup, args.batches_per_task)}
+    rates: dict[str, list[float]] = {k: [] for k in runs}
+    loads = []
+    for _ in range(args.rounds):  # interleaved: load changes hit every variant alike
+        for name, fn in runs.items():
+            loads.append(os.getloadavg()[0])
+            rates[name].append(fn())
     import train_step  # perf/ is on sys.path when run as a script
 
     step = train_step.hamnet_step(args.backbone, args.batch, size, args.ids)
     sec = train_step.measure({"step": step}, repeats=2)["step"][0]
     print(f"{args.batch}-tuple batches of 3 x {size[0]}x{size[1]}, {args.cores} cores, "
-          f"{args.batches} batches each; load average {load:.1f} -> {os.getloadavg()[0]:.1f} "
-          f"on {os.cpu_count()} cores")
-    print(f"{'torch DataLoader + PIL (released JPEGs)':<44}{dl:>9.1f} tuples/s")
-    print(f"{'Ray Data pipeline (manifest)':<44}{rd:>9.1f} tuples/s  ({rd / dl:.2f}x)")
+          f"{args.batches} batches per measurement, {args.rounds} interleaved rounds; load "
+          f"average {min(loads):.1f}..{max(loads):.1f} on {os.cpu_count()} cores")
+    base = statistics.median(rates[next(iter(runs))])
+    for name, r in rates.items():
+        med = statistics.median(r)
+        print(f"{name:<44}{med:>8.1f} tuples/s ({med / base:.2f}x)  rounds: "
+              + " ".join(f"{x:.0f}" for x in r))
     print(f"{'HAMNet train step (' + args.backbone + ') consumes':<44}"
-          f"{args.batch / sec:>9.1f} tuples/s")
+          f"{args.batch / sec:>8.1f} tuples/s")
 
 
 if __name__ == "__main__":

@@ -66,6 +66,8 @@ class DataConfig:
     val_query_per_camera: int = _f(1, "validation queries per (id, camera); the rest of the "
                                       "validation ids' tuples form the validation gallery")
     num_decode_workers: int = _f(0, "max parallel Ray Data decode tasks (0 = Ray decides)")
+    batches_per_task: int = _f(8, "training batches decoded per Ray Data task (amortises the "
+                                  "per-task overhead; lower it for very large batches)")
     prefetch_batches: int = _f(2, "batches each training worker prefetches")
     eval_batch_size: int = _f(64, "tuples per batch when extracting features")
 
@@ -313,7 +315,8 @@ def check_config(cfg: TrainConfig) -> None:
     positive = {"data.batch_size": d.batch_size, "data.P": d.P, "data.K": d.K,
                 "data.eval_batch_size": d.eval_batch_size, "optim.epochs": o.epochs,
                 "run.eval_every": r.eval_every, "run.checkpoint_every": r.checkpoint_every,
-                "data.val_query_per_camera": d.val_query_per_camera}
+                "data.val_query_per_camera": d.val_query_per_camera,
+                "data.batches_per_task": d.batches_per_task}
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"{key}={value} must be >= 1")

@@ -156,14 +156,15 @@ def resume_epoch(run_dir: str) -> int:
 
 
 def _train_factory(spec: DecodeSpec, plan: Plan, run_dir: str, workers: int,
-                   num_decode_workers: int) -> Callable[[], ray.data.Dataset]:
+                   cfg: TrainConfig) -> Callable[[], ray.data.Dataset]:
     """Ray Train calls this at every worker-group start: after a restart the plan resumes."""
 
     def make() -> ray.data.Dataset:
         start = resume_epoch(run_dir) if workers > 0 else 0
         keep = plan.epochs >= start
         return train_dataset(spec, plan.rows[keep], plan.labels[keep], plan.epochs[keep],
-                             plan.steps[keep], num_decode_workers=num_decode_workers)
+                             plan.steps[keep], batches_per_task=cfg.data.batches_per_task,
+                             num_decode_workers=cfg.data.num_decode_workers)
 
     return make
 
@@ -211,7 +212,17 @@ def _trainer(cfg: TrainConfig, job: dict, datasets: dict, storage_path: str, nam
         train_loop_config={"cfg": config_to_dict(cfg), "job": job},
         scaling_config=scaling, run_config=run_config,
         torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"]))
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"],
+                                                     execution_options=_ordered_ingest()))
+
+
+def _ordered_ingest():
+    """Train's default ingest options plus preserve_order (Train would drop the datasets' own)."""
+    from ray.train import DataConfig
+
+    options = DataConfig.default_ingest_options()
+    options.preserve_order = True  # batches in plan order: reproducible runs and resumes
+    return options
 
 
 def _outcome(result) -> TrainOutcome:
@@ -260,8 +271,7 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: list | Non
     if validate:
         evals["val"] = np.concatenate([rows.val_query, rows.val_gallery])
     datasets: dict[str, Any] = {
-        "train": _train_factory(train_spec, plan, run_dir, cfg.run.num_workers,
-                                d.num_decode_workers),
+        "train": _train_factory(train_spec, plan, run_dir, cfg.run.num_workers, cfg),
         **{k: eval_dataset(eval_spec, v, batch_size=d.eval_batch_size,
                            num_decode_workers=d.num_decode_workers) for k, v in evals.items()}}
     loop.LOCAL_CALLBACKS[:] = list(callbacks or []) if cfg.run.num_workers == 0 else []
