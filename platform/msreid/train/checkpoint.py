@@ -90,6 +90,25 @@ def write_checkpoint(directory: str | Path, files: dict[str, Any],
     return directory
 
 
+LOCAL_PREFIX = "checkpoint_epoch_"
+
+
+def local_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Local-mode checkpoints of a run directory, oldest first (``final`` last)."""
+    found = []
+    for p in Path(run_dir).glob(LOCAL_PREFIX + "*"):
+        tag = p.name[len(LOCAL_PREFIX):]
+        if tag.isdigit() or tag == "final":
+            found.append((float("inf") if tag == "final" else int(tag), p))
+    return [p for _, p in sorted(found)]
+
+
+def prune_local_checkpoints(run_dir: str | Path, keep: int = 2) -> None:
+    """Delete all but the ``keep`` newest local-mode checkpoints (Ray does this otherwise)."""
+    for p in local_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def load_pt(directory: str | Path, name: str) -> Any:
     """``torch.load(directory / name, weights_only=True)`` on the CPU."""
     return torch.load(Path(directory) / name, map_location="cpu", weights_only=True)

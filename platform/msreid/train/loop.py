@@ -276,6 +276,8 @@ def report(metrics: dict, directory: Path | None, w: Worker) -> None:
     if w.local_mode:
         for cb in LOCAL_CALLBACKS:
             cb.after_report(run_context=None, metrics=[dict(metrics)], checkpoint=ckpt)
+        if directory is not None:
+            ck.prune_local_checkpoints(directory.parent)
     elif directory is not None:
         shutil.rmtree(directory.parent, ignore_errors=True)  # our temp copy, now persisted
 
@@ -370,6 +372,14 @@ def finish(raw, opt, sched, scaler, cfg: TrainConfig, job: dict, w: Worker,
     report(metrics, directory, w)
 
 
+def _latest_checkpoint(job: dict, w: Worker):
+    """Ray's checkpoint to resume from; in local mode (no Ray restore) the run dir's newest."""
+    if not w.local_mode:
+        return ray.train.get_checkpoint()
+    found = ck.local_checkpoints(job["run_dir"])
+    return ray.train.Checkpoint.from_directory(str(found[-1])) if found else None
+
+
 def train_loop_per_worker(config: dict) -> None:
     """Entry point of every Ray Train worker; ``config = {"cfg": flat config, "job": ...}``.
 
@@ -385,9 +395,11 @@ def train_loop_per_worker(config: dict) -> None:
     opt, sched = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(w.device.type, enabled=(
         cfg.run.precision == "fp16" and w.device.type == "cuda"))
-    st = _restore(ray.train.get_checkpoint(), raw, opt, sched, scaler)
+    latest = _latest_checkpoint(job, w)
+    st = _restore(latest, raw, opt, sched, scaler)
     if st.final_metrics is not None:  # re-run of a finished run: nothing left to do
-        report(st.final_metrics, None, w)
+        # local mode: hand the final checkpoint back (Ray's Result holds it otherwise)
+        ray.train.report(st.final_metrics, checkpoint=latest if w.local_mode else None)
         return
     run_epochs(model, raw, opt, sched, scaler, cfg, job, w, st)
     finish(raw, opt, sched, scaler, cfg, job, w, st)

@@ -155,12 +155,20 @@ def resume_epoch(run_dir: str) -> int:
         return 0
 
 
+def local_resume_epoch(run_dir: str) -> int:
+    """As ``resume_epoch`` for local mode, whose checkpoints the loop writes itself."""
+    found = ck.local_checkpoints(run_dir)
+    if not found:
+        return 0
+    return int(ck.load_json(found[-1], ck.META_FILE)["epoch"]) + 1
+
+
 def _train_factory(spec: DecodeSpec, plan: Plan, run_dir: str, workers: int,
                    cfg: TrainConfig) -> Callable[[], ray.data.Dataset]:
     """Ray Train calls this at every worker-group start: after a restart the plan resumes."""
 
     def make() -> ray.data.Dataset:
-        start = resume_epoch(run_dir) if workers > 0 else 0
+        start = resume_epoch(run_dir) if workers > 0 else local_resume_epoch(run_dir)
         keep = plan.epochs >= start
         return train_dataset(spec, plan.rows[keep], plan.labels[keep], plan.epochs[keep],
                              plan.steps[keep], batches_per_task=cfg.data.batches_per_task,
