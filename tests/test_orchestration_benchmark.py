@@ -107,44 +107,6 @@ def report_markdown(uri, parent, capsys) -> str:
     return capsys.readouterr().out
 
 
-@pytest.mark.ray
-@pytest.mark.timeout(240)
-def test_benchmark_tables_mlflow_and_report(ray_session, tmp_path, manifest, capsys):
-    from msreid.orchestration.benchmark import run_benchmark
-
-    out = run_benchmark(options(tmp_path, manifest))
-    assert out.errors == []
-    # 2 Table 3 rows + 1 Table 5 row not shared with Table 3, x 2 seeds.
-    client, kids = children(out.tracking_uri, out.parent_run_id)
-    assert len(kids) == 3 * 2
-    assert {k.info.status for k in kids} == {"FINISHED"}
-    # Every table cell is a metric of a child run under the parent.
-    cells = {tuple(c) for k in kids for c in json.loads(k.data.tags["msreid.cells"])}
-    assert len(cells) == 2 + 2
-    for k in kids:
-        assert {"test/mAP", "test/R1", "test/R5", "test/R10", "test/mINP"} <= set(k.data.metrics)
-        assert k.data.params["model.backbone"] == "test_resnet"
-        assert k.data.tags["mlflow.parentRunId"] == out.parent_run_id
-        steps = [m.step for m in client.get_metric_history(k.info.run_id, "val/mAP")]
-        assert sorted(steps) == [0, 1] or sorted(steps) == [0, 1, 1]  # per epoch (+ final)
-    # Hand-computed: RGB-N-T MSN = 0.2 + 0.3 + 0 + 0.002*seed -> 50.0, 50.2: mean 50.1,
-    # std sqrt((0.1^2 + 0.1^2) / 1) = 0.141; paper 60.5 -> diff -10.4.
-    t3 = out.frames["table3"].set_index("Modality")
-    assert t3.loc["RGB-N-T MSN", "mAP"] == pytest.approx(100 * (expected_map(3, "msn", 0)
-                                                                 + expected_map(3, "msn", 1)) / 2)
-    assert t3.loc["RGB-N-T MSN", "mAP"] == pytest.approx(50.1)
-    assert t3.loc["RGB-N-T MSN", "mAP_std"] == pytest.approx(0.1414, abs=1e-3)
-    assert t3.loc["RGB-N-T MSN", "mAP_diff"] == pytest.approx(50.1 - 60.5)
-    t5 = out.frames["table5"].set_index("Model")
-    assert t5.loc["+ L_caid", "mAP"] == pytest.approx(100 * (0.52 + 0.522) / 2)
-    assert all(ok for ok, _ in out.checks)
-    # The parent carries the tables; `msreid report` rebuilds the printed ones from MLflow.
-    arts = {a.path for a in client.list_artifacts(out.parent_run_id, "tables")}
-    assert {"tables/table3.md", "tables/table3.csv", "tables/table3.html",
-            "tables/table5.md"} <= arts
-    assert report_markdown(out.tracking_uri, out.parent_run_id, capsys) == out.markdown
-
-
 DRIVER = """
 import sys
 from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
@@ -166,14 +128,14 @@ def _finished(uri, parent_tag):
 
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_resume_after_the_driver_is_killed(ray_session, tmp_path, manifest, capsys):
+def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, manifest, capsys):
     from msreid.orchestration.benchmark import run_benchmark
     from msreid.orchestration.benchmark import load_benchmark_suite
     from msreid.orchestration.grid import expand_trials
 
-    opts = options(tmp_path, manifest, name="mini-resume", seeds=(0,))
+    opts = options(tmp_path, manifest, name="mini-resume")
     trials = expand_trials(load_benchmark_suite(opts))
-    assert len(trials) == 3
+    assert len(trials) == 3 * 2  # 2 Table 3 rows + 1 unshared Table 5 row, x 2 seeds
     # The last trial hangs until the driver is killed mid-benchmark.
     results = tmp_path / "results" / "mini-resume"
     results.mkdir(parents=True)
@@ -193,16 +155,16 @@ def test_resume_after_the_driver_is_killed(ray_session, tmp_path, manifest, caps
         return calls_dir.is_dir() and any(p.name.startswith(trials[-1].key)
                                           for p in calls_dir.iterdir())
 
-    while not (len(_finished(uri, None)) == 2 and hanging()) and time.time() < deadline:
+    while not (len(_finished(uri, None)) == 5 and hanging()) and time.time() < deadline:
         assert proc.poll() is None, "the driver ended before it was killed"
         time.sleep(1)
     time.sleep(2)  # let Tune record what it can, then kill the driver and its Ray
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     done_before = {r.data.tags["msreid.trial_key"] for r in _finished(uri, None)}
-    assert len(done_before) == 2
+    assert len(done_before) == 5
 
-    out = run_benchmark(options(tmp_path, manifest, name=None, seeds=(0,), resume=""))
+    out = run_benchmark(options(tmp_path, manifest, name=None, resume=""))
     assert out.name == "mini-resume" and out.errors == []
     client, kids = children(uri, out.parent_run_id)
     # One parent, one child per trial, none duplicated; all finished.
@@ -216,4 +178,30 @@ def test_resume_after_the_driver_is_killed(ray_session, tmp_path, manifest, caps
     calls = [p.name.split(".")[0] for p in (results / "train" / "calls").iterdir()]
     assert {key: calls.count(key) for key in done_before} == {key: 1 for key in done_before}
     assert calls.count(trials[-1].key) == 2
+    # Every cell is a metric of a child under the parent; per-epoch curves have step = epoch.
+    cells = {tuple(c) for k in kids for c in json.loads(k.data.tags["msreid.cells"])}
+    assert len(cells) == 2 + 2
+    for k in kids:
+        assert {"test/mAP", "test/R1", "test/R5", "test/R10", "test/mINP"} <= set(k.data.metrics)
+        assert k.data.params["model.backbone"] == "test_resnet"
+        steps = [m.step for m in client.get_metric_history(k.info.run_id, "train/loss")]
+        assert sorted(steps) == [0, 1]
+    # Hand-computed from the fake: RGB-N-T MSN = 0.2 + 0.3 + 0 + 0.002 * seed -> 50.0 and
+    # 50.2 (%): mean 50.1, sample std sqrt(0.1^2 + 0.1^2) = 0.1414; paper 60.5 -> -10.4.
+    t3 = out.frames["table3"].set_index("Modality")
+    assert t3.loc["RGB-N-T MSN", "mAP"] == pytest.approx(50.1)
+    assert t3.loc["RGB-N-T MSN", "mAP"] == pytest.approx(
+        100 * (expected_map(3, "msn", 0) + expected_map(3, "msn", 1)) / 2)
+    assert t3.loc["RGB-N-T MSN", "mAP_std"] == pytest.approx(0.1414, abs=1e-3)
+    assert t3.loc["RGB-N-T MSN", "mAP_diff"] == pytest.approx(50.1 - 60.5)
+    # RGB one-stream: 0.3, 0.302 -> 30.1; + L_caid: 0.52, 0.522 -> 52.1 (shared baseline 50.1).
+    assert t3.loc["RGB one-stream", "mAP"] == pytest.approx(30.1)
+    t5 = out.frames["table5"].set_index("Model")
+    assert t5.loc["+ L_caid", "mAP"] == pytest.approx(52.1)
+    assert t5.loc["baseline (MSN)", "mAP"] == pytest.approx(50.1)
+    assert all(ok for ok, _ in out.checks)
+    # The parent carries the tables; `msreid report` rebuilds the printed ones from MLflow.
+    arts = {a.path for a in client.list_artifacts(out.parent_run_id, "tables")}
+    assert {"tables/table3.md", "tables/table3.csv", "tables/table3.html",
+            "tables/table5.md"} <= arts
     assert report_markdown(uri, out.parent_run_id, capsys) == out.markdown

@@ -104,11 +104,12 @@ def _tuner(opts: AlphaOptions, ctx: dict, dataset: str, storage: str, name: str,
         trainable, param_space=space,
         tune_config=tune.TuneConfig(
             metric="val/mAP", mode="max", num_samples=opts.num_samples,
-            search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=opts.seed),
+            search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=opts.seed,
+                                             max_concurrent=opts.max_concurrent_trials),
             scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1,
                                     grace_period=opts.grace_period,
                                     reduction_factor=opts.reduction_factor),
-            max_concurrent_trials=opts.max_concurrent_trials),
+            reuse_actors=False),  # an ASHA stop ends the trial's process (and its training)
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=opts.verbose,
             progress_reporter=tune.CLIReporter(
@@ -145,10 +146,13 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
            "git_commit": R.git_commit(), "fit": opts.fit, "figures": {"cam_queries": 0}}
     init_ray(opts.ray_address)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # fit's last report (test metrics) carries best_val/mAP, not val/mAP; ASHA ignores it.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     epochs = int(base.get("optim.epochs", 1))
     grid = _tuner(opts, ctx, dataset, storage, name, epochs).fit()
     table = summarize(grid, epochs)
-    close_children(client, experiment_id, parent)
+    close_children(client, experiment_id, parent,
+                   set(table.loc[table["status"] == "stopped (ASHA)", "trial_id"]))
     best = pick_best(table)
     markdown = to_markdown(table, best)
     log_summary(client, parent, table, best, markdown)
@@ -169,22 +173,26 @@ def summarize(grid, epochs: int) -> pd.DataFrame:
     for res in grid:
         m = res.metrics or {}
         finished = "test/mAP" in m and res.error is None
+        epochs, best_val = _curve(res)
         row = {"alpha": float(res.config["loss.alpha"]),
                "status": "finished" if finished else ("error" if res.error else "stopped (ASHA)"),
-               "epochs": int(max((h.get("epoch", -1) for h in _history(res)), default=-1) + 1),
-               "val/mAP": float(m.get("val/mAP", math.nan)),
-               "mlflow_run_id": m.get("mlflow_run_id", "")}
+               "epochs": epochs,
+               "val/mAP": float(m.get("best_val/mAP", best_val)),
+               "trial_id": m.get("trial_id", "")}
         for k in ("test/mAP", "test/R1", "test/R5", "test/R10"):
             row[k] = float(m[k]) if finished and k in m else math.nan
         rows.append(row)
     return pd.DataFrame(rows).sort_values("alpha").reset_index(drop=True)
 
 
-def _history(res) -> list[dict]:
+def _curve(res) -> tuple[int, float]:
+    """(epochs trained, best validation mAP reported) from a trial's reported results."""
     df = getattr(res, "metrics_dataframe", None)
     if df is None or "epoch" not in df:
-        return []
-    return [{"epoch": e} for e in df["epoch"].dropna()]
+        return 0, math.nan
+    epochs = int(df["epoch"].max()) + 1 if df["epoch"].notna().any() else 0
+    best = float(df["val/mAP"].max()) if "val/mAP" in df and df["val/mAP"].notna().any() else math.nan
+    return epochs, best
 
 
 def pick_best(table: pd.DataFrame) -> dict:
@@ -234,10 +242,13 @@ def plot(table: pd.DataFrame, best: dict, out: Path) -> Path:
     return out
 
 
-def close_children(client, experiment_id: str, parent: str) -> None:
-    """Trials stopped by ASHA never finish their run: mark them KILLED (tag stopped_early)."""
+def close_children(client, experiment_id: str, parent: str, stopped: set[str]) -> None:
+    """Runs of trials ASHA stopped (Tune trial ids ``stopped``) end KILLED, tagged stopped_early.
+
+    Stopping interrupts the trial inside ``fit``, which leaves its run RUNNING or FAILED.
+    """
     for run in R.children(client, experiment_id, parent):
-        if run.info.status == "RUNNING":
+        if run.data.tags.get("msreid.tune_trial_id") in stopped:
             R.set_tags(client, run.info.run_id, {"msreid.stopped_early": "ASHA"})
             client.set_terminated(run.info.run_id, "KILLED")
 

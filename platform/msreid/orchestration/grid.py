@@ -180,19 +180,19 @@ def load_table(path: str | Path) -> TableSpec:
         paper_table=data.get("paper_table"), base=base)
 
 
-def _select_columns(table: TableSpec, raw: Any, where: str) -> TableSpec:
-    """Keep the named columns (strings) and/or add new ones (mappings), in the given order."""
-    by_name = {c.name: c for c in table.columns}
+def _select(table: TableSpec, axis: str, raw: Any, where: str) -> TableSpec:
+    """Keep the named rows/columns (strings) and/or add new ones (mappings), in the given order."""
+    by_name = {lv.name: lv for lv in getattr(table, axis)}
     chosen = []
     for i, item in enumerate(raw):
         if isinstance(item, str):
             if item not in by_name:
-                raise UserError(f"{where}[{i}]: table {table.name} has no column {item!r}; "
+                raise UserError(f"{where}[{i}]: table {table.name} has no {axis[:-1]} {item!r}; "
                                 f"it has {list(by_name)}")
             chosen.append(by_name[item])
         else:
             chosen.append(_level(item, f"{where}[{i}]"))
-    return TableSpec(**{**table.__dict__, "columns": tuple(chosen)})
+    return TableSpec(**{**table.__dict__, axis: tuple(chosen)})
 
 
 def _bundles(raw: Any, where: str) -> tuple[dict[str, float], ...]:
@@ -223,8 +223,9 @@ def load_suite(path: str | Path) -> Suite:
     for i, entry in enumerate(data["tables"]):
         entry = {"grid": entry} if isinstance(entry, str) else entry
         table = load_table(path.parent / entry["grid"])
-        if "columns" in entry:
-            table = _select_columns(table, entry["columns"], f"{path}: tables[{i}].columns")
+        for axis in ("rows", "columns"):
+            if axis in entry:
+                table = _select(table, axis, entry[axis], f"{path}: tables[{i}].{axis}")
         tables.append(table)
     checks = tuple(Check(table=c["table"], metric=c.get("metric", "mAP"), row=c["row"],
                          above=tuple(c["above"])) for c in data.get("checks", []))

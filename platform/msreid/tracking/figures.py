@@ -159,7 +159,7 @@ def cam_overlays(checkpoint_dir: str | Path, ranking_json: str | Path, manifest:
     plt, paths = _plt(), []
     for q in queries:
         tup = images[q["query_row"]]
-        x = {s: normalize(torch.from_numpy(resize(tup[s].transpose(2, 0, 1)[None], size)),
+        x = {s: normalize(torch.from_numpy(np.array(resize(tup[s].transpose(2, 0, 1)[None], size))),
                           cfg.data.mean, cfg.data.std) for s in spectra}
         with torch.no_grad():
             res = model(x, return_cams=True)

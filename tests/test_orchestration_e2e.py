@@ -1,0 +1,90 @@
+"""The smoke grid end to end with the REAL fit, at a reduced size, against a real MLflow
+SQLite store: every expected cell is a metric of a child run under the parent, the
+artifacts are there, and `msreid report` rebuilt from MLflow equals the printed tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+GRIDS = ROOT / "experiments" / "grids"
+
+# The real grid files, reduced: two Table 3 rows and two Table 5 rows, one of them
+# shared (baseline (MSN) = RGB-N-T MSN): 3 trials of 2 epochs on a tiny synthetic set.
+SUITE = f"""
+name: smoke-mini
+preset: smoke
+seeds: [0]
+tables:
+  - grid: {GRIDS}/table3_rgbnt100.yaml
+    rows: [RGB one-stream, RGB-N-T MSN]
+    columns: [{{name: test_resnet, paper_backbone: ResNet50, set: {{model.backbone: test_resnet}}}}]
+  - grid: {GRIDS}/table5_ablation.yaml
+    rows: [baseline (MSN), + L_caid]
+    columns: [RGBNT100]
+set: {{model.backbone: test_resnet, optim.epochs: 2, run.eval_every: 1}}
+# 4 logical CPUs in the test session: 2 trials x 1.5 leave 1 whole CPU for Ray Data.
+trial_resources: [{{CPU: 0.5}}, {{CPU: 1}}]
+max_concurrent_trials: 2
+max_failures: 0
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_smoke_grid_end_to_end(ray_session, tmp_path, capsys):
+    from msreid.cli import main as cli
+    from msreid.data.schema import manifest_info
+    from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
+    from msreid.orchestration.datasets import synthetic_manifest
+    from msreid.orchestration.grid import expand_cells, load_suite
+    from msreid.tracking import runs as R
+
+    manifest = synthetic_manifest({"ids": 6, "cameras": 3, "tuples_per_id": 6, "height": 32,
+                                   "width": 64}, root=tmp_path / "cache")
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    out = run_benchmark(BenchmarkOptions(
+        preset=str(tmp_path / "suite.yaml"), data=(manifest,), tracking_uri=uri, experiment="e2e",
+        storage_path=str(tmp_path / "results"), verbose=0, figures={"cam_queries": 2}))
+    assert out.errors == []
+
+    client = R.client_for(uri)
+    kids = R.children(client, out.experiment_id, out.parent_run_id)
+    assert len(kids) == 3 and {k.info.status for k in kids} == {"FINISHED"}
+    by_cell = {tuple(c): k for k in kids for c in json.loads(k.data.tags[R.TAG_CELLS])}
+    suite = load_suite(tmp_path / "suite.yaml")
+    expected = [c for t in suite.tables for c in expand_cells(t, suite.set)]
+    assert len(expected) == 4 and set(by_cell) == {c.id for c in expected}
+    for cell in expected:  # every table cell is a metric of a child run under the parent
+        kid = by_cell[cell.id]
+        for metric in suite.table(cell.id[0]).metrics:
+            value = kid.data.metrics[f"test/{metric}"]
+            frame = out.frames[cell.id[0]]
+            row = frame[frame.iloc[:, 0] == cell.id[1]].iloc[0]
+            assert row[metric] == pytest.approx(100 * value)  # tables are in %
+    fingerprint = manifest_info(manifest).fingerprint
+    for kid in kids:
+        assert kid.data.tags[R.TAG_PARENT] == out.parent_run_id
+        assert kid.data.tags["msreid.manifest_fingerprint"] == fingerprint
+        assert kid.data.params["data.manifest"] == manifest
+        assert {"test/mINP", "best_val/mAP", "best_epoch"} <= set(kid.data.metrics)
+        steps = sorted(m.step for m in client.get_metric_history(kid.info.run_id, "train/loss"))
+        assert steps == [0, 1]  # one point per epoch
+        arts = {a.path for p in ("evaluation", "figures", "figures/cams")
+                for a in client.list_artifacts(kid.info.run_id, p)}
+        assert {"evaluation/cmc.csv", "evaluation/ranking.json", "figures/cmc.png",
+                "figures/ranked_list.png"} <= arts
+        assert len([a for a in arts if a.startswith("figures/cams/")]) == 2
+    three = by_cell[("table3", "RGB-N-T MSN", "test_resnet")]
+    assert "evaluation/missing_modality.csv" in {
+        a.path for a in client.list_artifacts(three.info.run_id, "evaluation")}
+    assert three is by_cell[("table5", "baseline (MSN)", "RGBNT100")]  # shared trial
+
+    capsys.readouterr()
+    assert cli(["report", "--experiment", "e2e", "--run", out.parent_run_id,
+                "--tracking-uri", uri]) == 0
+    assert capsys.readouterr().out == out.markdown
