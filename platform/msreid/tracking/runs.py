@@ -10,6 +10,7 @@ processes would not share (and see RAY_NOTES.md on MLflowLoggerCallback).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import subprocess
@@ -30,8 +31,13 @@ TAG_RUN_NAME = "mlflow.runName"
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
 
+@functools.lru_cache(maxsize=8)
 def client_for(uri: str) -> MlflowClient:
-    """A client bound to ``uri`` (never the process-global tracking URI)."""
+    """A client bound to ``uri`` (never the process-global tracking URI), one per process.
+
+    Cached: building a client opens the store (for SQLite: an engine and a schema
+    check), which costs about a second per call when done per epoch.
+    """
     return MlflowClient(tracking_uri=uri)
 
 
