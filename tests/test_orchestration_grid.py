@@ -87,3 +87,18 @@ def test_user_errors_name_the_file(tmp_path):
     (tmp_path / "s.yaml").write_text("name: s\npreset: p\ntables: [{grid: bad.yaml, columns: [X]}]\n")
     with pytest.raises(UserError, match="no column 'X'"):
         load_suite(tmp_path / "s.yaml")
+
+
+def test_restrict_suite_to_the_given_data():
+    from msreid.orchestration.grid import restrict_suite
+
+    suite = load_suite(GRIDS / "paper.yaml")
+    only, notes = restrict_suite(suite, {"rgbnt100"})
+    # Table 2 (RGBN300) dropped; Table 5 keeps its RGBNT100 column only.
+    assert [t.name for t in only.tables] == ["table3", "table5"]
+    assert [c.name for c in only.table("table5").columns] == ["RGBNT100"]
+    assert notes == ["table2 skipped: no data for rgbn300",
+                     "table5: cells on rgbn300 left out (no data)"]
+    assert len(expand_trials(only)) == (35 + 2) * 3
+    same, notes = restrict_suite(suite, {"rgbnt100", "rgbn300"})
+    assert same == suite and notes == []

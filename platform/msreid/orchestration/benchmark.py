@@ -165,20 +165,19 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     """Run (or resume) a benchmark suite end to end; see the module docstring."""
     from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 
-    suite = load_benchmark_suite(opts)
+    from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args
+
     uri = resolve_tracking_uri(opts.tracking_uri)
     check_reachable(uri)
-    wanted = None
-    if opts.data:
-        from msreid.orchestration.datasets import resolve_data_args
-        wanted = set(resolve_data_args(list(opts.data)))
-    base, forced, trials = prepare_trials(opts, suite, wanted)
+    datasets = set(resolve_data_args(list(opts.data))) if opts.data else {SMOKE_LAYOUT}
+    suite, notes = G.restrict_suite(load_benchmark_suite(opts), datasets)
+    for note in notes:
+        print(f"note: {note}", flush=True)
+    base, forced, trials = prepare_trials(opts, suite, datasets)  # config errors: before compute
     experiment_id = ensure_experiment(uri, opts.experiment)
     client = R.client_for(uri)
     name = benchmark_name(opts, suite, client, experiment_id)
-    manifests, prints = resolve_manifests(opts)
-    if wanted is None:
-        base, forced, trials = prepare_trials(opts, suite, set(manifests))
+    manifests, prints = resolve_manifests(opts)  # the synthetic data is generated on first use
     parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints)
     storage = opts.storage_path or default_storage_path()
     ctx = {"base_config": base, "force": forced, "manifests": manifests, "fingerprints": prints,

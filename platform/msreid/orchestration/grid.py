@@ -137,10 +137,10 @@ def _read_yaml(path: Path) -> dict:
 _LEVEL_KEYS = {"name", "set", "dataset", "paper_backbone", "paper_row"}
 
 
-def _level(raw: Any, where: str) -> Level:
+def _level(raw: Any, where: str, need_name: bool = True) -> Level:
     if isinstance(raw, str):
         return Level(name=raw)
-    if not isinstance(raw, dict) or ("name" not in raw and where.endswith("]")):
+    if not isinstance(raw, dict) or ("name" not in raw and need_name):
         raise UserError(f"{where}: expected a mapping with at least `name`, got {raw!r}")
     unknown = set(raw) - _LEVEL_KEYS
     if unknown:
@@ -169,7 +169,8 @@ def load_table(path: str | Path) -> TableSpec:
     for key in ("name", "rows", "columns"):
         if key not in data:
             raise UserError(f"grid file {path}: missing field `{key}`")
-    base = _level({k: data[k] for k in _LEVEL_KEYS - {"name"} if k in data}, f"{path}")
+    base = _level({k: data[k] for k in _LEVEL_KEYS - {"name"} if k in data}, f"{path}",
+                  need_name=False)
     return TableSpec(
         name=str(data["name"]), title=str(data.get("title", data["name"])),
         rows=_levels(data["rows"], f"{path}: rows"),
@@ -259,6 +260,27 @@ def expand_cells(table: TableSpec, suite_set: dict[str, Any] | None = None) -> l
             cells.append(Cell(id=(table.name, row.name, column.name), dataset=dataset,
                               overrides=overrides, paper=paper))
     return cells
+
+
+def restrict_suite(suite: Suite, datasets: set[str]) -> tuple[Suite, list[str]]:
+    """The suite without the rows, columns and tables that have no cell on ``datasets``.
+
+    Returns the restricted suite and a note per dropped table / level.
+    """
+    tables, notes = [], []
+    for table in suite.tables:
+        cells = expand_cells(table, suite.set)
+        runs = {c.id[1:] for c in cells if c.dataset in datasets}
+        rows = tuple(r for r in table.rows if any(k[0] == r.name for k in runs))
+        cols = tuple(c for c in table.columns if any(k[1] == c.name for k in runs))
+        missing = sorted({c.dataset for c in cells} - datasets)
+        if not rows:
+            notes.append(f"{table.name} skipped: no data for {', '.join(missing)}")
+            continue
+        if len(rows) < len(table.rows) or len(cols) < len(table.columns):
+            notes.append(f"{table.name}: cells on {', '.join(missing)} left out (no data)")
+        tables.append(TableSpec(**{**table.__dict__, "rows": rows, "columns": cols}))
+    return Suite(**{**suite.__dict__, "tables": tuple(tables)}), notes
 
 
 def trial_key(dataset: str, overrides: dict[str, Any], seed: int) -> str:
