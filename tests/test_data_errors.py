@@ -130,8 +130,8 @@ def test_refuses_non_empty_destination(tmp_path):
     root = make_market(tmp_path / "d", RGBNT100)
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "keep.txt").write_text("mine")
-    with pytest.raises(UserError, match="--overwrite"):
-        ingest("rgbnt100", root, tmp_path / "out")
+    with pytest.raises(UserError, match=r"not a msreid manifest \(keep.txt\)"):
+        ingest("rgbnt100", root, tmp_path / "out", overwrite=True)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["keep.txt"]
 
 

@@ -52,8 +52,8 @@ def test_rgbnt100_nested_in_rgbir(tmp_path):
 
 
 def test_rgbn300_has_no_tir(tmp_path):
-    make_market(tmp_path, ("rgb", "nir"))
-    ingest("rgbn300", tmp_path, tmp_path / "m")
+    make_market(tmp_path / "d", ("rgb", "nir"))
+    ingest("rgbn300", tmp_path / "d", tmp_path / "m")
     table = read_manifest(str(tmp_path / "m"))
     row = table.slice(0, 1).to_pylist()[0]
     assert (row["rgb_box"], row["nir_box"]) == ([0, 0, 256, 128], [256, 0, 512, 128])
@@ -84,8 +84,8 @@ def test_rgbnt201_query_equals_gallery(tmp_path):
 
 
 def test_msvr310_scene_and_camera(tmp_path):
-    data = make_msvr310(tmp_path)
-    ingest("msvr310", tmp_path, tmp_path / "m")
+    data = make_msvr310(tmp_path / "d")
+    ingest("msvr310", tmp_path / "d", tmp_path / "m")
     rows = rows_of(read_manifest(str(tmp_path / "m")))
     assert [len(by_split(rows, s)) for s in ("train", "query", "gallery")] == [3, 1, 2]
     # 0094_s023_v1_007 -> id 94, scene 23, camera 1 (char 11, already 0-based)
@@ -101,13 +101,13 @@ def test_msvr310_scene_and_camera(tmp_path):
 
 @pytest.mark.parametrize("beside_rgbir", [False, True])
 def test_challenge_sidecar(tmp_path, beside_rgbir):
-    data = make_market(tmp_path / "rgbir", ("rgb", "nir", "tir"))
-    sidecar = (tmp_path if beside_rgbir else data) / "challenges.csv"
+    data = make_market(tmp_path / "d" / "rgbir", ("rgb", "nir", "tir"))
+    sidecar = (tmp_path / "d" if beside_rgbir else data) / "challenges.csv"
     sidecar.write_text("file,challenge\n"
                        "bounding_box_train/0003_c001_00001.jpg,glare\n"
                        "query/0010_c001_00001.jpg,black_night\n"
                        "bounding_box_test/0010_c001_00001.jpg,black_night\n")
-    info = ingest("rgbnt100", tmp_path, tmp_path / "m")
+    info = ingest("rgbnt100", tmp_path / "d", tmp_path / "m")
     rows = rows_of(read_manifest(str(tmp_path / "m"), columns=["split", "files", "challenge"]))
     tagged = {r["files"][0]: r["challenge"] for r in rows if r["challenge"] is not None}
     assert tagged == {"bounding_box_train/0003_c001_00001.jpg": "glare",
@@ -115,7 +115,7 @@ def test_challenge_sidecar(tmp_path, beside_rgbir):
                       "bounding_box_test/0010_c001_00001.jpg": "black_night"}
     # the sidecar is part of the fingerprint
     sidecar.write_text(sidecar.read_text().replace("glare", "shadow"))
-    assert ingest("rgbnt100", tmp_path, tmp_path / "m2").fingerprint != info.fingerprint
+    assert ingest("rgbnt100", tmp_path / "d", tmp_path / "m2").fingerprint != info.fingerprint
 
 
 def test_fingerprint_changes_with_bytes_and_is_stable(tmp_path):
@@ -168,11 +168,12 @@ def test_decode_row_accepts_pandas_rows(tmp_path):
 def test_overwrite_replaces_existing_manifest(tmp_path):
     make_market(tmp_path / "d", ("rgb", "nir"))
     out = tmp_path / "m"
-    out.mkdir()
-    (out / "stale.txt").write_text("old")
+    ingest("rgbnt100", make_market(tmp_path / "d3", ("rgb", "nir", "tir")), out)
     ingest("rgbn300", tmp_path / "d", out, overwrite=True)
+    assert manifest_info(str(out)).layout == "rgbn300"
+    (tmp_path / "d3").rename(tmp_path / "gone")
     assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "m"]  # no temp dirs left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "gone", "m"]  # no temp dirs left
 
 
 def test_piece_size_auto_for_synthetic_sizes(tmp_path):

@@ -20,14 +20,32 @@ def siblings(path: Path) -> list[str]:
 
 def test_existing_output_needs_overwrite(tmp_path):
     out = tmp_path / "ds"
-    out.mkdir()
-    (out / "keep.txt").write_text("mine")
+    generate("rgbnt100", out, TINY)
+    first = (out / "synth.json").read_text()
     with pytest.raises(UserError, match="--overwrite"):
-        generate("rgbnt100", out, TINY)
-    assert (out / "keep.txt").read_text() == "mine"
-    root = generate("rgbnt100", out, TINY, overwrite=True)
-    assert root == out / "rgbir" and not (out / "keep.txt").exists()
+        generate("rgbnt100", out, SynthSpec(ids=3, cameras=2, tuples_per_id=3, height=16, width=32))
+    assert (out / "synth.json").read_text() == first
+    root = generate("rgbnt100", out, SynthSpec(ids=3, cameras=2, tuples_per_id=3, height=16,
+                                               width=32), overwrite=True)
+    assert root == out / "rgbir" and (out / "synth.json").read_text() != first
     assert siblings(out) == ["ds"]  # no temporary or old folder left behind
+
+
+def test_overwrite_never_replaces_other_files(tmp_path):
+    """`msreid synth --out ~ --overwrite` must not delete a home folder (issue 11)."""
+    out = tmp_path / "home"
+    (out / "docs").mkdir(parents=True)
+    (out / "docs" / "thesis.tex").write_text("mine")
+    with pytest.raises(UserError, match=r"did not write \(docs\)"):
+        generate("rgbnt100", out, TINY, overwrite=True)
+    assert (out / "docs" / "thesis.tex").read_text() == "mine"
+    # a previous output with one extra file inside a split folder is not ours either
+    generate("rgbnt100", tmp_path / "ds", TINY)
+    (tmp_path / "ds" / "rgbir" / "query" / "notes.txt").write_text("mine")
+    with pytest.raises(UserError, match="rgbir/query/notes.txt"):
+        generate("rgbnt100", tmp_path / "ds", TINY, overwrite=True)
+    assert (tmp_path / "ds" / "rgbir" / "query" / "notes.txt").exists()
+    assert siblings(out) == ["ds", "home"]
 
 
 def test_failure_leaves_nothing_behind(tmp_path, monkeypatch):

@@ -33,7 +33,7 @@ from msreid.data import layouts
 from msreid.data.layouts import LayoutSpec, Problem, TupleRecord
 from msreid.data.schema import (
     MANIFEST_SCHEMA, META_FINGERPRINT, META_LAYOUT, META_SCHEMA_VERSION, META_SPECTRA,
-    SCHEMA_VERSION, SPLITS, ManifestInfo, manifest_info,
+    SCHEMA_VERSION, SPLITS, ManifestInfo, foreign_entries, manifest_info,
 )
 from msreid.errors import UserError
 
@@ -294,11 +294,44 @@ def _local_path(path: str | Path, option: str) -> Path:
     return Path(text).expanduser().absolute()
 
 
+def _check_not_overlapping(out: Path, root: Path) -> None:
+    """``--out`` must lie outside the dataset: not ``--root``, not above it, not inside it.
+
+    Compared after resolving symlinks. Equal or above: replacing ``--out``
+    would delete the released files. Inside: the manifest would be mixed into
+    the release (a later scan could see it, the release is no longer as
+    published), so it is refused too.
+    """
+    out_real, root_real = out.resolve(), root.resolve()
+    where = f"--out {out}" + (f" (= {out_real})" if out_real != out else "")
+    if out_real == root_real:
+        raise UserError(f"{where} is the dataset folder --root; the manifest must go outside "
+                        f"the dataset, e.g. --out {out_real.parent / (out_real.name + '-manifest')}; "
+                        "nothing was changed")
+    if root_real.is_relative_to(out_real):
+        raise UserError(f"{where} contains the dataset --root {root}; the manifest must go "
+                        "outside the dataset (a folder that is not a parent of --root); "
+                        "nothing was changed")
+    if out_real.is_relative_to(root_real):
+        raise UserError(f"{where} is inside the dataset --root {root}; write the manifest "
+                        "outside the dataset so the released files stay as published; "
+                        "nothing was changed")
+
+
 def _check_destination(out: Path, overwrite: bool) -> None:
+    """``--out`` is new, empty, or (with ``--overwrite``) a previous manifest and nothing else."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory; choose another path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out}: directory exists and is not empty; "
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"--out {out}: holds files that are not a msreid manifest ({shown}); "
+                        "ingest only replaces a previous manifest (part-NNNNN.parquet files "
+                        "written by `msreid ingest`); choose a new or empty folder")
+    if not overwrite:
+        raise UserError(f"--out {out}: holds a manifest already; "
                         "pass --overwrite to replace it or choose another path")
 
 
@@ -308,8 +341,9 @@ def _umask() -> int:
     return mask
 
 
-def _move_into_place(tmp: Path, out: Path) -> None:
-    """Replace ``out`` by ``tmp`` (same filesystem), removing any previous content."""
+def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Replace ``out`` by ``tmp`` (same filesystem); only a previous manifest is ever removed."""
+    _check_destination(out, overwrite)  # again: the folder may have changed while we read
     if out.is_dir() and any(out.iterdir()):
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
         os.replace(out, old / "previous")
@@ -357,18 +391,20 @@ def ingest(layout: str, root: str | Path, out: str | Path, overwrite: bool = Fal
     ``(width, height)``, or ``"auto"`` = the most common size in the dataset.
     """
     root, out = _local_path(root, "--root"), _local_path(out, "--out")
-    _check_destination(out, overwrite)
+    _check_not_overlapping(out, root)
+    target = out.resolve()  # a symlinked --out: the manifest replaces the folder it points to
+    _check_destination(target, overwrite)
     spec, _, rows, tags, loaded, sidecar = validate(layout, root, piece_size)
     table = build_table(spec, rows, tags, loaded)
     metadata = {META_LAYOUT: layout, META_SPECTRA: ",".join(spec.spectra),
                 META_FINGERPRINT: fingerprint(loaded, sidecar),
                 META_SCHEMA_VERSION: SCHEMA_VERSION}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the manifest is a normal folder
     try:
         write_parts(table, tmp, metadata)
-        _move_into_place(tmp, out)
+        _move_into_place(tmp, target, overwrite)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -383,7 +419,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="manifest directory to create (a Parquet dataset)")
     parser.add_argument("--overwrite", action="store_true",
-                        help="replace --out if it exists and is not empty")
+                        help="replace --out if it holds a previous manifest (and nothing else)")
     parser.add_argument("--piece-size", default="release", metavar="WxH",
                         help="size of ONE spectrum piece for rgbn300/rgbnt100: 'release' "
                         "(256x128, the published data), 'auto' (most common size; for "

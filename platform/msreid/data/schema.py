@@ -12,7 +12,10 @@ Local paths and any pyarrow filesystem URI (``file://``, ``s3://``,
 
 from __future__ import annotations
 
+import os
+import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs as pafs
@@ -29,6 +32,9 @@ META_SPECTRA = "msreid.spectra"
 META_FINGERPRINT = "msreid.fingerprint"
 META_SCHEMA_VERSION = "msreid.schema_version"
 META_KEYS = (META_LAYOUT, META_SPECTRA, META_FINGERPRINT, META_SCHEMA_VERSION)
+
+PART_NAME = re.compile(r"^part-\d{5}\.parquet$")
+"""Name of a manifest part file as written by ``msreid ingest``."""
 
 SPLITS = ("train", "query", "gallery")
 """Values of the ``split`` column, in the order rows are written."""
@@ -184,3 +190,28 @@ def manifest_info(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -
     return ManifestInfo(layout=meta[META_LAYOUT], spectra=spectra,
                         fingerprint=meta[META_FINGERPRINT], num_rows=num_rows,
                         path=str(path_or_uri))
+
+
+def foreign_entries(directory: str | Path) -> list[str]:
+    """Entries of a local directory that are NOT part of a msreid manifest, sorted.
+
+    A manifest directory holds only regular files named ``part-NNNNN.parquet``
+    whose Parquet footer carries the ``msreid.*`` metadata keys (any schema
+    version). Anything else (other names, sub-folders, symlinks, Parquet files
+    of other tools, unreadable files) is foreign. ``[]`` means the directory
+    is empty or a manifest, so ``msreid ingest --overwrite`` may replace it.
+    """
+    foreign = []
+    with os.scandir(directory) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            if not (PART_NAME.match(entry.name) and entry.is_file(follow_symlinks=False)):
+                foreign.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
+                continue
+            try:
+                meta = pq.read_schema(entry.path).metadata or {}
+            except (pa.ArrowInvalid, OSError):
+                foreign.append(f"{entry.name} (not a readable Parquet file)")
+                continue
+            if not all(k.encode() in meta for k in (META_LAYOUT, META_FINGERPRINT, META_SCHEMA_VERSION)):
+                foreign.append(f"{entry.name} (no msreid metadata)")
+    return foreign

@@ -616,12 +616,62 @@ def _write_tree(root: Path, layout: str, spec: SynthSpec) -> dict:
                            for i in identities]}
 
 
+SUMMARY_FILE = "synth.json"
+
+
+def foreign_entries(out: Path) -> list[str]:
+    """Entries under ``out`` that ``generate`` does not write, sorted (``[]``: ours or empty).
+
+    A previous output is exactly ``synth.json`` (JSON with ``layout`` and
+    ``spec``) and ``rgbir/`` holding ``challenges.csv`` and the three split
+    folders of ``.jpg`` files; no symlinks anywhere.
+    """
+    foreign = []
+    for entry in sorted(out.iterdir()):
+        if entry.name == SUMMARY_FILE and entry.is_file() and not entry.is_symlink():
+            try:
+                summary = json.loads(entry.read_text())
+                ok = isinstance(summary, dict) and {"layout", "spec"} <= set(summary)
+            except (ValueError, OSError):
+                ok = False
+            foreign += [] if ok else [f"{SUMMARY_FILE} (not written by msreid synth)"]
+        elif entry.name == "rgbir" and entry.is_dir() and not entry.is_symlink():
+            foreign += _foreign_in_tree(entry)
+        else:
+            foreign.append(entry.name)
+    return foreign
+
+
+def _foreign_in_tree(root: Path) -> list[str]:
+    foreign = []
+    for entry in sorted(root.iterdir()):
+        rel = f"{root.name}/{entry.name}"
+        if entry.is_symlink():
+            foreign.append(rel)
+        elif entry.name == CHALLENGES_FILE and entry.is_file():
+            continue
+        elif entry.name in SPLIT_FOLDERS.values() and entry.is_dir():
+            foreign += [f"{rel}/{f.name}" for f in sorted(entry.iterdir())
+                        if f.is_symlink() or not f.is_file() or f.suffix != ".jpg"]
+        else:
+            foreign.append(rel)
+    return foreign
+
+
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse a file, or a non-empty directory unless ``overwrite``."""
+    """Refuse a file, a folder of other files, or a previous output unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} is a file; give a directory path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UserError(f"--out {out} exists and is not empty; "
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    foreign = foreign_entries(out)
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise UserError(f"--out {out} holds files that msreid synth did not write ({shown}); "
+                        "synth only replaces its own previous output; choose a new or empty "
+                        "directory")
+    if not overwrite:
+        raise UserError(f"--out {out} holds a previous synthetic dataset; "
                         "pass --overwrite to replace it or choose another directory")
 
 
@@ -637,7 +687,7 @@ def generate(layout: str, out: str | Path, spec: SynthSpec = SynthSpec(),
         raise UserError(f"unknown layout {layout!r}; choose one of "
                         f"{', '.join(sorted(LAYOUT_SPECTRA))}")
     spec.validate()
-    out = Path(out).absolute()
+    out = Path(out).absolute().resolve()  # a symlinked --out: replace the folder it points to
     _check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
@@ -646,8 +696,9 @@ def generate(layout: str, out: str | Path, spec: SynthSpec = SynthSpec(),
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the dataset is a normal folder
     try:
         summary = _write_tree(tmp / "rgbir", layout, spec)
-        (tmp / "synth.json").write_text(json.dumps(summary, indent=1) + "\n")
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
         old = None
+        _check_out(out, overwrite)  # again: the folder may have changed while we rendered
         if out.exists():
             old = out.parent / f"{tmp.name}.old"
             os.rename(out, old)
