@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import errno
 import hashlib
 import io
+import logging
 import os
 import shutil
 import tempfile
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from msreid import SPECTRA
 from msreid.data import layouts
@@ -41,6 +43,7 @@ CHALLENGES_FILE = "challenges.csv"
 CHALLENGE_TAGS = ("normal", "low_illumination", "black_night", "glare", "shadow",
                   "occlusion", "view_change")
 """Documented tags (the paper's Fig. 3c); any non-empty string is accepted."""
+log = logging.getLogger(__name__)
 MAX_LISTED_PROBLEMS = 20
 TARGET_ROW_GROUP_BYTES = 4 << 20  # streaming readers hold one row group at a time
 TARGET_FILE_BYTES = 128 << 20  # several part files let readers parallelise
@@ -56,12 +59,33 @@ class LoadedFile:
     error: str | None = None
 
 
+def _unreadable(path: Path, exc: OSError) -> str:
+    """Why ``path`` could not be read, in words (the file is named by the caller)."""
+    if isinstance(exc, IsADirectoryError):
+        return "is a folder named like an image, not a file; rename or remove it"
+    if path.is_symlink():
+        if exc.errno == errno.ELOOP:
+            return "symlink loop; replace the link by the file"
+        if isinstance(exc, FileNotFoundError):
+            return f"dangling symlink (points to {os.readlink(path)}, which does not exist)"
+    if isinstance(exc, PermissionError):
+        return "cannot be read (permission denied); fix its permissions"
+    return f"cannot be read ({exc.strerror or type(exc).__name__})"
+
+
 def _load(path: Path) -> LoadedFile:
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as exc:  # every unreadable file is listed with the other offenders
+        return LoadedFile(b"", None, _unreadable(path, exc))
+    if not data:
+        return LoadedFile(data, None, "is empty (0 bytes)")
     try:
         with Image.open(io.BytesIO(data)) as img:
             img.load()  # full decode: catches truncated / corrupt data, not just headers
             return LoadedFile(data, img.size)
+    except UnidentifiedImageError:  # its message names the in-memory buffer, not the file
+        return LoadedFile(data, None, "does not decode as an image (not a format PIL reads)")
     except Exception as exc:  # any decoder failure means the file is unusable
         return LoadedFile(data, None, f"does not decode as an image ({type(exc).__name__}: {exc})")
 
@@ -197,6 +221,29 @@ def check_query_in_gallery(records: list[TupleRecord], problems: list[Problem]) 
     for r in records:
         if r.split == "query" and r.pid not in gallery:
             problems.append(Problem(r.files[0], f"query id {r.pid} has no tuple in the gallery"))
+
+
+def check_shared_ids(records: list[TupleRecord], allow: bool, problems: list[Problem]) -> None:
+    """Train ids must not appear in query / gallery (no release does this); one problem per id.
+
+    With ``allow`` the overlap is accepted with a warning (test scores then
+    include ids seen in training and are not comparable with the papers').
+    """
+    train = {r.pid for r in records if r.split == "train"}
+    first_test = {}
+    for r in records:
+        if r.split != "train" and r.pid in train:
+            first_test.setdefault(r.pid, r)
+    if not first_test:
+        return
+    if allow:
+        log.warning("%d id(s) are both train and query/gallery ids (first: %s); accepted because "
+                    "of --allow-shared-ids: test scores include ids seen in training",
+                    len(first_test), sorted(first_test)[:5])
+        return
+    for pid in sorted(first_test):
+        problems.append(Problem(first_test[pid].files[0], f"id {pid} is also a train id; train "
+                                "and query/gallery ids must differ (or pass --allow-shared-ids)"))
 
 
 def raise_problems(problems: list[Problem], layout: str, root: Path) -> None:
@@ -353,7 +400,8 @@ def _move_into_place(tmp: Path, out: Path, overwrite: bool) -> None:
         os.replace(tmp, out)  # an empty directory is replaced atomically on POSIX
 
 
-def validate(layout: str, root: Path, piece_size: tuple[int, int] | str | None = None):
+def validate(layout: str, root: Path, piece_size: tuple[int, int] | str | None = None,
+             allow_shared_ids: bool = False):
     """Scan, read and decode everything; raise one UserError listing every problem.
 
     Returns ``(spec, data_root, rows, tags, loaded, sidecar_bytes)`` where each
@@ -379,22 +427,25 @@ def validate(layout: str, root: Path, piece_size: tuple[int, int] | str | None =
     # the same file appears twice for RGBNT201 (query + gallery): report it once
     problems = list(dict.fromkeys(problems))
     check_query_in_gallery(records, problems)
+    check_shared_ids(records, allow_shared_ids, problems)
     raise_problems(problems, layout, data_root)
     return spec, data_root, rows, tags, loaded, (sidecar.read_bytes() if sidecar else None)
 
 
 def ingest(layout: str, root: str | Path, out: str | Path, overwrite: bool = False,
-           piece_size: tuple[int, int] | str | None = None) -> ManifestInfo:
+           piece_size: tuple[int, int] | str | None = None,
+           allow_shared_ids: bool = False) -> ManifestInfo:
     """Validate the dataset at ``root`` and write its manifest to the local directory ``out``.
 
     ``piece_size``: ``None`` = the released size (256x128 per spectrum),
     ``(width, height)``, or ``"auto"`` = the most common size in the dataset.
+    ``allow_shared_ids``: accept ids that are in train and in query/gallery (warns).
     """
     root, out = _local_path(root, "--root"), _local_path(out, "--out")
     _check_not_overlapping(out, root)
     target = out.resolve()  # a symlinked --out: the manifest replaces the folder it points to
     _check_destination(target, overwrite)
-    spec, _, rows, tags, loaded, sidecar = validate(layout, root, piece_size)
+    spec, _, rows, tags, loaded, sidecar = validate(layout, root, piece_size, allow_shared_ids)
     table = build_table(spec, rows, tags, loaded)
     metadata = {META_LAYOUT: layout, META_SPECTRA: ",".join(spec.spectra),
                 META_FINGERPRINT: fingerprint(loaded, sidecar),
@@ -424,6 +475,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="size of ONE spectrum piece for rgbn300/rgbnt100: 'release' "
                         "(256x128, the published data), 'auto' (most common size; for "
                         "`msreid synth` output at other sizes) or e.g. 128x64")
+    parser.add_argument("--allow-shared-ids", action="store_true",
+                        help="accept ids present in train AND query/gallery (a warning instead "
+                        "of an error; no release does this)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -431,7 +485,8 @@ def main(args: argparse.Namespace) -> int:
     from msreid.data.schema import read_manifest
 
     info = ingest(args.layout, args.root, args.out, overwrite=args.overwrite,
-                  piece_size=parse_piece_size(args.piece_size))
+                  piece_size=parse_piece_size(args.piece_size),
+                  allow_shared_ids=args.allow_shared_ids)
     table = read_manifest(info.path, columns=["split", "pid", "camera", "challenge"])
     print(f"wrote {info.num_rows} tuples ({info.layout}: {', '.join(info.spectra)}) to {info.path}")
     print(format_split_table(split_summary(table)))

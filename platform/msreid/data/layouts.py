@@ -104,9 +104,10 @@ def find_dataset_root(root: Path, spec: LayoutSpec) -> Path:
 
 
 def _image_names(folder: Path) -> list[str]:
+    """Non-hidden entries named like images, WHATEVER they are: a folder, a dangling
+    symlink or a symlink loop named ``x.jpg`` fails when read and is reported then."""
     return sorted(p.name for p in folder.iterdir()
-                  if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_SUFFIXES)
+                  if not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def _check_range(rel: str, what: str, value: int, bounds: tuple[int, int],
@@ -205,8 +206,11 @@ def _scan_rgbnt201(root: Path, spec: LayoutSpec, problems: list[Problem]) -> lis
 def _scan_msvr310(root: Path, spec: LayoutSpec, problems: list[Problem]) -> list[TupleRecord]:
     records = []
     for splits, folder in _split_folders(root, spec, problems):
-        vids = sorted(p.name for p in (root / folder).iterdir()
-                      if p.is_dir() and not p.name.startswith("."))
+        entries = [p for p in (root / folder).iterdir() if not p.name.startswith(".")]
+        for p in entries:
+            if p.is_symlink() and not p.is_dir():
+                problems.append(Problem(f"{folder}/{p.name}", "symlink to no folder (dangling or a loop)"))
+        vids = sorted(p.name for p in entries if p.is_dir())
         n_before = len(records)
         for vid in vids:
             for name, files in _tuple_files(root / folder / vid, f"{folder}/{vid}", spec, problems):
