@@ -15,7 +15,6 @@ See docs/BENCHMARK.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -54,10 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msreid.data.synth import synth_spec_from_json
     from msreid.errors import UserError
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
 
     args = build_parser().parse_args(argv)
+    try:  # --synth is checked before anything is created (mlflow.db included)
+        synth_overrides = synth_spec_from_json(args.synth)
+    except UserError as exc:
+        print(f"full_benchmark: error: {exc}", file=sys.stderr)
+        return 2
     preset = args.preset or ("paper" if args.data else "smoke")
     opts = BenchmarkOptions(
         preset=preset, data=tuple(args.data), config=args.config,
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         experiment=args.experiment, tracking_uri=args.tracking_uri,
         storage_path=args.storage_path, name=args.name, resume=args.resume,
         max_concurrent_trials=args.max_concurrent_trials, ray_address=args.ray_address,
-        synth=json.loads(args.synth), verbose=0 if args.quiet else 1)
+        synth=synth_overrides, verbose=0 if args.quiet else 1)
     start = time.time()
     try:
         out = run_benchmark(opts)

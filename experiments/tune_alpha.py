@@ -13,7 +13,6 @@ See docs/BENCHMARK.md.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 
@@ -45,17 +44,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msreid.data.synth import synth_spec_from_json
     from msreid.errors import UserError
     from msreid.orchestration.alpha import AlphaOptions, run_alpha_search
 
     a = build_parser().parse_args(argv)
+    try:  # --synth is checked before anything is created (mlflow.db included)
+        synth_overrides = synth_spec_from_json(a.synth)
+    except UserError as exc:
+        print(f"tune_alpha: error: {exc}", file=sys.stderr)
+        return 2
     opts = AlphaOptions(data=tuple(a.data), config=a.config, ablation=a.ablation,
                         overrides=tuple(a.overrides), num_samples=a.num_samples, low=a.low,
                         high=a.high, seed=a.seed, grace_period=a.grace_period,
                         reduction_factor=a.reduction_factor,
                         max_concurrent_trials=a.max_concurrent_trials, experiment=a.experiment,
                         tracking_uri=a.tracking_uri, storage_path=a.storage_path,
-                        ray_address=a.ray_address, synth=json.loads(a.synth),
+                        ray_address=a.ray_address, synth=synth_overrides,
                         verbose=0 if a.quiet else 1)
     start = time.time()
     try:

@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +98,32 @@ class SynthSpec:
             if not ok:
                 raise UserError(f"{name}={getattr(self, name)} is out of range; "
                                 f"use {allowed}")
+
+
+def synth_spec_from_json(text: str, option: str = "--synth") -> dict[str, int]:
+    """Validated SynthSpec overrides from a JSON object (``'{"ids": 20}'``); one UserError
+    naming the option and the problem (bad JSON, not an object, unknown key, not an
+    integer, out of range) otherwise. Parse it before anything is created."""
+    try:
+        overrides = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{option} {text!r} is not valid JSON ({exc.msg} at character "
+                        f"{exc.pos}); give an object such as '{{\"ids\": 20}}'") from None
+    if not isinstance(overrides, dict):
+        raise UserError(f"{option} {text!r}: expected a JSON object such as '{{\"ids\": 20}}', "
+                        f"got a {type(overrides).__name__}")
+    known = [f.name for f in fields(SynthSpec)]
+    unknown = sorted(set(overrides) - set(known))
+    if unknown:
+        raise UserError(f"{option}: unknown key(s) {unknown}; valid keys are {known}")
+    for key, value in overrides.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{option}: {key}={json.dumps(value)} must be an integer")
+    try:
+        SynthSpec(**overrides).validate()
+    except UserError as exc:
+        raise UserError(f"{option}: {exc}") from None
+    return dict(overrides)
 
 
 # ----------------------------------------------------------------------------
