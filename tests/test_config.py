@@ -107,3 +107,23 @@ def test_spectra_must_be_in_the_manifest():
     with pytest.raises(UserError, match="tir not in the manifest"):
         check_against_manifest(cfg, ("rgb", "nir"))
     assert check_against_manifest(load_config(None), ("rgb", "nir")) == ("rgb", "nir")
+
+
+@pytest.mark.parametrize("override, key", [
+    ("optim.lr=.nan", "optim.lr"), ("optim.lr=.inf", "optim.lr"), ("loss.alpha=-.inf", "loss.alpha"),
+    ("optim.weight_decay=1.0e+400", "optim.weight_decay"), ("data.mean=[0.5, .nan, 0.5]", "data.mean"),
+])
+def test_non_finite_numbers_are_refused(override, key):
+    """YAML reads .nan, .inf and 1.0e+400 as non-finite floats; before issue 11 optim.lr=.nan was accepted."""
+    with pytest.raises(UserError) as err:
+        load_config(None, [override])
+    assert str(err.value).startswith(f"{key}=") and "expected a finite number" in str(err.value)
+
+
+def test_corrupt_weights_file_fails_at_config_time(tmp_path):
+    """model.pretrained_file is checked where the config is checked, i.e. before Ray starts."""
+    (tmp_path / "w.safetensors").write_bytes(b"\0" * 64)
+    with pytest.raises(UserError, match=r"^model\.pretrained_file '.*w\.safetensors' is not a readable"):
+        load_config(None, [f"model.pretrained_file={tmp_path / 'w.safetensors'}"])
+    with pytest.raises(UserError, match="does not exist"):
+        config_from_dict({"model.pretrained_file": str(tmp_path / "none.pth")})

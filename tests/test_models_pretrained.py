@@ -91,3 +91,41 @@ def test_hub_failure_names_both_options(monkeypatch):
     with pytest.raises(UserError) as err:
         build_model("test_resnet", ["rgb"], num_classes=3, pretrained=True)
     assert "pretrained_file" in str(err.value) and "pretrained=false" in str(err.value)
+
+
+def corrupt_copies(tmp_path) -> dict[str, object]:
+    """Broken weight files as users meet them: truncated download, zeroed header, a list."""
+    path = tmp_path / "good.safetensors"
+    save_file(reference_state(), str(path))
+    raw = path.read_bytes()
+    (tmp_path / "truncated.safetensors").write_bytes(raw[: len(raw) // 2])
+    (tmp_path / "zeroed.safetensors").write_bytes(b"\0" * 100 + raw[100:])
+    torch.save([torch.zeros(2)], tmp_path / "list.pth")
+    torch.save({"epoch": 3}, tmp_path / "no_tensors.pth")
+    return {"truncated.safetensors": "is not a readable .safetensors file",
+            "zeroed.safetensors": "is not a readable .safetensors file",
+            "list.pth": "holds a list, not a state_dict",
+            "no_tensors.pth": "holds no tensors"}
+
+
+def test_check_weights_file_names_each_broken_file(tmp_path):
+    from msreid.models.backbones import check_weights_file
+
+    for name, needle in corrupt_copies(tmp_path).items():
+        with pytest.raises(UserError) as err:
+            check_weights_file(tmp_path / name)
+        assert f"pretrained_file {str(tmp_path / name)!r}" in str(err.value) and needle in str(err.value)
+        with pytest.raises(UserError, match=needle):  # and the same when the model is built
+            build_model("test_resnet", ["rgb"], num_classes=3, pretrained_file=str(tmp_path / name))
+    check_weights_file(tmp_path / "good.safetensors")  # the intact file passes
+
+
+def test_check_weights_file_sees_a_rewritten_file(tmp_path):
+    from msreid.models.backbones import check_weights_file
+
+    path = tmp_path / "w.pth"
+    torch.save(reference_state(), path)
+    check_weights_file(path)
+    torch.save([1, 2], path)  # same path, new content: the cache must not hide it
+    with pytest.raises(UserError, match="holds a list"):
+        check_weights_file(path)

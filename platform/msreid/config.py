@@ -15,6 +15,7 @@ spectra) are in ``check_config`` and ``check_against_manifest``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -188,6 +189,8 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{key}={value!r}: expected a number")
+        if not math.isfinite(value):  # YAML .nan / .inf parse as floats; no setting means them
+            raise UserError(f"{key}={value!r}: expected a finite number (not nan or inf)")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -335,6 +338,13 @@ def check_config(cfg: TrainConfig) -> None:
     if any(b <= a for a, b in zip(o.milestones, o.milestones[1:])):
         raise UserError(f"optim.milestones={list(o.milestones)} must increase")
     _check_ablation(cfg)
+    if cfg.model.pretrained_file:  # before Ray starts: a corrupt file fails here, naming it
+        from msreid.models.backbones import check_weights_file  # torch + timm: late, keeps this light
+
+        try:
+            check_weights_file(cfg.model.pretrained_file)
+        except UserError as exc:
+            raise UserError(f"model.{exc}") from None
 
 
 def _check_ablation(cfg: TrainConfig) -> None:

@@ -8,6 +8,7 @@ ResNet-family models and loading weights from a local file (offline clusters).
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,29 +141,80 @@ class LoadReport:
     ignored_other: tuple[str, ...]
 
 
-def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors of a local .safetensors or .pth file, loaded without pickle code execution."""
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+
+
+def _existing_weights(path: str | Path) -> Path:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"pretrained_file {str(path)!r} does not exist: give the path of a "
                         ".safetensors or .pth file, or set pretrained=true (needs internet)")
+    if path.suffix not in WEIGHT_SUFFIXES:
+        raise UserError(f"pretrained_file {str(path)!r}: unknown suffix {path.suffix!r}; "
+                        "use .safetensors or .pth")
+    return path
+
+
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors of a local .safetensors or .pth file, loaded without pickle code execution.
+
+    UserError naming the file when it does not parse or holds no ``{name: tensor}`` mapping.
+    """
+    path = _existing_weights(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
-        state = load_file(str(path))
-    elif path.suffix in (".pth", ".pt", ".bin"):
+        try:
+            state = load_file(str(path))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...
+            raise UserError(f"pretrained_file {str(path)!r} is not a readable .safetensors file "
+                            f"({type(exc).__name__}: {exc}); download or save it again") from None
+    else:
         try:
             state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError and others
             raise UserError(f"pretrained_file {str(path)!r} cannot be read as plain tensors "
                             f"({type(exc).__name__}); re-save it as a state_dict or "
                             ".safetensors") from exc
-    else:
-        raise UserError(f"pretrained_file {str(path)!r}: unknown suffix {path.suffix!r}; "
-                        "use .safetensors or .pth")
     for key in ("state_dict", "model", "module"):  # common checkpoint wrappers
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
-    return {k.removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    if not isinstance(state, dict):
+        raise UserError(f"pretrained_file {str(path)!r} holds a {type(state).__name__}, not a "
+                        "state_dict ({name: tensor}); save model.state_dict() instead")
+    tensors = {str(k).removeprefix("module."): v for k, v in state.items() if torch.is_tensor(v)}
+    if not tensors:
+        raise UserError(f"pretrained_file {str(path)!r} holds no tensors; save "
+                        "model.state_dict() instead")
+    return tensors
+
+
+@functools.lru_cache(maxsize=16)
+def _check_weights_cached(path: str, size: int, mtime_ns: int) -> None:
+    if path.endswith(".safetensors"):
+        from safetensors import safe_open
+        try:  # parses and bounds-checks the header (the whole file's layout), reads no tensors
+            with safe_open(path, framework="pt") as f:
+                names = list(f.keys())
+        except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError, ...
+            raise UserError(f"pretrained_file {path!r} is not a readable .safetensors file "
+                            f"({type(exc).__name__}: {exc}); download or save it again") from None
+        if not names:
+            raise UserError(f"pretrained_file {path!r} holds no tensors; save "
+                            "model.state_dict() instead")
+    else:
+        read_state_dict(path)
+
+
+def check_weights_file(path: str | Path) -> None:
+    """Pre-flight check of ``model.pretrained_file`` on the driver, before Ray starts.
+
+    Exists, has a known suffix, parses, and holds a ``{name: tensor}`` mapping;
+    otherwise one UserError naming the file. Whether the tensors fit the
+    backbone is checked when the model is built. Cached per (path, size, mtime).
+    """
+    checked = _existing_weights(path)
+    stat = checked.stat()
+    _check_weights_cached(str(checked), stat.st_size, stat.st_mtime_ns)
 
 
 def load_backbone_file(model: nn.Module, path: str | Path) -> LoadReport:
