@@ -14,6 +14,12 @@ reads. The generator's model is described in ``docs/SYNTHETIC.md``:
 - cameras change the view (flip, scale, shift, shear, perspective, background);
 - challenges degrade RGB strongly, NIR mildly and TIR's heat pattern not at all.
 
+That default (``variant="easy"``) makes "fusion beats every single spectrum"
+hold by construction: it is the plumbing benchmark. ``variant="hard"`` (the
+section at the end) removes each of those guarantees: TIR from a coarser,
+misaligned camera, challenges that hit TIR, cues shared between spectra, test
+ids with attribute values no training id has.
+
 Everything is deterministic per seed: each tuple draws from its own RNG seeded
 by ``(seed, id, index)``, so the output does not depend on generation order.
 Pure numpy + PIL; rendering is vectorised over pixels (about 1 ms per tuple).
@@ -60,6 +66,9 @@ CHALLENGES = tuple(CHALLENGE_WEIGHTS)
 
 # Seed-sequence tags keep the RNG streams of different purposes apart.
 _TAG_IDENTITY, _TAG_PLAN, _TAG_CAMERA, _TAG_CHALLENGE, _TAG_RENDER = 11, 12, 13, 14, 15
+_TAG_TIR_CAMERA = 16  # hard variant: the thermal camera's misalignment
+
+VARIANTS = ("easy", "hard")
 
 
 @dataclass(frozen=True)
@@ -81,6 +90,10 @@ class SynthSpec:
         "help": "width of ONE spectrum piece in pixels (released: 256); multiple of 8"})
     seed: int = field(default=0, metadata={
         "help": "RNG seed: same seed and sizes give byte-identical files"})
+    variant: str = field(default="easy", metadata={
+        "help": "easy: the plumbing benchmark whose fusion check holds by construction; "
+                "hard: misaligned low-resolution TIR, challenges that hit TIR too, overlapping "
+                "cues, test ids with attribute values unseen in training (docs/SYNTHETIC.md)"})
 
     def validate(self) -> None:
         """Raise ``UserError`` naming the first out-of-range field."""
@@ -93,10 +106,11 @@ class SynthSpec:
             ("width", 16 <= self.width <= 1024 and self.width % 8 == 0,
              "16..1024 and a multiple of 8"),
             ("seed", self.seed >= 0, ">= 0"),
+            ("variant", self.variant in VARIANTS, " or ".join(VARIANTS)),
         ]
         for name, ok, allowed in checks:
             if not ok:
-                raise UserError(f"{name}={getattr(self, name)} is out of range; "
+                raise UserError(f"{name}={getattr(self, name)!r} is out of range; "
                                 f"use {allowed}")
 
 
@@ -230,11 +244,12 @@ def _id_tuples(pid: int, split: str, spec: SynthSpec) -> list[TuplePlan]:
     cams = np.sort(rng.choice(spec.cameras, size=k, replace=False))
     seq = np.concatenate([cams, rng.choice(cams, size=n - k)])
     rng.shuffle(seq)
-    weights = np.array(list(CHALLENGE_WEIGHTS.values()))
+    table = challenge_weights(spec.variant)
+    tags, weights = tuple(table), np.array(list(table.values()))
     out = []
     for index, cam in enumerate(seq):
         crng = np.random.default_rng([spec.seed, _TAG_CHALLENGE, pid, index])
-        challenge = CHALLENGES[int(crng.choice(len(CHALLENGES), p=weights))]
+        challenge = tags[int(crng.choice(len(tags), p=weights))]
         out.append(TuplePlan(pid, int(cam), index, split, challenge))
     return out
 
@@ -258,11 +273,16 @@ def _pick_queries(tuples: list[TuplePlan], pid: int, seed: int) -> list[TuplePla
     return sorted(picked, key=lambda tp: tp.index)
 
 
+def train_pids(spec: SynthSpec) -> set[int]:
+    """The training ids: a seeded random half of ``1..2N`` (the rest are test ids)."""
+    order = np.random.default_rng([spec.seed, _TAG_PLAN]).permutation(2 * spec.ids) + 1
+    return set(int(p) for p in order[: spec.ids])
+
+
 def plan_dataset(spec: SynthSpec) -> tuple[list[TuplePlan], list[TuplePlan]]:
     """(rendered tuples of train + gallery, query tuples = copies of gallery ones)."""
     n_total = 2 * spec.ids
-    order = np.random.default_rng([spec.seed, _TAG_PLAN]).permutation(n_total) + 1
-    train_ids = set(int(p) for p in order[: spec.ids])
+    train_ids = train_pids(spec)
     tuples: list[TuplePlan] = []
     queries: list[TuplePlan] = []
     for pid in range(1, n_total + 1):
@@ -448,8 +468,8 @@ def _layer(img: np.ndarray, mask: np.ndarray, value: np.ndarray | float) -> np.n
 
 
 def render_rgb(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], identity: Identity,
-               view: CameraView, rng: np.random.Generator) -> np.ndarray:
-    """RGB piece ``[H, W, 3]``: paint colour, faint markings, glass, tyres."""
+               view: CameraView, rng: np.random.Generator, marking_gain: float = 0.06) -> np.ndarray:
+    """RGB piece ``[H, W, 3]``: paint colour, markings (faint by default), glass, tyres."""
     shape = SHAPES[identity.shape]
     h, w = u.shape
     img = _gradient(h, w, np.array(view.bg_rgb[0]), np.array(view.bg_rgb[1]))
@@ -457,7 +477,7 @@ def render_rgb(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], ident
     paint = np.array(list(PAINTS.values())[identity.paint], np.float32)
     shade = 1.1 - 0.3 * np.clip((v - shape.roof) / (BODY_BOTTOM - shape.roof), 0, 1)
     mark = marking_field(u, v, shape, identity.marking)
-    body = paint[None, None, :] * (shade * (1 + 0.06 * mark))[..., None]
+    body = paint[None, None, :] * (shade * (1 + marking_gain * mark))[..., None]
     img = img * (1 - masks["shell"][..., None]) + body * masks["shell"][..., None]
     img = _layer(img, masks["glass"], np.array([0.14, 0.17, 0.22]))
     img = _layer(img, masks["wheels"], np.array([0.07, 0.07, 0.08]))
@@ -465,13 +485,14 @@ def render_rgb(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], ident
 
 
 def render_nir(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], identity: Identity,
-               view: CameraView, rng: np.random.Generator) -> np.ndarray:
-    """NIR piece ``[H, W, 1]``: near-uniform paint reflectance, strong markings."""
+               view: CameraView, rng: np.random.Generator,
+               paint_nir: dict[str, float] | None = None) -> np.ndarray:
+    """NIR piece ``[H, W, 1]``: paint reflectance (near-uniform by default), strong markings."""
     shape = SHAPES[identity.shape]
     h, w = u.shape
     img = _gradient(h, w, np.array([view.bg_nir[0]]), np.array([view.bg_nir[1]]))
     img += rng.uniform(-0.08, 0.08)
-    refl = _PAINT_NIR[list(PAINTS)[identity.paint]]
+    refl = (paint_nir or _PAINT_NIR)[list(PAINTS)[identity.paint]]
     body = refl + 0.28 * marking_field(u, v, shape, identity.marking)
     img = img * (1 - masks["shell"][..., None]) + body[..., None] * masks["shell"][..., None]
     img = _layer(img, masks["glass"], 0.18)
@@ -480,17 +501,18 @@ def render_nir(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], ident
 
 
 def render_tir(u: np.ndarray, v: np.ndarray, masks: dict[str, np.ndarray], identity: Identity,
-               view: CameraView, rng: np.random.Generator) -> np.ndarray:
-    """TIR piece ``[H, W, 1]``: smooth warm body plus the identity's hot spots."""
+               view: CameraView, rng: np.random.Generator,
+               levels: tuple[float, float] = (0.36, 0.31), heat_gain: float = 1.0) -> np.ndarray:
+    """TIR piece ``[H, W, 1]``: smooth warm body and glass (``levels``) plus the hot spots."""
     h, w = u.shape
     img = _gradient(h, w, np.array([view.bg_tir[0]]), np.array([view.bg_tir[1]]))
     img += rng.uniform(-0.04, 0.04)
-    img = _layer(img, masks["vehicle"], 0.36)
-    img = _layer(img, masks["glass"], 0.31)
+    img = _layer(img, masks["vehicle"], levels[0])
+    img = _layer(img, masks["glass"], levels[1])
     heat = np.zeros_like(u)
     for cu, cv, sigma, amp in _heat_spots(SHAPES[identity.shape], identity.heat):
         heat += amp * np.exp(-((u - cu) ** 2 + (v - cv) ** 2) / (2 * sigma ** 2))
-    img = img + (heat * masks["vehicle"])[..., None] * rng.uniform(0.9, 1.1)
+    img = img + (heat * masks["vehicle"])[..., None] * (heat_gain * rng.uniform(0.9, 1.1))
     return img + rng.uniform(-0.03, 0.03)
 
 
@@ -588,14 +610,205 @@ def render_tuple(identity: Identity, plan: TuplePlan, spectra: tuple[str, ...],
         pieces[name] = renderers[name](u, v, m, identity, view, rngs[1 + k])
     extra = apply_challenge(pieces, plan.challenge, rngs[4])
     base = {"rgb": 0.02, "nir": 0.02, "tir": 0.012}
+    return _to_uint8(pieces, spectra, {k: base[k] + extra[k] for k in spectra}, rngs[5])
+
+
+def _to_uint8(pieces: dict[str, np.ndarray], spectra: tuple[str, ...], sigma: dict[str, float],
+              rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Add sensor noise (``sigma`` per spectrum) and quantise: ``{spectrum: uint8 [H, W, 3]}``."""
     out = {}
     for name in spectra:
         img = pieces[name]
-        sigma = base[name] + extra[name]
-        img = img + sigma * rngs[5].standard_normal(img.shape, dtype=np.float32)
+        img = img + sigma[name] * rng.standard_normal(img.shape, dtype=np.float32)
         img = np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
         out[name] = img if img.shape[2] == 3 else np.repeat(img, 3, axis=2)
     return out
+
+
+# ----------------------------------------------------------------------------
+# The hard variant (``SynthSpec.variant == "hard"``): nothing in it is built to
+# make fusion win. The thermal camera is a separate, coarser sensor beside the
+# visible one (the released rigs pair 1920x1080 visible with 640x480 thermal),
+# challenges degrade TIR too, attribute cues are shared between spectra, and
+# every test id carries an attribute value no training id has.
+# ----------------------------------------------------------------------------
+
+HARD_CHALLENGE_WEIGHTS: dict[str, float] = {
+    "normal": 0.45,
+    "low_illumination": 0.10,
+    "black_night": 0.07,
+    "glare": 0.08,
+    "shadow": 0.07,
+    "occlusion": 0.05,
+    "view_change": 0.06,
+    "thermal_crossover": 0.12,  # dawn/dusk: body and background at the same temperature
+}
+# One value per attribute that only test ids have (indices into SHAPES, PAINTS,
+# MARKINGS, HEAT_PATTERNS): pickup, yellow, checker, the last heat pattern.
+HELD_OUT: dict[str, int] = {"shape": 4, "paint": 5, "marking": 5, "heat": 5}
+TIR_DOWNSCALE = 3  # 1920 / 640: the thermal sensor has a third of the visible pixels per axis
+HARD_RGB_MARKING = 0.30  # markings modulate RGB paint by +-30% (easy: 6%)
+# NIR reflectance follows the paint's brightness (dark paints absorb NIR too).
+HARD_PAINT_NIR = {"white": 0.72, "black": 0.22, "red": 0.62, "blue": 0.34,
+                  "silver": 0.60, "yellow": 0.68}
+# TIR body level: dark paints warm up more in the sun; metallic silver has a
+# low emissivity and mirrors the cold sky.
+HARD_PAINT_TIR = {"white": 0.33, "black": 0.43, "red": 0.38, "blue": 0.40,
+                  "silver": 0.28, "yellow": 0.34}
+
+
+def challenge_weights(variant: str) -> dict[str, float]:
+    """Challenge tag -> share of tuples for ``variant``."""
+    return HARD_CHALLENGE_WEIGHTS if variant == "hard" else CHALLENGE_WEIGHTS
+
+
+def make_identities_hard(spec: SynthSpec) -> list[Identity]:
+    """Ids 1..2N: training ids use only non-held-out values; every test id has >= 1 held-out value.
+
+    4 x 5 x 5 x 5 = 500 combinations for training, 1080 - 500 = 580 for test.
+    """
+    sizes = (len(SHAPES), len(PAINTS), len(MARKINGS), len(HEAT_PATTERNS))
+    combos = np.stack(np.unravel_index(np.arange(int(np.prod(sizes))), sizes), axis=1)
+    novel = (combos == np.array([HELD_OUT[k] for k in ("shape", "paint", "marking", "heat")])).any(1)
+    rng = np.random.default_rng([spec.seed, _TAG_IDENTITY, 1])
+    pools = {True: list(rng.permutation(np.flatnonzero(~novel))[: spec.ids]),
+             False: list(rng.permutation(np.flatnonzero(novel))[: spec.ids])}
+    train = train_pids(spec)
+    out = []
+    for pid in range(1, 2 * spec.ids + 1):
+        code = pools[pid in train].pop(0)
+        out.append(Identity(pid, *map(int, combos[code])))
+    return out
+
+
+@dataclass(frozen=True)
+class ThermalCamera:
+    """Where the thermal sensor sees what the visible one sees: ``tir = scale * vis + offset``.
+
+    Coordinates are centred on the piece, in units of half the piece height.
+    """
+
+    scale: float
+    offset: tuple[float, float]  # (right, down)
+
+    def pixel_offset(self, height: int) -> tuple[float, float]:
+        """The offset in pixels of a piece ``height`` high."""
+        return self.offset[0] * height / 2, self.offset[1] * height / 2
+
+
+def thermal_camera(camera: int, seed: int) -> ThermalCamera:
+    """Camera ``camera`` (0-based): scale 0.80-1.05, offset 0.10-0.25 across, 0.04-0.12 down."""
+    rng = np.random.default_rng([seed, _TAG_TIR_CAMERA, camera])
+    scale = rng.uniform(0.80, 1.05)
+    sign = rng.choice([-1.0, 1.0], size=2)
+    return ThermalCamera(float(scale), (float(sign[0] * rng.uniform(0.10, 0.25)),
+                                        float(sign[1] * rng.uniform(0.04, 0.12))))
+
+
+def render_tir_hard(identity: Identity, view: CameraView, inv: np.ndarray, height: int, width: int,
+                    tcam: ThermalCamera, rng: np.random.Generator,
+                    rng_sensor: np.random.Generator) -> np.ndarray:
+    """TIR piece ``[H, W, 1]`` seen by the thermal camera: rendered at 1/3 resolution, upsampled.
+
+    The engine state varies per tuple (heat spots x0.3-1.1: a parked car is cold).
+    """
+    h_lo = max(4, height // TIR_DOWNSCALE)
+    w_lo = max(4, round(h_lo * width / height))
+    s, (ox, oy) = tcam.scale, tcam.offset
+    tir_to_visible = np.array([[1 / s, 0.0, -ox / s], [0.0, 1 / s, -oy / s], [0.0, 0.0, 1.0]])
+    u, v = _vehicle_coords(h_lo, w_lo, inv @ tir_to_visible)
+    masks = shape_masks(shape_distances(u, v, SHAPES[identity.shape]), 1.5 / h_lo)
+    body = HARD_PAINT_TIR[list(PAINTS)[identity.paint]]
+    img = render_tir(u, v, masks, identity, view, rng, (body, body - 0.06),
+                     heat_gain=rng_sensor.uniform(0.3, 1.1))[..., 0]
+    img = img + 0.02 * rng_sensor.standard_normal(img.shape, dtype=np.float32)  # sensor noise
+    big = Image.fromarray(img.astype(np.float32)).resize((width, height), Image.BILINEAR)
+    return np.asarray(big, dtype=np.float32)[..., None].copy()
+
+
+def to_thermal_frame(mask: np.ndarray, tcam: ThermalCamera) -> np.ndarray:
+    """A visible-frame mask ``[H, W]`` resampled (nearest) into the thermal camera's frame."""
+    height, width = mask.shape
+    half = height / 2
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    xv = np.rint((x + 0.5 - width / 2 - tcam.offset[0] * half) / tcam.scale + width / 2 - 0.5)
+    yv = np.rint((y + 0.5 - half - tcam.offset[1] * half) / tcam.scale + half - 0.5)
+    ok = (xv >= 0) & (xv < width) & (yv >= 0) & (yv < height)
+    out = np.zeros_like(mask)
+    out[ok] = mask[yv[ok].astype(int), xv[ok].astype(int)]
+    return out
+
+
+def _visible_challenge_hard(pieces: dict[str, np.ndarray], challenge: str,
+                            rng: np.random.Generator) -> tuple[dict[str, float], np.ndarray | None]:
+    """Degrade RGB and NIR in place; return (extra noise sigma, the occluder mask or None)."""
+    rgb, nir = pieces["rgb"], pieces["nir"]
+    noise = {"rgb": 0.0, "nir": 0.0, "tir": 0.0}
+    if challenge == "occlusion":
+        m = _occluder(*rgb.shape[:2], rng)
+        rgb[:] = rgb * (1 - m[..., None]) + rng.uniform(0.1, 0.7, 3).astype(np.float32) * m[..., None]
+        nir[:] = nir * (1 - m[..., None]) + rng.uniform(0.2, 0.6) * m[..., None]
+        return noise, m
+    if challenge == "thermal_crossover":  # dawn / dusk: dim, but far from night
+        rgb *= rng.uniform(0.5, 0.8)
+        nir *= rng.uniform(0.85, 0.95)
+        noise.update(rgb=0.01)
+        return noise, None
+    return apply_challenge(pieces, challenge, rng), None
+
+
+def _tir_challenge_hard(tir: np.ndarray, challenge: str, rng: np.random.Generator,
+                        occluder: np.ndarray | None) -> float:
+    """Degrade the TIR piece ``[H, W, 1]`` in place (thermal frame); return extra noise sigma."""
+    if challenge == "thermal_crossover":  # contrast x0.05-0.20 around the mean level
+        mean = tir.mean()
+        tir[:] = mean + rng.uniform(0.05, 0.20) * (tir - mean)
+        return 0.01
+    if challenge == "glare":  # sun reflected off glass and paint: a warm wash over the scene
+        tir += rng.uniform(0.20, 0.35) * _glare_blob(*tir.shape[:2], rng)[..., None]
+    elif challenge == "occlusion" and occluder is not None:  # the same occluder, misaligned
+        tir[:] = tir * (1 - occluder[..., None]) + rng.uniform(0.18, 0.3) * occluder[..., None]
+    return 0.0
+
+
+def render_tuple_hard(identity: Identity, plan: TuplePlan, spectra: tuple[str, ...],
+                      height: int, width: int, seed: int) -> dict[str, np.ndarray]:
+    """One tuple of the hard variant: ``{spectrum: uint8 [H, W, 3]}``.
+
+    RGB and NIR share the visible camera's geometry (drawn from the same RNG
+    stream as :func:`render_tuple`); TIR is seen by :func:`thermal_camera`.
+    """
+    rngs = [np.random.default_rng([seed, _TAG_RENDER, plan.pid, plan.index, k]) for k in range(8)]
+    view = camera_view(plan.camera, seed)
+    inv = _inverse_homography(view, rngs[0], plan.challenge)
+    u, v = _vehicle_coords(height, width, inv)
+    masks = shape_masks(shape_distances(u, v, SHAPES[identity.shape]), 1.5 / height)
+    pieces = {"rgb": render_rgb(u, v, masks, identity, view, rngs[1], HARD_RGB_MARKING),
+              "nir": render_nir(u, v, masks, identity, view, rngs[2], HARD_PAINT_NIR)}
+    noise, occluder = _visible_challenge_hard(pieces, plan.challenge, rngs[4])
+    if "tir" in spectra:
+        tcam = thermal_camera(plan.camera, seed)
+        pieces["tir"] = render_tir_hard(identity, view, inv, height, width, tcam, rngs[3], rngs[6])
+        occluder = None if occluder is None else to_thermal_frame(occluder, tcam)
+        noise["tir"] = _tir_challenge_hard(pieces["tir"], plan.challenge, rngs[7], occluder)
+    base = {"rgb": 0.02, "nir": 0.02, "tir": 0.008}
+    return _to_uint8(pieces, spectra, {k: base[k] + noise[k] for k in spectra}, rngs[5])
+
+
+def hard_summary(spec: SynthSpec) -> dict:
+    """What ``synth.json`` records about the hard variant: held-out values, thermal cameras."""
+    palettes = {"shape": [s.name for s in SHAPES], "paint": list(PAINTS), "marking": list(MARKINGS),
+                "heat": list(range(len(HEAT_PATTERNS)))}
+    cams = []
+    for camera in range(spec.cameras):
+        tcam = thermal_camera(camera, spec.seed)
+        dx, dy = tcam.pixel_offset(spec.height)
+        cams.append({"camera": camera + 1, "scale": round(tcam.scale, 4),
+                     "offset_px": [round(dx, 2), round(dy, 2)]})
+    h_lo = max(4, spec.height // TIR_DOWNSCALE)
+    return {"test_only_values": {k: palettes[k][i] for k, i in HELD_OUT.items()},
+            "tir_sensor_size": [round(h_lo * spec.width / spec.height), h_lo],
+            "thermal_cameras": cams}
 
 
 # ----------------------------------------------------------------------------
@@ -611,15 +824,16 @@ def _save_jpeg(pieces: dict[str, np.ndarray], spectra: tuple[str, ...], path: Pa
 def _write_tree(root: Path, layout: str, spec: SynthSpec) -> dict:
     """Render every tuple under ``root`` (the ``rgbir`` folder); return a summary."""
     spectra = LAYOUT_SPECTRA[layout]
-    identities = make_identities(2 * spec.ids, spec.seed)
+    hard = spec.variant == "hard"
+    identities = make_identities_hard(spec) if hard else make_identities(2 * spec.ids, spec.seed)
     tuples, queries = plan_dataset(spec)
     for folder in SPLIT_FOLDERS.values():
         (root / folder).mkdir(parents=True)
     rows = []
     for tp in tuples:
         rel = f"{SPLIT_FOLDERS[tp.split]}/{tp.file_name}"
-        pieces = render_tuple(identities[tp.pid - 1], tp, spectra, spec.height, spec.width,
-                              spec.seed)
+        render = render_tuple_hard if hard else render_tuple
+        pieces = render(identities[tp.pid - 1], tp, spectra, spec.height, spec.width, spec.seed)
         _save_jpeg(pieces, spectra, root / rel)
         rows.append((rel, tp.challenge))
     for tp in queries:  # the release draws query from the gallery: exact copies
@@ -634,8 +848,9 @@ def _write_tree(root: Path, layout: str, spec: SynthSpec) -> dict:
     counts = {"train": sum(tp.split == "train" for tp in tuples),
               "gallery": sum(tp.split == "gallery" for tp in tuples),
               "query": len(queries)}
+    extra = hard_summary(spec) if hard else {}
     return {"layout": layout, "spectra": list(spectra), "spec": asdict(spec),
-            "tuples": counts, "challenge_weights": CHALLENGE_WEIGHTS,
+            "tuples": counts, "challenge_weights": challenge_weights(spec.variant), **extra,
             "identities": [asdict(i) | {"shape": SHAPES[i.shape].name,
                                         "paint": list(PAINTS)[i.paint],
                                         "marking": MARKINGS[i.marking]}

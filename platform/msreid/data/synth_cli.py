@@ -13,7 +13,7 @@ import argparse
 import time
 from dataclasses import fields
 
-from msreid.data.synth import CHALLENGES_FILE, LAYOUT_SPECTRA, SynthSpec, generate
+from msreid.data.synth import CHALLENGES_FILE, LAYOUT_SPECTRA, VARIANTS, SynthSpec, generate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,8 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "written to a temporary sibling and renamed into place")
     for f in fields(SynthSpec):
         flag = "--" + f.name.replace("_", "-")
-        if f.name == "ids":
-            flag = "--ids"
+        if f.name == "variant":
+            parser.add_argument(flag, dest=f.name, choices=VARIANTS, default=f.default,
+                                help=f.metadata["help"] + " (default: %(default)s)")
+            continue
         parser.add_argument(flag, dest=f.name, type=int, default=f.default,
                             help=f.metadata["help"] + " (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true",
@@ -40,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
     counts = {folder: sum(1 for _ in (root / folder).glob("*.jpg"))
               for folder in ("bounding_box_train", "query", "bounding_box_test")}
     n_spectra = len(LAYOUT_SPECTRA[args.layout])
-    print(f"wrote {args.layout} dataset to {root}")
+    print(f"wrote {args.layout} dataset ({spec.variant} variant) to {root}")
     for folder, n in counts.items():
         print(f"  {folder + '/':<20} {n:6d} JPEGs")
     print(f"  image size           {n_spectra * spec.width}x{spec.height} "
