@@ -46,7 +46,8 @@ class BenchmarkOptions:
     resume: str | None = field(default=None, metadata={"help": "'' = latest of this suite, or a name"})
     max_concurrent_trials: int | None = field(default=None, metadata={"help": "override the suite's"})
     ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address"})
-    synth: dict = field(default_factory=dict, metadata={"help": "SynthSpec overrides (smoke data)"})
+    synth: dict = field(default_factory=dict,
+                        metadata={"help": "SynthSpec overrides of the synthetic data (over the suite's)"})
     fit: Any = field(default="msreid.train.run:fit",
                      metadata={"help": "fit: 'module:function' or the function (tests swap a fake)"})
     figures: dict = field(default_factory=dict, metadata={"help": "figure options per trial"})
@@ -96,15 +97,19 @@ def load_benchmark_suite(opts: BenchmarkOptions) -> G.Suite:
     return suite
 
 
-def resolve_manifests(opts: BenchmarkOptions) -> tuple[dict[str, str], dict[str, str]]:
-    """``({dataset: manifest}, {dataset: fingerprint})`` from --data or the synthetic default."""
+def resolve_manifests(opts: BenchmarkOptions, suite_synth: dict | None = None
+                      ) -> tuple[dict[str, str], dict[str, str]]:
+    """``({dataset: manifest}, {dataset: fingerprint})`` from --data or the synthetic default.
+
+    The synthetic data is the suite's ``synth`` spec with ``opts.synth`` on top.
+    """
     from msreid.data.schema import manifest_info
     from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synthetic_manifest
 
     if opts.data:
         manifests = resolve_data_args(list(opts.data))
     else:
-        manifests = {SMOKE_LAYOUT: synthetic_manifest(opts.synth)}
+        manifests = {SMOKE_LAYOUT: synthetic_manifest({**(suite_synth or {}), **opts.synth})}
     prints = {ds: manifest_info(uri).fingerprint for ds, uri in manifests.items()}
     return manifests, prints
 
@@ -165,7 +170,7 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     """Run (or resume) a benchmark suite end to end; see the module docstring."""
     from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 
-    from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args
+    from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec
 
     uri = resolve_tracking_uri(opts.tracking_uri)
     check_reachable(uri)
@@ -174,10 +179,12 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     for note in notes:
         print(f"note: {note}", flush=True)
     base, forced, trials = prepare_trials(opts, suite, datasets)  # config errors: before compute
+    if not opts.data:
+        synth_spec({**suite.synth, **opts.synth})  # bad synthetic data options: before compute too
     experiment_id = ensure_experiment(uri, opts.experiment)
     client = R.client_for(uri)
     name = benchmark_name(opts, suite, client, experiment_id)
-    manifests, prints = resolve_manifests(opts)  # the synthetic data is generated on first use
+    manifests, prints = resolve_manifests(opts, suite.synth)  # synthetic data: generated on first use
     parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints)
     storage = opts.storage_path or default_storage_path()
     ctx = {"base_config": base, "force": forced, "manifests": manifests, "fingerprints": prints,

@@ -37,6 +37,22 @@ def resolve_data_args(items: list[str]) -> dict[str, str]:
     return out
 
 
+def synth_spec(spec_kwargs: dict | None = None):
+    """``SynthSpec(**spec_kwargs)``, checked: unknown fields or bad values are a ``UserError``."""
+    from dataclasses import fields
+
+    from msreid.data.synth import SynthSpec
+
+    allowed = [f.name for f in fields(SynthSpec)]
+    unknown = sorted(set(spec_kwargs or {}) - set(allowed))
+    if unknown:
+        raise UserError(f"synthetic data options {unknown} are not SynthSpec fields; "
+                        f"use {', '.join(allowed)} (suite `synth:` or --synth)")
+    spec = SynthSpec(**(spec_kwargs or {}))
+    spec.validate()
+    return spec
+
+
 def synthetic_manifest(spec_kwargs: dict | None = None, root: Path | None = None) -> str:
     """The synthetic RGBNT100-shaped manifest, generated + ingested on first use, then cached.
 
@@ -46,9 +62,9 @@ def synthetic_manifest(spec_kwargs: dict | None = None, root: Path | None = None
     from dataclasses import asdict
 
     from msreid.data.ingest import ingest
-    from msreid.data.synth import SynthSpec, generate
+    from msreid.data.synth import generate
 
-    spec = SynthSpec(**(spec_kwargs or {}))
+    spec = synth_spec(spec_kwargs)
     tag = json.dumps(asdict(spec), sort_keys=True)
     import hashlib
 
@@ -56,8 +72,8 @@ def synthetic_manifest(spec_kwargs: dict | None = None, root: Path | None = None
     manifest = base / "manifest"
     if (base / "manifest.done").is_file():
         return str(manifest)
-    print(f"Generating the synthetic {SMOKE_LAYOUT} benchmark into {base} (first use only) ...",
-          flush=True)
+    print(f"Generating the synthetic {SMOKE_LAYOUT} benchmark ({spec.variant} variant) into {base} "
+          "(first use only) ...", flush=True)
     data_root = generate(SMOKE_LAYOUT, base / "released", spec, overwrite=True)
     # Pieces are smaller than the released 256x128: take the size from the files.
     ingest(SMOKE_LAYOUT, data_root, manifest, overwrite=True, piece_size="auto")

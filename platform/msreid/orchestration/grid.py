@@ -113,6 +113,7 @@ class Suite:
     max_failures: int = 1
     checks: tuple[Check, ...] = ()
     source: str = ""
+    synth: dict[str, Any] = field(default_factory=dict)  # SynthSpec fields of the synthetic default data
 
     def table(self, name: str) -> TableSpec:
         """The table called ``name``."""
@@ -231,11 +232,16 @@ def load_suite(path: str | Path) -> Suite:
     checks = tuple(Check(table=c["table"], metric=c.get("metric", "mAP"), row=c["row"],
                          above=tuple(c["above"])) for c in data.get("checks", []))
     resources = _bundles(data.get("trial_resources") or {"CPU": 1}, f"{path}: trial_resources")
+    synth = data.get("synth") or {}
+    if not isinstance(synth, dict):
+        raise UserError(f"suite file {path}: `synth` must be a mapping of SynthSpec fields "
+                        f"(e.g. {{variant: hard, ids: 30}}), got {synth!r}")
     return Suite(name=str(data["name"]), preset=str(data["preset"]), tables=tuple(tables),
                  seeds=tuple(int(s) for s in data.get("seeds", [0])),
                  set=dict(data.get("set") or {}), trial_resources=resources,
                  max_concurrent_trials=int(data.get("max_concurrent_trials", 0)),
-                 max_failures=int(data.get("max_failures", 1)), checks=checks, source=str(path))
+                 max_failures=int(data.get("max_failures", 1)), checks=checks, source=str(path),
+                 synth=dict(synth))
 
 
 def expand_cells(table: TableSpec, suite_set: dict[str, Any] | None = None) -> list[Cell]:
