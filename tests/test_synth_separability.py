@@ -130,12 +130,14 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description="Print the separability proxy table.")
     parser.add_argument("--ids", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--variant", default="easy", choices=("easy", "hard"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        print("| layout | seed | " + " | ".join(["rgb", "nir", "tir", "fused", "chance"]) + " |")
+        print("| layout | variant | seed | " + " | ".join(["rgb", "nir", "tir", "fused", "chance"]) + " |")
         for layout, n in (("rgbnt100", 3), ("rgbn300", 2)):
-            root = generate(layout, Path(tmp) / layout, SynthSpec(ids=args.ids, seed=args.seed))
+            spec = SynthSpec(ids=args.ids, seed=args.seed, variant=args.variant)
+            root = generate(layout, Path(tmp) / layout, spec)
             r = proxy_map(root, n)
             cells = [f"{r[k]:.3f}" if k in r else "-" for k in ("rgb", "nir", "tir", "fused", "chance")]
-            print(f"| {layout} | {args.seed} | " + " | ".join(cells) + " |")
+            print(f"| {layout} | {args.variant} | {args.seed} | " + " | ".join(cells) + " |")
     sys.exit(0)
