@@ -114,7 +114,7 @@ class SynthSpec:
                                 f"use {allowed}")
 
 
-def synth_spec_from_json(text: str, option: str = "--synth") -> dict[str, int]:
+def synth_spec_from_json(text: str, option: str = "--synth") -> dict[str, int | str]:
     """Validated SynthSpec overrides from a JSON object (``'{"ids": 20}'``); one UserError
     naming the option and the problem (bad JSON, not an object, unknown key, not an
     integer, out of range) otherwise. Parse it before anything is created."""
@@ -131,7 +131,11 @@ def synth_spec_from_json(text: str, option: str = "--synth") -> dict[str, int]:
     if unknown:
         raise UserError(f"{option}: unknown key(s) {unknown}; valid keys are {known}")
     for key, value in overrides.items():
-        if isinstance(value, bool) or not isinstance(value, int):
+        if key == "variant":
+            if not isinstance(value, str):
+                raise UserError(f"{option}: variant={json.dumps(value)} must be a string: "
+                                f"{' or '.join(VARIANTS)}")
+        elif isinstance(value, bool) or not isinstance(value, int):
             raise UserError(f"{option}: {key}={json.dumps(value)} must be an integer")
     try:
         SynthSpec(**overrides).validate()
