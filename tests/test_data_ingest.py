@@ -172,7 +172,7 @@ def test_overwrite_replaces_existing_manifest(tmp_path):
     ingest("rgbn300", tmp_path / "d", out, overwrite=True)
     assert manifest_info(str(out)).layout == "rgbn300"
     (tmp_path / "d3").rename(tmp_path / "gone")
-    assert sorted(p.name for p in out.iterdir()) == ["part-00000.parquet"]
+    assert sorted(p.name for p in out.iterdir()) == ["_SHA256SUMS", "part-00000.parquet"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d", "gone", "m"]  # no temp dirs left
 
 

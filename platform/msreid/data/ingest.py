@@ -35,7 +35,7 @@ from msreid.data import layouts
 from msreid.data.layouts import LayoutSpec, Problem, TupleRecord
 from msreid.data.schema import (
     MANIFEST_SCHEMA, META_FINGERPRINT, META_LAYOUT, META_SCHEMA_VERSION, META_SPECTRA,
-    SCHEMA_VERSION, SPLITS, ManifestInfo, foreign_entries, manifest_info,
+    SCHEMA_VERSION, SPLITS, ManifestInfo, foreign_entries, manifest_info, write_checksums,
 )
 from msreid.errors import UserError
 
@@ -455,6 +455,7 @@ def ingest(layout: str, root: str | Path, out: str | Path, overwrite: bool = Fal
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the manifest is a normal folder
     try:
         write_parts(table, tmp, metadata)
+        write_checksums(tmp)
         _move_into_place(tmp, target, overwrite)
     finally:
         if tmp.exists():

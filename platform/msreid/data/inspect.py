@@ -16,7 +16,7 @@ import argparse
 import pandas as pd
 import pyarrow as pa
 
-from msreid.data.schema import SPLITS, manifest_info, read_manifest
+from msreid.data.schema import SPLITS, manifest_info, read_manifest, verify_manifest
 
 SUMMARY_COLUMNS = ["split", "pid", "camera", "scene", "challenge"]
 
@@ -124,6 +124,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     info = manifest_info(args.manifest)
+    checked = verify_manifest(args.manifest)  # UserError naming any damaged part file
     table = read_manifest(args.manifest, columns=SUMMARY_COLUMNS)
     print(format_summary(summarize(table), info.num_rows, info.path))
+    print(f"\nchecksums  {checked} part file(s) match _SHA256SUMS" if checked else
+          "\nchecksums  none recorded (version-1 manifest): re-run `msreid ingest --overwrite`")
     return 0

@@ -12,8 +12,12 @@ Local paths and any pyarrow filesystem URI (``file://``, ``s3://``,
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
+import posixpath
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,8 +28,22 @@ import pyarrow.parquet as pq
 from msreid import SPECTRA
 from msreid.errors import UserError
 
-SCHEMA_VERSION = "1"
-"""Bumped whenever MANIFEST_SCHEMA changes; readers refuse other versions."""
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = "2"
+"""Bumped whenever the manifest format changes; readers refuse versions not in READABLE_VERSIONS.
+
+2: same columns as 1, plus the checksum file CHECKSUM_FILE beside the parts.
+"""
+READABLE_VERSIONS = ("1", "2")
+CHECKSUM_FILE = "_SHA256SUMS"
+"""``sha256sum`` format (``<hex>  <part file>``), written at ingest; ``sha256sum -c`` reads it.
+
+The leading underscore keeps it out of Parquet dataset discovery (pyarrow skips
+``_*`` files); msreid passes explicit part files to Ray Data anyway.
+"""
+HASH_CHUNK = 8 << 20  # bytes per read while hashing
+HASH_THREADS = 4  # hashlib releases the GIL on large buffers: files hash in parallel
 
 META_LAYOUT = "msreid.layout"
 META_SPECTRA = "msreid.spectra"
@@ -138,9 +156,10 @@ def _check_schema(schema: pa.Schema, where: str) -> None:
     if missing:
         raise UserError(f"manifest file {where}: metadata key(s) {missing} missing; "
                         "it was not written by `msreid ingest`")
-    if meta[META_SCHEMA_VERSION] != SCHEMA_VERSION:
+    if meta[META_SCHEMA_VERSION] not in READABLE_VERSIONS:
         raise UserError(f"manifest file {where}: schema version {meta[META_SCHEMA_VERSION]}, "
-                        f"this msreid reads version {SCHEMA_VERSION}; re-run `msreid ingest`")
+                        f"this msreid reads versions {', '.join(READABLE_VERSIONS)}; "
+                        "re-run `msreid ingest`")
 
 
 def _read_schemas(fs: pafs.FileSystem, files: list[str]) -> list[pa.Schema]:
@@ -197,13 +216,15 @@ def foreign_entries(directory: str | Path) -> list[str]:
 
     A manifest directory holds only regular files named ``part-NNNNN.parquet``
     whose Parquet footer carries the ``msreid.*`` metadata keys (any schema
-    version). Anything else (other names, sub-folders, symlinks, Parquet files
+    version), and the checksum file ``_SHA256SUMS``. Anything else (other names, sub-folders, symlinks, Parquet files
     of other tools, unreadable files) is foreign. ``[]`` means the directory
     is empty or a manifest, so ``msreid ingest --overwrite`` may replace it.
     """
     foreign = []
     with os.scandir(directory) as entries:
         for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name == CHECKSUM_FILE and entry.is_file(follow_symlinks=False):
+                continue
             if not (PART_NAME.match(entry.name) and entry.is_file(follow_symlinks=False)):
                 foreign.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
                 continue
@@ -215,3 +236,69 @@ def foreign_entries(directory: str | Path) -> list[str]:
             if not all(k.encode() in meta for k in (META_LAYOUT, META_FINGERPRINT, META_SCHEMA_VERSION)):
                 foreign.append(f"{entry.name} (no msreid metadata)")
     return foreign
+
+
+def _sha256(fs: pafs.FileSystem, path: str) -> str:
+    digest = hashlib.sha256()
+    with fs.open_input_stream(path) as stream:
+        while chunk := stream.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checksums(directory: Path) -> None:
+    """Write CHECKSUM_FILE for every ``*.parquet`` in a local ``directory`` (at ingest)."""
+    fs = pafs.LocalFileSystem()
+    parts = sorted(p.name for p in directory.glob("*.parquet"))
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        digests = list(pool.map(lambda n: _sha256(fs, str(directory / n)), parts))
+    (directory / CHECKSUM_FILE).write_text("".join(f"{d}  {n}\n" for d, n in zip(digests, parts)))
+
+
+def _read_checksums(fs: pafs.FileSystem, sums_path: str) -> dict[str, str]:
+    try:
+        with fs.open_input_stream(sums_path) as stream:
+            text = stream.read().decode("utf-8", errors="replace")
+    except (FileNotFoundError, OSError) as exc:
+        raise UserError(f"manifest checksum file {sums_path} cannot be read ({exc}); the "
+                        "manifest is incomplete: re-run `msreid ingest --overwrite`") from None
+    sums = {}
+    for line in text.splitlines():
+        digest, _, name = line.partition("  ")
+        if len(digest) != 64 or not name:
+            raise UserError(f"manifest checksum file {sums_path}: bad line {line[:80]!r}; "
+                            "re-run `msreid ingest --overwrite`")
+        sums[name] = digest
+    return sums
+
+
+def verify_manifest(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> int:
+    """Check every part file against the checksums recorded at ingest; returns #files checked.
+
+    One UserError naming every corrupt, missing or unlisted part file. A
+    version-1 manifest (written before checksums) is read unverified with a
+    warning. Reads every byte once: docs/PERFORMANCE.md has the cost.
+    """
+    fs, path = (filesystem, str(path_or_uri)) if filesystem else resolve_filesystem(path_or_uri)
+    files = manifest_files(path, filesystem=fs)
+    schemas = _read_schemas(fs, files)
+    if schemas[0].metadata[META_SCHEMA_VERSION.encode()] == b"1":
+        log.warning("manifest %s was written before msreid recorded checksums: its integrity "
+                    "cannot be verified; re-run `msreid ingest --overwrite` to add them", path_or_uri)
+        return 0
+    folder = posixpath.dirname(files[0])
+    sums = _read_checksums(fs, posixpath.join(folder, CHECKSUM_FILE))
+    names = [posixpath.basename(f) for f in files]
+    bad = [f"{n}: not listed in {CHECKSUM_FILE} (not from this ingest)" for n in names if n not in sums]
+    if files != [path]:  # a directory: every listed part must be there (one file: just it)
+        bad += [f"{n}: listed in {CHECKSUM_FILE} but missing" for n in sorted(set(sums) - set(names))]
+    listed = [f for f, n in zip(files, names) if n in sums]
+    with ThreadPoolExecutor(max_workers=HASH_THREADS) as pool:
+        digests = list(pool.map(lambda f: _sha256(fs, f), listed))
+    bad += [f"{posixpath.basename(f)}: content differs from the checksum recorded at ingest "
+            "(corrupted)" for f, d in zip(listed, digests) if d != sums[posixpath.basename(f)]]
+    if bad:
+        raise UserError(f"manifest {path_or_uri}: {len(bad)} damaged part file(s):\n  "
+                        + "\n  ".join(bad) + "\nre-run `msreid ingest --overwrite` from the "
+                        "released files (or copy the manifest again)")
+    return len(listed)

@@ -26,7 +26,7 @@ import numpy as np
 import ray
 
 from msreid.config import TrainConfig, check_against_manifest, config_to_dict
-from msreid.data.schema import manifest_info, resolve_filesystem
+from msreid.data.schema import manifest_info, resolve_filesystem, verify_manifest
 from msreid.data.transforms import AugmentParams
 from msreid.errors import UserError
 from msreid.train import checkpoint as ck
@@ -258,6 +258,7 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: list | Non
     (num_workers=0) they are called by hand with the same arguments.
     """
     spectra, size = resolve_spectra_and_size(cfg)
+    verify_manifest(cfg.data.manifest)  # every part byte as ingested, before Ray reads it
     ensure_ray(cfg, ray_address)
     index, meta = load_manifest(cfg.data.manifest)
     d = cfg.data
