@@ -1,4 +1,4 @@
-"""A stand-in for msreid.train.run.fit, for orchestration tests only (Tune, MLflow, resume).
+"""A stand-in for msreid.train.fit.fit, for orchestration tests only (Tune, MLflow, resume).
 
 It trains nothing: the test metrics are a formula of the config that a test
 can compute by hand, per-epoch reports go through the Train callbacks exactly

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -68,13 +70,40 @@ def _reference_test_map(checkpoint_dir: str, manifest: str) -> float:
 LOCAL = ("data.batch_mode=pk", "data.P=2", "data.K=4", "loss.triplet=true")
 
 
+class Recorder:
+    """A Train user callback that keeps what it is given (local mode calls it in this process)."""
+
+    def __init__(self):
+        self.reports: list[tuple[dict, str | None]] = []
+
+    def after_report(self, run_context, metrics, checkpoint) -> None:
+        self.reports.append((dict(metrics[0]), checkpoint.path if checkpoint else None))
+
+
+LOCAL_REPORTS = Recorder()
+
+
 @pytest.fixture(scope="module")
 def local_run(ray_session, manifest, tmp_path_factory):
     """A 2-epoch in-process run on P x K batches with the triplet loss (shared by two tests)."""
-    from msreid.train.run import fit
+    from msreid.train.fit import fit
 
     return fit(_cfg(manifest, *LOCAL), storage_path=str(tmp_path_factory.mktemp("runs")),
-               name="local")
+               name="local", callbacks=[LOCAL_REPORTS])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_local_mode_calls_the_callbacks_and_keeps_two_checkpoints(local_run):
+    out = local_run
+    reported = [m for m, _ in LOCAL_REPORTS.reports]
+    assert [m.get("epoch") for m in reported] == [0, 1, 1]  # two epochs, then the final report
+    assert reported[-1] == out.metrics and reported[:2] == out.history[:2]
+    run_dir = Path(out.checkpoint_path).parent
+    assert LOCAL_REPORTS.reports[-1][1] == out.checkpoint_path
+    # every epoch validates (run.eval_every=1), so each wrote one; the oldest was pruned
+    assert sorted(p.name for p in run_dir.glob("checkpoint_epoch_*")) == [
+        "checkpoint_epoch_1", "checkpoint_epoch_final"]
 
 
 @pytest.mark.ray
@@ -111,7 +140,7 @@ def test_local_mode_run_reports_metrics_and_artifacts(local_run, manifest):
 @pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_same_seed_same_metrics(local_run, manifest, tmp_path):
-    from msreid.train.run import fit
+    from msreid.train.fit import fit
 
     again = fit(_cfg(manifest, *LOCAL), storage_path=str(tmp_path), name="again")
     timeless = [[{k: v for k, v in h.items() if k != "tuples_per_s"} for h in run.history]
@@ -125,7 +154,7 @@ def test_same_seed_same_metrics(local_run, manifest, tmp_path):
 @pytest.mark.timeout(300)
 def test_two_worker_ddp_pk_run(ray_session, manifest, tmp_path):
     """2 DDP workers (gloo) on P x K batches; the loop checks every batch is P ids x K tuples."""
-    from msreid.train.run import fit
+    from msreid.train.fit import fit
 
     cfg = _cfg(manifest, "run.num_workers=2", "run.cpus_per_worker=0.5", "data.batch_mode=pk",
                "data.P=2", "data.K=2", "data.batch_size=4", "loss.triplet=true")
@@ -134,26 +163,38 @@ def test_two_worker_ddp_pk_run(ray_session, manifest, tmp_path):
     assert Path(out.checkpoint_path, "best_model.pt").exists()
 
 
+@dataclass(frozen=True)
+class DieOnce:
+    """Epoch hook: the rank-0 worker process exits at the start of ``epoch``, once (marker file)."""
+
+    epoch: int
+    marker: str
+
+    def __call__(self, epoch: int, rank: int) -> None:
+        if rank == 0 and epoch == self.epoch and not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)  # a real crash: no exception, no cleanup, Ray sees the worker die
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_killed_worker_resumes_to_the_same_metrics(ray_session, manifest, tmp_path, monkeypatch):
-    from msreid.train.run import fit
+def test_killed_worker_resumes_to_the_same_metrics(ray_session, manifest, tmp_path):
+    from msreid.train.fit import fit
 
     cfg = _cfg(manifest, "run.num_workers=1", "run.cpus_per_worker=0.5",
                "run.checkpoint_every=1")
     clean = fit(cfg, storage_path=str(tmp_path), name="clean")
     marker = tmp_path / "killed"
-    monkeypatch.setenv("MSREID_FAIL_AT_EPOCH", "1")
-    monkeypatch.setenv("MSREID_FAIL_MARKER", str(marker))
-    resumed = fit(cfg, storage_path=str(tmp_path), name="killed", max_failures=1)
-    assert marker.exists()  # the worker really died once, at the start of epoch 1
+    resumed = fit(cfg, storage_path=str(tmp_path), name="killed", max_failures=1,
+                  epoch_hooks=[DieOnce(1, str(marker))])
+    assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died, once
     assert resumed.metrics == clean.metrics
     assert [h.get("train/loss") for h in resumed.history] == \
         [h.get("train/loss") for h in clean.history]
 
 
 def test_config_errors_come_before_ray_starts(tmp_path):
-    from msreid.train.run import fit
+    from msreid.train.fit import fit
 
     with pytest.raises(UserError, match="data.manifest is empty"):
         fit(load_config(PRESETS / "smoke.yaml"), storage_path=str(tmp_path), name="x")

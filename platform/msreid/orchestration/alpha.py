@@ -11,6 +11,7 @@ beside it, never used to choose.
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -18,11 +19,19 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.errors import UserError
-from msreid.orchestration.benchmark import init_ray, resolve_manifests
+from msreid.losses import ABLATIONS
+from msreid.orchestration.benchmark import BenchmarkOptions, resolve_manifests
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
-from msreid.tracking import runs as R
+from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
+from msreid.tracking import runs
+from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+from msreid.train.fit import init_ray
 
 PAPER_ALPHA = 0.001
 
@@ -50,7 +59,7 @@ class AlphaOptions:
     name: str | None = None
     ray_address: str | None = None
     synth: dict = field(default_factory=dict)
-    fit: Any = "msreid.train.run:fit"
+    fit: Any = DEFAULT_FIT
     verbose: int = 1
 
 
@@ -67,8 +76,6 @@ class AlphaOutcome:
 
 def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
     """(flat base config, forced keys); validation every epoch so ASHA compares rungs."""
-    from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
-
     preset = find_experiment_file(opts.config, "presets")
     forced = {**parse_overrides(list(opts.overrides)), "run.eval_every": 1,
               "loss.ablation": opts.ablation}
@@ -77,8 +84,6 @@ def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
     if cfg.data.val_ids <= 0:
         raise UserError("tune_alpha selects alpha on validation mAP: data.val_ids must be > 0 "
                         f"(the preset {preset} has {cfg.data.val_ids})")
-    from msreid.losses import ABLATIONS
-
     if "hsc_alpha" not in ABLATIONS.get(opts.ablation, {}):
         raise UserError(f"--ablation {opts.ablation} has no L_hsc term, so alpha does nothing: "
                         "use hamnet or msn+hsc")
@@ -87,13 +92,7 @@ def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
     return base, forced
 
 
-def _tuner(opts: AlphaOptions, ctx: dict, dataset: str, storage: str, name: str, epochs: int):
-    from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search.basic_variant import BasicVariantGenerator
-
-    from msreid.orchestration.trainable import run_trial
-
+def _tuner(opts: AlphaOptions, ctx: TrialContext, dataset: str, storage: str, name: str, epochs: int):
     points = [{"loss.alpha": PAPER_ALPHA}] if opts.low <= PAPER_ALPHA <= opts.high else []
     space = {"trial": {"prefix": "alpha", "dataset": dataset, "seed": opts.seed, "overrides": {},
                        "cells": []},
@@ -119,10 +118,6 @@ def _tuner(opts: AlphaOptions, ctx: dict, dataset: str, storage: str, name: str,
 
 def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     """Search alpha, log every trial and the summary to MLflow, return the table."""
-    import os
-
-    from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
-
     uri = resolve_tracking_uri(opts.tracking_uri)
     check_reachable(uri)
     base, forced = base_config(opts)
@@ -131,26 +126,25 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     experiment_id = ensure_experiment(uri, opts.experiment)
     manifests, prints = resolve_manifests(_as_benchmark(opts))
     dataset = next(iter(manifests))
-    client = R.client_for(uri)
+    client = runs.client_for(uri)
     name = opts.name or f"tune-alpha-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent, _ = R.get_or_create_parent(client, experiment_id, name, kind="tune_alpha")
-    R.log_params(client, parent, {"alpha.low": opts.low, "alpha.high": opts.high,
+    parent, _ = runs.get_or_create_parent(client, experiment_id, name, kind="tune_alpha")
+    runs.log_params(client, parent, {"alpha.low": opts.low, "alpha.high": opts.high,
                                   "num_samples": opts.num_samples, "loss.ablation": opts.ablation,
                                   "config": opts.config, "data": manifests[dataset],
                                   "asha.grace_period": opts.grace_period,
                                   "asha.reduction_factor": opts.reduction_factor})
     storage = opts.storage_path or default_storage_path()
-    ctx = {"base_config": base, "force": forced, "manifests": manifests, "fingerprints": prints,
-           "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
-           "benchmark": name, "train_storage": f"{storage.rstrip('/')}/{name}/train",
-           "git_commit": R.git_commit(), "fit": opts.fit, "figures": {"cam_queries": 0}}
-    init_ray(opts.ray_address)
+    ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
+                        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
+                        name=name, storage=storage, fit=opts.fit, figures={"cam_queries": 0})
+    init_ray(opts.ray_address, quiet=True)
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # fit's last report (test metrics) carries best_val/mAP, not val/mAP; ASHA ignores it.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     epochs = int(base.get("optim.epochs", 1))
-    grid = _tuner(opts, ctx, dataset, storage, name, epochs).fit()
-    table = summarize(grid, epochs)
+    results = _tuner(opts, ctx, dataset, storage, name, epochs).fit()
+    table = alpha_table(results)
     close_children(client, experiment_id, parent,
                    set(table.loc[table["status"] == "stopped (ASHA)", "trial_id"]))
     best = pick_best(table)
@@ -162,15 +156,13 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
 
 
 def _as_benchmark(opts: AlphaOptions):
-    from msreid.orchestration.benchmark import BenchmarkOptions
-
     return BenchmarkOptions(data=opts.data, synth=opts.synth)
 
 
-def summarize(grid, epochs: int) -> pd.DataFrame:
+def alpha_table(results) -> pd.DataFrame:
     """One row per trial: alpha, how far it trained, best val mAP, test metrics when it finished."""
     rows = []
-    for res in grid:
+    for res in results:
         m = res.metrics or {}
         finished = "test/mAP" in m and res.error is None
         epochs, best_val = _curve(res)
@@ -247,20 +239,20 @@ def close_children(client, experiment_id: str, parent: str, stopped: set[str]) -
 
     Stopping interrupts the trial inside ``fit``, which leaves its run RUNNING or FAILED.
     """
-    for run in R.children(client, experiment_id, parent):
+    for run in runs.children(client, experiment_id, parent):
         if run.data.tags.get("msreid.tune_trial_id") in stopped:
-            R.set_tags(client, run.info.run_id, {"msreid.stopped_early": "ASHA"})
+            runs.set_tags(client, run.info.run_id, {"msreid.stopped_early": "ASHA"})
             client.set_terminated(run.info.run_id, "KILLED")
 
 
 def log_summary(client, parent: str, table: pd.DataFrame, best: dict, markdown: str) -> None:
     """Best alpha (param + metrics), the table (md/csv) and the plot on the parent run."""
-    R.log_params(client, parent, {"best_alpha": best["alpha"]})
-    R.log_metrics(client, parent, {"best_alpha": best["alpha"], "best/val/mAP": best["val/mAP"],
+    runs.log_params(client, parent, {"best_alpha": best["alpha"]})
+    runs.log_metrics(client, parent, {"best_alpha": best["alpha"], "best/val/mAP": best["val/mAP"],
                                    **{f"best/{k}": best[k] for k in
                                       ("test/mAP", "test/R1", "test/R5", "test/R10")}})
-    R.log_text(client, parent, markdown, "alpha/alpha_search.md")
-    R.log_text(client, parent, table.to_csv(index=False), "alpha/alpha_search.csv")
+    runs.log_text(client, parent, markdown, "alpha/alpha_search.md")
+    runs.log_text(client, parent, table.to_csv(index=False), "alpha/alpha_search.csv")
     with tempfile.TemporaryDirectory() as tmp:
         path = plot(table, best, Path(tmp) / "map_vs_alpha.png")
         client.log_artifact(parent, str(path), "alpha")

@@ -19,11 +19,19 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ray import tune
+
+from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from msreid.data.schema import manifest_info
 from msreid.errors import UserError
-from msreid.orchestration import grid as G
+from msreid.orchestration import grid
+from msreid.orchestration.datasets import (SMOKE_LAYOUT, resolve_data_args, synth_spec,
+                                          synthetic_manifest)
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
-from msreid.tracking import runs as R
-from msreid.tracking import tables as T
+from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
+from msreid.tracking import runs, tables
+from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+from msreid.train.fit import init_ray
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +56,7 @@ class BenchmarkOptions:
     ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address"})
     synth: dict = field(default_factory=dict,
                         metadata={"help": "SynthSpec overrides of the synthetic data (over the suite's)"})
-    fit: Any = field(default="msreid.train.run:fit",
+    fit: Any = field(default=DEFAULT_FIT,
                      metadata={"help": "fit: 'module:function' or the function (tests swap a fake)"})
     figures: dict = field(default_factory=dict, metadata={"help": "figure options per trial"})
     verbose: int = field(default=1, metadata={"help": "0 = quiet, 1 = progress table"})
@@ -66,16 +74,14 @@ class BenchmarkOutcome:
     markdown: str
     checks: list[tuple[bool, str]]
     errors: list[str]
-    suite: G.Suite
+    suite: grid.Suite
 
 
-def prepare_trials(opts: BenchmarkOptions, suite: G.Suite, datasets: set[str] | None):
+def prepare_trials(opts: BenchmarkOptions, suite: grid.Suite, datasets: set[str] | None):
     """Base config (flat dict) and trials; every trial's config is checked here (UserError)."""
-    from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
-
     preset = find_experiment_file(opts.config or suite.preset, "presets")
     base = config_to_dict(load_config(preset, list(opts.overrides)))
-    trials = G.expand_trials(suite, datasets)
+    trials = grid.expand_trials(suite, datasets)
     if not trials:
         raise UserError(f"suite {suite.source}: no cell runs on the given data "
                         f"({sorted(datasets or [])}); pass --data for one of its datasets")
@@ -89,11 +95,11 @@ def prepare_trials(opts: BenchmarkOptions, suite: G.Suite, datasets: set[str] | 
     return base, forced, trials
 
 
-def load_benchmark_suite(opts: BenchmarkOptions) -> G.Suite:
+def load_benchmark_suite(opts: BenchmarkOptions) -> grid.Suite:
     """The suite file named by ``opts.preset``, with ``opts.seeds`` applied."""
-    suite = G.load_suite(find_experiment_file(opts.preset, "grids"))
+    suite = grid.load_suite(find_experiment_file(opts.preset, "grids"))
     if opts.seeds is not None:
-        suite = G.Suite(**{**suite.__dict__, "seeds": tuple(opts.seeds)})
+        suite = grid.Suite(**{**suite.__dict__, "seeds": tuple(opts.seeds)})
     return suite
 
 
@@ -103,9 +109,6 @@ def resolve_manifests(opts: BenchmarkOptions, suite_synth: dict | None = None
 
     The synthetic data is the suite's ``synth`` spec with ``opts.synth`` on top.
     """
-    from msreid.data.schema import manifest_info
-    from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synthetic_manifest
-
     if opts.data:
         manifests = resolve_data_args(list(opts.data))
     else:
@@ -114,96 +117,70 @@ def resolve_manifests(opts: BenchmarkOptions, suite_synth: dict | None = None
     return manifests, prints
 
 
-def benchmark_name(opts: BenchmarkOptions, suite: G.Suite, client, experiment_id: str) -> str:
+def benchmark_name(opts: BenchmarkOptions, suite: grid.Suite, client, experiment_id: str) -> str:
     """A fresh ``<suite>-<timestamp>`` name, or the one to resume."""
     if opts.resume is None:
         return opts.name or f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if opts.resume:
         return opts.resume
-    previous = R.find_runs(client, experiment_id, {R.TAG_KIND: "benchmark", TAG_SUITE: suite.name})
+    previous = runs.find_runs(client, experiment_id, {runs.TAG_KIND: "benchmark", TAG_SUITE: suite.name})
     if not previous:
         raise UserError(f"--resume: no earlier `{suite.name}` benchmark in MLflow experiment "
                         "(run without --resume first, or pass --resume NAME)")
-    return previous[0].data.tags[R.TAG_BENCHMARK]
+    return previous[0].data.tags[runs.TAG_BENCHMARK]
 
 
 def start_parent(opts, suite, client, experiment_id, name, manifests, prints) -> str:
     """Find (resume) or create the parent run and log the suite description on it."""
-    parent, created = R.get_or_create_parent(client, experiment_id, name,
+    parent, created = runs.get_or_create_parent(client, experiment_id, name,
                                              tags={TAG_SUITE: suite.name})
     if opts.resume is not None and created:
         log.warning("no parent run found for %s: starting a new one", name)
-    commit = R.git_commit()
-    R.log_params(client, parent, {"suite": suite.source, "seeds": list(suite.seeds),
+    commit = runs.git_commit()
+    runs.log_params(client, parent, {"suite": suite.source, "seeds": list(suite.seeds),
                                   "overrides": list(opts.overrides), **{
                                       f"data.{k}": v for k, v in manifests.items()}})
     tags = {f"msreid.manifest_fingerprint.{k}": v for k, v in prints.items()}
     if commit:
         tags["mlflow.source.git.commit"] = commit
-    R.set_tags(client, parent, tags)
+    runs.set_tags(client, parent, tags)
     if created:
-        R.log_text(client, parent, json.dumps(G.suite_to_dict(suite), indent=1), "suite.json")
+        runs.log_text(client, parent, json.dumps(grid.suite_to_dict(suite), indent=1), "suite.json")
     return parent
-
-
-def init_ray(address: str | None) -> None:
-    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized to this machine."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    # Logical oversubscription (4x the cores). Each trial holds its placement group
-    # (the trial function + the tasks it captures), Train reserves its workers' CPUs,
-    # and Ray Data schedules OUTSIDE those groups and needs whole free CPUs, else it
-    # waits forever (RAY_NOTES.md). Measured on 2 cores: 2 trials x 2 CPUs in 4
-    # logical CPUs hang in Ray Data; 8 logical CPUs run.
-    ray.init(num_cpus=4 * (os.cpu_count() or 1), include_dashboard=False,
-             configure_logging=False, log_to_driver=False)
 
 
 def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     """Run (or resume) a benchmark suite end to end; see the module docstring."""
-    from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
-
-    from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec
-
     uri = resolve_tracking_uri(opts.tracking_uri)
     check_reachable(uri)
     datasets = set(resolve_data_args(list(opts.data))) if opts.data else {SMOKE_LAYOUT}
-    suite, notes = G.restrict_suite(load_benchmark_suite(opts), datasets)
+    suite, notes = grid.restrict_suite(load_benchmark_suite(opts), datasets)
     for note in notes:
         print(f"note: {note}", flush=True)
     base, forced, trials = prepare_trials(opts, suite, datasets)  # config errors: before compute
     if not opts.data:
         synth_spec({**suite.synth, **opts.synth})  # bad synthetic data options: before compute too
     experiment_id = ensure_experiment(uri, opts.experiment)
-    client = R.client_for(uri)
+    client = runs.client_for(uri)
     name = benchmark_name(opts, suite, client, experiment_id)
     manifests, prints = resolve_manifests(opts, suite.synth)  # synthetic data: generated on first use
     parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints)
     storage = opts.storage_path or default_storage_path()
-    ctx = {"base_config": base, "force": forced, "manifests": manifests, "fingerprints": prints,
-           "tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": parent,
-           "benchmark": name, "train_storage": f"{storage.rstrip('/')}/{name}/train",
-           "train_max_failures": 0, "git_commit": R.git_commit(), "fit": opts.fit,
-           "figures": opts.figures}
-    init_ray(opts.ray_address)
+    ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
+                        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
+                        name=name, storage=storage, fit=opts.fit, figures=opts.figures)
+    init_ray(opts.ray_address, quiet=True)
     print(f"Benchmark {name}: {len(trials)} trials ({len(suite.seeds)} seed(s)), MLflow {uri} "
           f"experiment {opts.experiment!r}, parent run {parent}", flush=True)
     results, errors = run_tune(suite, trials, ctx, storage, name, opts)
-    return finish(suite, results, errors, client, parent, experiment_id, uri, name)
+    return publish_tables(suite, results, errors, client, parent, experiment_id, uri, name)
 
 
-def finish(suite, results, errors, client, parent, experiment_id, uri, name) -> BenchmarkOutcome:
+def publish_tables(suite, results, errors, client, parent, experiment_id, uri, name) -> BenchmarkOutcome:
     """Assemble, log and return the tables; close the parent run."""
-    frames = T.assemble_suite(suite, results)
-    markdown = T.suite_markdown(suite, frames)
-    checks = T.run_checks(suite, frames)
+    frames = tables.assemble_suite(suite, results)
+    markdown = tables.suite_markdown(suite, frames)
+    checks = tables.run_checks(suite, frames)
     log_tables(client, parent, suite, frames, checks)
     client.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     return BenchmarkOutcome(name=name, parent_run_id=parent, experiment_id=experiment_id,
@@ -211,34 +188,28 @@ def finish(suite, results, errors, client, parent, experiment_id, uri, name) -> 
                             errors=errors, suite=suite)
 
 
-def log_tables(client, parent: str, suite: G.Suite, frames: dict, checks) -> None:
+def log_tables(client, parent: str, suite: grid.Suite, frames: dict, checks) -> None:
     """Each table as markdown, CSV and HTML under ``tables/`` of the parent run, plus metrics."""
     for table_name, frame in frames.items():
         table = suite.table(table_name)
-        R.log_text(client, parent, T.to_markdown(table, frame), f"tables/{table_name}.md")
-        R.log_text(client, parent, T.to_csv(frame), f"tables/{table_name}.csv")
-        R.log_text(client, parent, T.to_html(table, frame), f"tables/{table_name}.html")
-    R.log_text(client, parent, T.suite_markdown(suite, frames), "tables/all.md")
+        runs.log_text(client, parent, tables.to_markdown(table, frame), f"tables/{table_name}.md")
+        runs.log_text(client, parent, tables.to_csv(frame), f"tables/{table_name}.csv")
+        runs.log_text(client, parent, tables.to_html(table, frame), f"tables/{table_name}.html")
+    runs.log_text(client, parent, tables.suite_markdown(suite, frames), "tables/all.md")
     if checks:
-        R.log_text(client, parent, "\n".join(m for _, m in checks) + "\n", "tables/checks.txt")
-        R.set_tags(client, parent, {"msreid.checks": "PASS" if all(ok for ok, _ in checks) else "FAIL"})
+        runs.log_text(client, parent, "\n".join(m for _, m in checks) + "\n", "tables/checks.txt")
+        runs.set_tags(client, parent, {"msreid.checks": "PASS" if all(ok for ok, _ in checks) else "FAIL"})
 
 
-def _trainable(ctx: dict, suite: G.Suite):
-    from ray import tune
-
-    from msreid.orchestration.trainable import run_trial
-
+def _trainable(ctx: TrialContext, suite: grid.Suite):
     bundles = [dict(b) for b in suite.trial_resources]
     return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
                                tune.PlacementGroupFactory(bundles))
 
 
-def run_tune(suite: G.Suite, trials: list[G.TrialSpec], ctx: dict, storage: str, name: str,
-             opts: BenchmarkOptions) -> tuple[list[T.TrialResult], list[str]]:
+def run_tune(suite: grid.Suite, trials: list[grid.TrialSpec], ctx: TrialContext, storage: str,
+             name: str, opts: BenchmarkOptions) -> tuple[list[tables.TrialResult], list[str]]:
     """Fit (or restore and finish) the Tune experiment; return results and error messages."""
-    from ray import tune
-
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"  # use the CLIReporter below (done/running/pending + metrics)
     trainable = _trainable(ctx, suite)
     path = f"{storage.rstrip('/')}/{name}"
@@ -253,29 +224,26 @@ def run_tune(suite: G.Suite, trials: list[G.TrialSpec], ctx: dict, storage: str,
                                trial_dirname_creator=lambda t: t.config["trial"]["key"],
                                reuse_actors=True),  # keep torch/MLflow imported between trials
                            run_config=run_config(suite, storage, name, opts.verbose))
-    grid = tuner.fit()
     results, errors = [], []
-    for res in grid:
+    for res in tuner.fit():
         trial = res.config["trial"]
         if res.error is not None:
             errors.append(f"{trial['label']}: {type(res.error).__name__}: {res.error}"[:2000])
         if res.metrics and "test/mAP" in res.metrics:
-            results.append(T.TrialResult(cells=tuple(tuple(c) for c in trial["cells"]),
+            results.append(tables.TrialResult(cells=tuple(tuple(c) for c in trial["cells"]),
                                          seed=int(trial["seed"]), metrics=dict(res.metrics)))
     return results, errors
 
 
-def param_space(trials: list[G.TrialSpec]) -> dict[str, Any]:
+def param_space(trials: list[grid.TrialSpec]) -> dict[str, Any]:
     """One grid point per trial (JSON-able dicts: Tune stores them for --resume)."""
-    return {"trial": __import__("ray").tune.grid_search([
+    return {"trial": tune.grid_search([
         {"key": t.key, "dataset": t.dataset, "seed": t.seed, "overrides": t.overrides,
          "cells": [list(c) for c in t.cells], "label": t.label} for t in trials])}
 
 
-def run_config(suite: G.Suite, storage: str, name: str, verbose: int):
+def run_config(suite: grid.Suite, storage: str, name: str, verbose: int):
     """Tune RunConfig: stable name, retries, a progress table with the latest metrics."""
-    from ray import tune
-
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", "train/loss": "loss", "val/mAP": "val mAP",
                         "test/mAP": "test mAP"},

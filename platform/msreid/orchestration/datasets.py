@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+from dataclasses import asdict, fields
 from pathlib import Path
 
+from msreid.data.ingest import ingest
+from msreid.data.schema import manifest_info
+from msreid.data.synth import SynthSpec, generate
 from msreid.errors import UserError
 from msreid.orchestration.paths import cache_dir
 
@@ -19,8 +24,6 @@ def resolve_data_args(items: list[str]) -> dict[str, str]:
 
     Without ``name=``, the dataset is the manifest's layout (file metadata).
     """
-    from msreid.data.schema import manifest_info
-
     out: dict[str, str] = {}
     for item in items:
         name, eq, uri = item.partition("=")
@@ -39,10 +42,6 @@ def resolve_data_args(items: list[str]) -> dict[str, str]:
 
 def synth_spec(spec_kwargs: dict | None = None):
     """``SynthSpec(**spec_kwargs)``, checked: unknown fields or bad values are a ``UserError``."""
-    from dataclasses import fields
-
-    from msreid.data.synth import SynthSpec
-
     allowed = [f.name for f in fields(SynthSpec)]
     unknown = sorted(set(spec_kwargs or {}) - set(allowed))
     if unknown:
@@ -59,15 +58,8 @@ def synthetic_manifest(spec_kwargs: dict | None = None, root: Path | None = None
     Cached under ``<cache>/synth-<layout>-<spec hash>/manifest``; a spec change
     makes a new cache entry.
     """
-    from dataclasses import asdict
-
-    from msreid.data.ingest import ingest
-    from msreid.data.synth import generate
-
     spec = synth_spec(spec_kwargs)
     tag = json.dumps(asdict(spec), sort_keys=True)
-    import hashlib
-
     base = (root or cache_dir()) / f"synth-{SMOKE_LAYOUT}-{hashlib.sha1(tag.encode()).hexdigest()[:8]}"
     manifest = base / "manifest"
     if (base / "manifest.done").is_file():

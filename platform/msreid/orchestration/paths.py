@@ -14,13 +14,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msreid
 from msreid.errors import UserError
 
 
 def project_dirs() -> list[Path]:
     """Candidate project roots, most specific first (see the module docstring)."""
-    import msreid
-
     dirs = []
     if os.environ.get("MSREID_PROJECT_DIR"):
         dirs.append(Path(os.environ["MSREID_PROJECT_DIR"]).expanduser())

@@ -28,6 +28,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from msreid.config import ModelConfig, config_from_dict
+from msreid.models import MultiStreamNet, build_model
+
 MODEL_FILE = "model.pt"
 BEST_MODEL_FILE = "best_model.pt"
 STATE_FILE = "train_state.pt"
@@ -103,7 +106,7 @@ def local_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def prune_local_checkpoints(run_dir: str | Path, keep: int = 2) -> None:
+def prune_local_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Delete all but the ``keep`` newest local-mode checkpoints (Ray does this otherwise)."""
     for p in local_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
@@ -119,6 +122,19 @@ def load_json(directory: str | Path, name: str, default: Any = None) -> Any:
     return json.loads(path.read_text()) if path.exists() else default
 
 
+def model_from_config(m: ModelConfig, spectra, num_classes: int, size: tuple[int, int], *,
+                      pretrained: bool) -> MultiStreamNet:
+    """The network of ``m`` for ``spectra`` and ``num_classes``; input ``size`` (H, W).
+
+    pretrained: load the backbone weights of ``m`` (training); False builds
+    random weights (no download) for a state dict to be loaded over them.
+    """
+    return build_model(m.backbone, spectra, num_classes, pretrained=pretrained and m.pretrained,
+                       pretrained_file=(m.pretrained_file or None) if pretrained else None,
+                       last_stride_1=m.last_stride_1, neck=m.neck, embedding=m.embedding,
+                       embed_at=m.embed_at, input_size=tuple(size))
+
+
 def load_model(checkpoint_dir: str | Path, which: str = "best"):
     """``(MultiStreamNet in eval mode, TrainConfig)`` from a checkpoint directory.
 
@@ -126,17 +142,12 @@ def load_model(checkpoint_dir: str | Path, which: str = "best"):
     are reported for) or "last" (the last epoch's). Builds the network with
     random backbone weights (no download), then loads the stored state dict.
     """
-    from msreid.config import config_from_dict
-    from msreid.models import build_model
-
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
     cfg = config_from_dict(load_json(checkpoint_dir, CONFIG_FILE))
     meta = load_json(checkpoint_dir, META_FILE)
-    model = build_model(cfg.model.backbone, meta["spectra"], meta["num_classes"],
-                        pretrained=False, last_stride_1=cfg.model.last_stride_1,
-                        neck=cfg.model.neck, embedding=cfg.model.embedding,
-                        embed_at=cfg.model.embed_at, input_size=tuple(meta["image_size"]))
+    model = model_from_config(cfg.model, meta["spectra"], meta["num_classes"],
+                              meta["image_size"], pretrained=False)
     name = BEST_MODEL_FILE if which == "best" else MODEL_FILE
     model.load_state_dict(load_pt(checkpoint_dir, name))
     return model.eval(), cfg

@@ -71,7 +71,7 @@ def format_metrics(metrics: dict) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
-    from msreid.train.run import fit
+    from msreid.train.fit import fit  # lazy: torch + Ray Train only once the CLI really trains
 
     cfg = load_config(args.config, args.overrides)
     name = args.name or default_name(args.config, config_to_dict(cfg))

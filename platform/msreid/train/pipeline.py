@@ -29,12 +29,14 @@ import numpy as np
 import pyarrow as pa
 import ray
 
+from msreid import SPECTRA
 from msreid.data.decode import decode_row
 from msreid.data.schema import manifest_files, resolve_filesystem
 from msreid.data.transforms import AugmentParams, augment, stack_tuples
+from msreid.train.sampling import RowMeta
 
 META_COLUMNS = ["split", "pid", "camera", "scene", "challenge"]
-DECODE_COLUMNS = ["blobs"] + [f"{s}_{k}" for s in ("rgb", "nir", "tir") for k in ("src", "box")]
+DECODE_COLUMNS = ["blobs"] + [f"{s}_{k}" for s in SPECTRA for k in ("src", "box")]
 
 
 @dataclass(frozen=True)
@@ -48,25 +50,6 @@ class ManifestIndex:
 
     refs: tuple[Any, ...]  # ObjectRef[pa.Table]
     offsets: np.ndarray  # [n_blocks + 1] int64
-
-
-@dataclass(frozen=True)
-class RowMeta:
-    """Per-row labels of the whole manifest, ``[n_rows]`` each."""
-
-    split: np.ndarray  # str
-    pid: np.ndarray  # int64
-    camera: np.ndarray  # int64
-    scene: np.ndarray  # int64, -1 where null
-    challenge: np.ndarray  # object: str or None
-
-    @property
-    def has_scenes(self) -> bool:
-        return bool((self.scene >= 0).any())
-
-    @property
-    def has_challenges(self) -> bool:
-        return any(c is not None for c in self.challenge)
 
 
 @dataclass(frozen=True)
@@ -115,7 +98,7 @@ def load_manifest(manifest: str) -> tuple[ManifestIndex, RowMeta]:
     return ManifestIndex(refs=tuple(keep), offsets=keep_offsets), meta
 
 
-def take_rows(index: ManifestIndex, rows: np.ndarray) -> list[dict]:
+def fetch_rows(index: ManifestIndex, rows: np.ndarray) -> list[dict]:
     """Manifest rows (python dicts with blobs and boxes) for global indices ``rows``, in order."""
     block = np.searchsorted(index.offsets, rows, side="right") - 1
     out: list[dict | None] = [None] * len(rows)
@@ -131,7 +114,7 @@ def take_rows(index: ManifestIndex, rows: np.ndarray) -> list[dict]:
 def decode_tuples(spec: DecodeSpec, rows: np.ndarray,
                   rng: np.random.Generator | None = None) -> np.ndarray:
     """Rows -> uint8 ``[N, S, 3, H, W]``, augmented with ``rng`` when spec.augment is set."""
-    decoded = [decode_row(r, spec.spectra) for r in take_rows(spec.index, rows)]
+    decoded = [decode_row(r, spec.spectra) for r in fetch_rows(spec.index, rows)]
     x = stack_tuples(decoded, spec.spectra, spec.size)
     if spec.augment is not None:
         x = augment(x, rng, spec.augment)

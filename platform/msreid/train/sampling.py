@@ -18,6 +18,26 @@ from msreid.errors import UserError
 
 
 @dataclass(frozen=True)
+class RowMeta:
+    """Per-row labels of the whole manifest (global row index), ``[n_rows]`` each."""
+
+    split: np.ndarray  # str
+    pid: np.ndarray  # int64
+    camera: np.ndarray  # int64
+    scene: np.ndarray  # int64, -1 where null
+    challenge: np.ndarray  # object: str or None
+
+    @property
+    def has_scenes(self) -> bool:
+        """Scenes replace cameras in the matching rule (MSVR310): same id + same scene = junk."""
+        return bool((self.scene >= 0).any())
+
+    @property
+    def has_challenges(self) -> bool:
+        return any(c is not None for c in self.challenge)
+
+
+@dataclass(frozen=True)
 class SplitRows:
     """Manifest row indices of each role, and the contiguous training labels."""
 

@@ -1,12 +1,14 @@
-"""``fit(cfg, ...)``: one training run as a Ray Train ``TorchTrainer`` (the driver side).
+"""``fit(cfg, ...)``: one training run, the driver side.
 
 Everything that can be checked before Ray starts is checked here and raised
 as one ``UserError``: the manifest, the spectra, the model choices, the
 batch plan against the number of train ids and tuples, the validation split.
 Then the manifest goes into Ray's object store (``pipeline.load_manifest``),
-every epoch's batches are planned from (seed, epoch), and the trainer runs
-``msreid.train.loop.train_loop_per_worker`` on ``cfg.run.num_workers``
-workers (0 = in-process local mode).
+every epoch's batches are planned from (seed, epoch), and
+``msreid.train.loop`` runs in a session chosen once here
+(``msreid.train.session``): on ``cfg.run.num_workers`` workers of a Ray Train
+``TorchTrainer``, or with ``num_workers=0`` in this process (local mode, no
+trainer).
 
 The run lives in ``<storage_path>/<name>``; the name carries no timestamp, so
 calling ``fit`` again with the same pair resumes from the last checkpoint
@@ -15,7 +17,6 @@ calling ``fit`` again with the same pair resumes from the last checkpoint
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from dataclasses import dataclass
@@ -24,17 +25,21 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import ray
+import ray.train
+from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchConfig, TorchTrainer
 
-from msreid.config import TrainConfig, check_against_manifest, config_to_dict
-from msreid.data.schema import manifest_info, resolve_filesystem, verify_manifest
+from msreid.config import TrainConfig, check_against_manifest
+from msreid.data.schema import manifest_info, verify_manifest
 from msreid.data.transforms import AugmentParams
 from msreid.errors import UserError
+from msreid.models import EMBED_AT, EMBEDDINGS, NECKS, resolve_backbone
 from msreid.train import checkpoint as ck
 from msreid.train import loop
-from msreid.train.pipeline import DecodeSpec, RowMeta, eval_dataset, load_manifest, train_dataset
-from msreid.train.sampling import SplitRows, epoch_plan, split_rows
-
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
+from msreid.train.loop import QueryGallery, TrainJob
+from msreid.train.pipeline import DecodeSpec, eval_dataset, load_manifest, train_dataset
+from msreid.train.sampling import RowMeta, SplitRows, epoch_plan, split_rows
+from msreid.train.session import KEEP_CHECKPOINTS, LocalSession, RaySession
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,6 @@ class Plan:
 
 def resolve_spectra_and_size(cfg: TrainConfig) -> tuple[tuple[str, ...], tuple[int, int]]:
     """The spectra to train on and the (H, W) input size; checks the model choices."""
-    from msreid.models import EMBED_AT, EMBEDDINGS, NECKS, resolve_backbone
-
     info = manifest_info(cfg.data.manifest) if cfg.data.manifest else None
     if info is None:
         raise UserError("data.manifest is empty: give data.manifest=PATH_OR_URI (a manifest "
@@ -119,57 +122,35 @@ def check_validation(cfg: TrainConfig, meta: RowMeta, rows: SplitRows) -> bool:
     return True
 
 
-def ensure_ray(cfg: TrainConfig, ray_address: str | None = None) -> None:
-    """Connect to ``ray_address`` / ``RAY_ADDRESS``, or start a local Ray sized for this run.
+def init_ray(address: str | None = None, *, train_cpus: float = 0.0, quiet: bool = False) -> None:
+    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized to this machine.
 
-    Locally the logical CPU count is oversubscribed: Ray Train reserves its
-    workers' CPUs and Ray Data needs whole CPUs of its own, which deadlocks on
-    small machines otherwise (../shared/RAY_NOTES.md).
+    Locally the logical CPU count is oversubscribed, 4x the cores (and at
+    least the training workers' CPUs + the cores + 1): Ray Train reserves its
+    workers' CPUs, each Tune trial holds its placement group, and Ray Data
+    schedules outside both and needs whole free CPUs, else it waits forever
+    (docs/TRAINING.md). Measured on 2 cores: 2 trials x 2 CPUs in 4 logical CPUs
+    hang in Ray Data; 8 logical CPUs run. quiet: no worker logs on the driver.
     """
     if ray.is_initialized():
         return
-    address = ray_address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
-    cpus = (os.cpu_count() or 1) + math.ceil(cfg.run.num_workers * cfg.run.cpus_per_worker) + 1
-    ray.init(num_cpus=cpus, include_dashboard=False)
+    cores = os.cpu_count() or 1
+    cpus = max(4 * cores, cores + math.ceil(train_cpus) + 1)
+    ray.init(num_cpus=cpus, include_dashboard=False,
+             **({"configure_logging": False, "log_to_driver": False} if quiet else {}))
 
 
-def resume_epoch(run_dir: str) -> int:
-    """First epoch still to train in ``run_dir``: 1 + the epoch of Ray's latest checkpoint.
-
-    Reads Ray Train's checkpoint-manager snapshot (the record Ray itself
-    restores from) and our meta.json inside that checkpoint; 0 when absent.
-    Only used to avoid decoding batches a resumed run skips: the worker
-    restores from ``ray.train.get_checkpoint()`` either way.
-    """
-    fs, path = resolve_filesystem(run_dir)
-    try:
-        with fs.open_input_stream(f"{path}/{SNAPSHOT_FILE}") as f:
-            snapshot = json.loads(f.read())
-        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
-        with fs.open_input_stream(f"{path}/{name}/{ck.META_FILE}") as f:
-            return int(json.loads(f.read())["epoch"]) + 1
-    except (OSError, KeyError, TypeError, ValueError):
-        return 0
-
-
-def local_resume_epoch(run_dir: str) -> int:
-    """As ``resume_epoch`` for local mode, whose checkpoints the loop writes itself."""
-    found = ck.local_checkpoints(run_dir)
-    if not found:
-        return 0
-    return int(ck.load_json(found[-1], ck.META_FILE)["epoch"]) + 1
-
-
-def _train_factory(spec: DecodeSpec, plan: Plan, run_dir: str, workers: int,
+def _train_factory(spec: DecodeSpec, plan: Plan, run_dir: str, resume_epoch: Callable[[str], int],
                    cfg: TrainConfig) -> Callable[[], ray.data.Dataset]:
-    """Ray Train calls this at every worker-group start: after a restart the plan resumes."""
+    """Called at every (worker-group) start: a resumed run skips the epochs already trained."""
 
     def make() -> ray.data.Dataset:
-        start = resume_epoch(run_dir) if workers > 0 else local_resume_epoch(run_dir)
-        keep = plan.epochs >= start
+        keep = plan.epochs >= resume_epoch(run_dir)
         return train_dataset(spec, plan.rows[keep], plan.labels[keep], plan.epochs[keep],
                              plan.steps[keep], batches_per_task=cfg.data.batches_per_task,
                              num_decode_workers=cfg.data.num_decode_workers)
@@ -177,20 +158,13 @@ def _train_factory(spec: DecodeSpec, plan: Plan, run_dir: str, workers: int,
     return make
 
 
-def _job(cfg, spectra, size, meta: RowMeta, rows: SplitRows, validate: bool, plan: Plan,
-         run_dir: str) -> dict[str, Any]:
-    job = {
-        "spectra": list(spectra), "size": list(size), "num_classes": rows.num_classes,
-        "steps_per_worker": plan.steps_per_worker, "run_dir": run_dir,
-        "labels": {"pid": meta.pid, "camera": meta.camera, "scene": meta.scene,
-                   "challenge": list(meta.challenge)},
-        "val": ({"query": rows.val_query, "gallery": rows.val_gallery} if validate else None),
-        "test": {"query": rows.test_query, "gallery": rows.test_gallery},
-    }
-    if os.environ.get("MSREID_FAIL_AT_EPOCH"):  # fault injection (tests): die once there
-        job["fail"] = {"epoch": int(os.environ["MSREID_FAIL_AT_EPOCH"]),
-                       "marker": os.environ["MSREID_FAIL_MARKER"]}
-    return job
+def _job(spectra, size, meta: RowMeta, rows: SplitRows, validate: bool, plan: Plan,
+         run_dir: str, epoch_hooks: Sequence[Callable[[int, int], None]]) -> TrainJob:
+    return TrainJob(
+        spectra=tuple(spectra), size=tuple(size), num_classes=rows.num_classes,
+        steps_per_worker=tuple(plan.steps_per_worker), run_dir=run_dir, labels=meta,
+        val=QueryGallery(rows.val_query, rows.val_gallery) if validate else None,
+        test=QueryGallery(rows.test_query, rows.test_gallery), epoch_hooks=tuple(epoch_hooks))
 
 
 def _augment(cfg: TrainConfig) -> AugmentParams:
@@ -200,66 +174,88 @@ def _augment(cfg: TrainConfig) -> AugmentParams:
                          erase_fill=fill)
 
 
-def _trainer(cfg: TrainConfig, job: dict, datasets: dict, storage_path: str, name: str,
-             callbacks: Sequence | None, max_failures: int):
-    from ray.train import (CheckpointConfig, DataConfig, FailureConfig, RunConfig,
-                           ScalingConfig)
-    from ray.train.torch import TorchConfig, TorchTrainer
-
+def _trainer(cfg: TrainConfig, job: TrainJob, datasets: dict, storage_path: str, name: str,
+             callbacks: Sequence, max_failures: int) -> TorchTrainer:
     r = cfg.run
     resources = {"CPU": r.cpus_per_worker, **({"GPU": 1} if r.use_gpu else {})}
-    scaling = ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
-                            resources_per_worker=resources if r.num_workers else None)
     run_config = RunConfig(
-        storage_path=storage_path, name=name, callbacks=list(callbacks or []),
+        storage_path=storage_path, name=name, callbacks=list(callbacks),
         failure_config=FailureConfig(max_failures=max_failures,
                                      controller_failure_limit=max_failures),
-        checkpoint_config=CheckpointConfig(num_to_keep=2))
+        checkpoint_config=CheckpointConfig(num_to_keep=KEEP_CHECKPOINTS))
     return TorchTrainer(
-        loop.train_loop_per_worker,
-        train_loop_config={"cfg": config_to_dict(cfg), "job": job},
-        scaling_config=scaling, run_config=run_config,
-        torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
+        loop.train_func, train_loop_config={"cfg": cfg, "job": job},
+        scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=run_config, torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
         datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"],
                                                      execution_options=_ordered_ingest()))
 
 
 def _ordered_ingest():
     """Train's default ingest options plus preserve_order (Train would drop the datasets' own)."""
-    from ray.train import DataConfig
-
     options = DataConfig.default_ingest_options()
     options.preserve_order = True  # batches in plan order: reproducible runs and resumes
     return options
 
 
-def _outcome(result) -> TrainOutcome:
-    if result.checkpoint is None:
-        raise RuntimeError(f"the run {result.path} ended without a checkpoint")
-    with result.checkpoint.as_directory() as d:
+def _outcome(checkpoint: ray.train.Checkpoint | None, where: str) -> TrainOutcome:
+    if checkpoint is None:
+        raise RuntimeError(f"the run {where} ended without a checkpoint")
+    with checkpoint.as_directory() as d:
         metrics = ck.load_json(d, ck.FINAL_METRICS_FILE)
         history = ck.load_json(d, ck.HISTORY_FILE, [])
     if metrics is None:
-        raise RuntimeError(f"checkpoint {result.checkpoint.path} is not a final checkpoint")
+        raise RuntimeError(f"checkpoint {checkpoint.path} is not a final checkpoint")
     if not history or history[-1] != metrics:
         history = [*history, metrics]
-    path = str(result.checkpoint.path)
+    path = str(checkpoint.path)
     return TrainOutcome(metrics=metrics, history=history, checkpoint_path=path,
                         artifacts_dir=path)
 
 
-def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: list | None = None,
-        max_failures: int = 0, ray_address: str | None = None) -> TrainOutcome:
+def _datasets(cfg: TrainConfig, index, spectra, size, rows: SplitRows, validate: bool,
+              plan: Plan, run_dir: str, resume_epoch: Callable[[str], int]) -> dict[str, Any]:
+    """"train" (a factory: see _train_factory), "test" and, when validating, "val"."""
+    d = cfg.data
+    train_spec = DecodeSpec(index, spectra, size, _augment(cfg), cfg.run.seed)
+    eval_spec = DecodeSpec(index, spectra, size, None, cfg.run.seed)
+    evals = {"test": np.concatenate([rows.test_query, rows.test_gallery])}
+    if validate:
+        evals["val"] = np.concatenate([rows.val_query, rows.val_gallery])
+    return {"train": _train_factory(train_spec, plan, run_dir, resume_epoch, cfg),
+            **{k: eval_dataset(eval_spec, v, batch_size=d.eval_batch_size,
+                               num_decode_workers=d.num_decode_workers)
+               for k, v in evals.items()}}
+
+
+def _run_dir(storage_path: str, name: str, local: bool) -> str:
+    if "://" not in storage_path:
+        return str(Path(storage_path).absolute() / name)
+    if local:
+        raise UserError(f"storage_path={storage_path}: local mode (run.num_workers=0) "
+                        "writes checkpoints itself and needs a local directory")
+    return f"{storage_path.rstrip('/')}/{name}"
+
+
+def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: Sequence = (),
+        max_failures: int = 0, ray_address: str | None = None,
+        epoch_hooks: Sequence[Callable[[int, int], None]] = ()) -> TrainOutcome:
     """Train ``cfg`` to the end (or resume it) and evaluate the test set once.
 
     storage_path: local directory (or URI with num_workers >= 1; shared storage
     on a cluster); name: the run's stable directory name. callbacks: Ray Train
-    ``UserCallback``s (e.g. Tune's ``TuneReportCallback``); in local mode
-    (num_workers=0) they are called by hand with the same arguments.
+    ``UserCallback``s (e.g. Tune's ``TuneReportCallback``), called with rank 0's
+    report of every epoch in both modes. epoch_hooks: ``hook(epoch, rank)``
+    called in every worker at the start of every epoch (picklable; tests
+    inject faults with it). max_failures: worker-group restarts (Ray mode).
     """
     spectra, size = resolve_spectra_and_size(cfg)
     verify_manifest(cfg.data.manifest)  # every part byte as ingested, before Ray reads it
-    ensure_ray(cfg, ray_address)
+    callbacks = list(callbacks or ())
+    local = cfg.run.num_workers == 0  # the one place the mode is chosen
+    session_type = LocalSession if local else RaySession
+    init_ray(ray_address, train_cpus=cfg.run.num_workers * cfg.run.cpus_per_worker)
     index, meta = load_manifest(cfg.data.manifest)
     d = cfg.data
     rows = split_rows(meta.split, meta.pid, meta.camera, val_ids=d.val_ids,
@@ -268,26 +264,15 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: list | Non
     if rows.test_query.size == 0 or rows.test_gallery.size == 0:
         raise UserError(f"manifest {d.manifest} has no query or gallery rows to test on")
     plan = plan_epochs(cfg, rows, max(1, cfg.run.num_workers))
-    if cfg.run.num_workers == 0 and "://" in storage_path:
-        raise UserError(f"storage_path={storage_path}: local mode (run.num_workers=0) "
-                        "writes checkpoints itself and needs a local directory")
-    run_dir = f"{storage_path.rstrip('/')}/{name}" if "://" in storage_path \
-        else str(Path(storage_path).absolute() / name)
-    job = _job(cfg, spectra, size, meta, rows, validate, plan, run_dir)
-    train_spec = DecodeSpec(index, spectra, size, _augment(cfg), cfg.run.seed)
-    eval_spec = DecodeSpec(index, spectra, size, None, cfg.run.seed)
-    evals = {"test": np.concatenate([rows.test_query, rows.test_gallery])}
-    if validate:
-        evals["val"] = np.concatenate([rows.val_query, rows.val_gallery])
-    datasets: dict[str, Any] = {
-        "train": _train_factory(train_spec, plan, run_dir, cfg.run.num_workers, cfg),
-        **{k: eval_dataset(eval_spec, v, batch_size=d.eval_batch_size,
-                           num_decode_workers=d.num_decode_workers) for k, v in evals.items()}}
-    loop.LOCAL_CALLBACKS[:] = list(callbacks or []) if cfg.run.num_workers == 0 else []
-    trainer = _trainer(cfg, job, datasets, str(Path(storage_path).absolute())
-                       if "://" not in storage_path else storage_path, name, callbacks,
-                       max_failures)
-    try:
-        return _outcome(trainer.fit())
-    finally:
-        loop.LOCAL_CALLBACKS.clear()
+    run_dir = _run_dir(storage_path, name, local)
+    job = _job(spectra, size, meta, rows, validate, plan, run_dir, epoch_hooks)
+    datasets = _datasets(cfg, index, spectra, size, rows, validate, plan, run_dir,
+                         session_type.resume_epoch)
+    if local:  # no trainer: the loop runs here, the session does what Ray's controller would
+        session = LocalSession(cfg.run.use_gpu, run_dir, {
+            k: v() if callable(v) else v for k, v in datasets.items()}, callbacks)
+        loop.train(cfg, job, session)
+        return _outcome(session.latest_checkpoint(), run_dir)
+    storage = storage_path if "://" in storage_path else str(Path(storage_path).absolute())
+    result = _trainer(cfg, job, datasets, storage, name, callbacks, max_failures).fit()
+    return _outcome(result.checkpoint, str(result.path))

@@ -1,4 +1,4 @@
-"""Evaluation inside the training loop: features, ranks, and the artifact files of a run.
+"""Evaluation of a run's model: features, ranks, and the artifact files of the final checkpoint.
 
 Plain torch / numpy on top of ``msreid.evaluation``; the batches come from a
 Ray Data iterator but this module does not import Ray.
@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -25,25 +24,12 @@ from msreid.data.transforms import normalize
 from msreid.errors import UserError
 from msreid.evaluation import (RankResult, challenge_table, evaluate_features, spectrum_subsets,
                                subset_name, subset_table)
+from msreid.train.sampling import RowMeta
 
-__all__ = ["Labels", "extract_features", "rank_features", "per_challenge", "ranking_lists",
+__all__ = ["extract_features", "rank_features", "per_challenge", "ranking_lists",
            "write_artifacts", "spectrum_subsets", "subset_name"]
 
 METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
-
-
-@dataclass(frozen=True)
-class Labels:
-    """Per manifest row (global index): pid, camera, scene (-1 = none), challenge tag."""
-
-    pid: np.ndarray
-    camera: np.ndarray
-    scene: np.ndarray
-    challenge: np.ndarray  # object: str or None
-
-    @property
-    def use_scenes(self) -> bool:
-        return bool((self.scene >= 0).any())
 
 
 @torch.no_grad()
@@ -80,26 +66,26 @@ def _positions(rows: np.ndarray, wanted: np.ndarray) -> np.ndarray:
 
 
 def rank_features(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray,
-                  gallery: np.ndarray, labels: Labels) -> RankResult:
+                  gallery: np.ndarray, labels: RowMeta) -> RankResult:
     """CMC / mAP / mINP of ``query`` against ``gallery`` (manifest rows) from ``feats [N, D]``."""
     qp, gp = _positions(rows, query), _positions(rows, gallery)
-    scenes = (labels.scene[query], labels.scene[gallery]) if labels.use_scenes else (None, None)
+    scenes = (labels.scene[query], labels.scene[gallery]) if labels.has_scenes else (None, None)
     return evaluate_features(feats[qp], feats[gp], labels.pid[query], labels.pid[gallery],
                              labels.camera[query], labels.camera[gallery], *scenes)
 
 
 def per_challenge(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray,
-                  gallery: np.ndarray, labels: Labels) -> pd.DataFrame | None:
+                  gallery: np.ndarray, labels: RowMeta) -> pd.DataFrame | None:
     """``msreid.evaluation.challenge_table`` of the queries' challenge tags (None: no tags)."""
     qp, gp = _positions(rows, query), _positions(rows, gallery)
-    scenes = (labels.scene[query], labels.scene[gallery]) if labels.use_scenes else (None, None)
+    scenes = (labels.scene[query], labels.scene[gallery]) if labels.has_scenes else (None, None)
     return challenge_table(feats[qp], feats[gp], labels.pid[query], labels.pid[gallery],
                            labels.camera[query], labels.camera[gallery],
                            labels.challenge[query], *scenes)
 
 
 def ranking_lists(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray, gallery: np.ndarray,
-                  labels: Labels, num_queries: int, top: int = 10) -> list[dict]:
+                  labels: RowMeta, num_queries: int, top: int = 10) -> list[dict]:
     """Top-``top`` gallery rows of ``num_queries`` queries spread over the query set.
 
     Gallery items with the query's id and camera (scene, MSVR310) are left out,
@@ -112,7 +98,7 @@ def ranking_lists(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray, gall
     for i in pick:
         q = torch.nn.functional.normalize(feats[qp[i]][None], dim=1)
         d = ((g - q) ** 2).sum(1).numpy()
-        key = labels.scene if labels.use_scenes else labels.camera
+        key = labels.scene if labels.has_scenes else labels.camera
         junk = (labels.pid[gallery] == labels.pid[query[i]]) & (key[gallery] == key[query[i]])
         d[junk] = np.inf
         order = np.argsort(d, kind="stable")[:top]

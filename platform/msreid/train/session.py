@@ -1,0 +1,162 @@
+"""Where a training run lives: one small interface, two implementations chosen once by ``fit``.
+
+The loop (``msreid.train.loop``) asks its session for its rank and device, the
+model to train (DDP-wrapped or not), a dataset shard, the checkpoint to resume
+from, a directory to write a checkpoint into, and to report an epoch's
+metrics. It never asks which mode it runs in.
+
+- ``RaySession``: inside a Ray Train worker of a ``TorchTrainer``; wraps
+  ``ray.train.report`` / ``get_checkpoint`` / ``get_dataset_shard`` /
+  ``ray.train.torch.prepare_model``. Ray persists, prunes and restores the
+  checkpoints and calls the user callbacks in its controller.
+- ``LocalSession`` (``run.num_workers=0``): the same loop in the calling
+  process with no trainer at all. It iterates the Ray Data datasets directly
+  (as Ray Train's own local mode does), writes and prunes its checkpoints in
+  the run directory, and calls the user callbacks itself with the arguments
+  Ray's controller would pass. No Ray Train session exists, so it also runs
+  inside a Tune trial's process.
+
+``resume_epoch`` (a static method: the driver and Ray's controller call it
+before any session exists) tells the train dataset which epochs to skip.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Protocol, Sequence
+
+import ray.train
+import ray.train.torch
+import torch
+import torch.distributed as dist
+
+from msreid.data.schema import resolve_filesystem
+from msreid.train import checkpoint as ck
+
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
+KEEP_CHECKPOINTS = 2  # the newest two: a crash while writing one leaves the previous
+
+
+class Session(Protocol):
+    """What the training loop needs from the mode it runs in."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    @property
+    def distributed(self) -> bool: ...
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def dataset_shard(self, name: str) -> Any: ...  # has iter_torch_batches
+
+    def latest_checkpoint(self) -> ray.train.Checkpoint | None: ...
+
+    def checkpoint_dir(self, tag: int | str) -> Path: ...
+
+    def report(self, metrics: dict, directory: Path | None) -> None: ...
+
+
+def _device(use_gpu: bool) -> torch.device:
+    return ray.train.torch.get_device() if use_gpu else torch.device("cpu")
+
+
+class RaySession:
+    """This process is one of a TorchTrainer's workers."""
+
+    def __init__(self, use_gpu: bool):
+        context = ray.train.get_context()
+        self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.device = _device(use_gpu)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1 and dist.is_available() and dist.is_initialized()
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={
+            "find_unused_parameters": False})
+
+    def dataset_shard(self, name: str):
+        return ray.train.get_dataset_shard(name)
+
+    def latest_checkpoint(self) -> ray.train.Checkpoint | None:
+        return ray.train.get_checkpoint()
+
+    def checkpoint_dir(self, tag: int | str) -> Path:
+        """A temporary directory: Ray copies it into the run's storage on report."""
+        return Path(tempfile.mkdtemp(prefix="msreid-ckpt-")) / f"{ck.LOCAL_PREFIX}{tag}"
+
+    def report(self, metrics: dict, directory: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
+        ray.train.report(metrics, checkpoint=checkpoint)  # synchronous upload to the storage
+        if directory is not None:
+            shutil.rmtree(directory.parent, ignore_errors=True)  # our temp copy, now persisted
+
+    @staticmethod
+    def resume_epoch(run_dir: str) -> int:
+        """1 + the epoch of Ray's latest checkpoint in ``run_dir`` (0 when none).
+
+        Reads Ray Train's checkpoint-manager snapshot (the record Ray itself
+        restores from) and our meta.json inside that checkpoint.
+        """
+        fs, path = resolve_filesystem(run_dir)
+        try:
+            with fs.open_input_stream(f"{path}/{SNAPSHOT_FILE}") as f:
+                snapshot = json.loads(f.read())
+            name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+            with fs.open_input_stream(f"{path}/{name}/{ck.META_FILE}") as f:
+                return int(json.loads(f.read())["epoch"]) + 1
+        except (OSError, KeyError, TypeError, ValueError):
+            return 0
+
+
+class LocalSession:
+    """The loop runs in this process (rank 0 of 1); checkpoints live in ``run_dir``."""
+
+    rank = 0
+    world = 1
+    distributed = False
+
+    def __init__(self, use_gpu: bool, run_dir: str, datasets: dict[str, Any],
+                 callbacks: Sequence = ()):
+        self.device = _device(use_gpu)
+        self.run_dir = run_dir
+        self.datasets = datasets  # name -> ray.data.Dataset (iterated whole: one process)
+        self.callbacks = list(callbacks)  # ray.train.UserCallback: after_report(...)
+        self.last_checkpoint: ray.train.Checkpoint | None = None
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def dataset_shard(self, name: str):
+        return self.datasets[name]
+
+    def latest_checkpoint(self) -> ray.train.Checkpoint | None:
+        found = ck.local_checkpoints(self.run_dir)
+        return ray.train.Checkpoint.from_directory(str(found[-1])) if found else None
+
+    def checkpoint_dir(self, tag: int | str) -> Path:
+        """Straight into the run directory (nothing copies it there afterwards)."""
+        return Path(self.run_dir) / f"{ck.LOCAL_PREFIX}{tag}"
+
+    def report(self, metrics: dict, directory: Path | None) -> None:
+        checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
+        if checkpoint is not None:
+            self.last_checkpoint = checkpoint
+        for callback in self.callbacks:  # as Ray's controller calls them: rank 0's metrics
+            callback.after_report(run_context=None, metrics=[dict(metrics)], checkpoint=checkpoint)
+        if directory is not None:
+            ck.prune_local_checkpoints(directory.parent, keep=KEEP_CHECKPOINTS)
+
+    @staticmethod
+    def resume_epoch(run_dir: str) -> int:
+        """1 + the epoch of the newest checkpoint this session wrote in ``run_dir`` (0: none)."""
+        found = ck.local_checkpoints(run_dir)
+        if not found:
+            return 0
+        return int(ck.load_json(found[-1], ck.META_FILE)["epoch"]) + 1
