@@ -17,11 +17,14 @@ import torch
 
 from msreid.config import load_config
 from msreid.data.decode import decode_row
+from msreid.data.ingest import ingest
 from msreid.data.schema import read_manifest
+from msreid.data.synth import SynthSpec, generate
 from msreid.data.transforms import normalize, stack_tuples
 from msreid.errors import UserError
 from msreid.evaluation import evaluate_features
 from msreid.train.checkpoint import load_model
+from msreid.train.fit import fit
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"
 METRICS = ("mAP", "R1", "R5", "R10", "mINP")
@@ -30,9 +33,6 @@ METRICS = ("mAP", "R1", "R5", "R10", "mINP")
 @pytest.fixture(scope="module")
 def manifest(tmp_path_factory) -> str:
     """6 train ids + 6 test ids, 3 cameras, ~6 tuples per id, 64x32 pieces (synth + ingest)."""
-    from msreid.data.ingest import ingest
-    from msreid.data.synth import SynthSpec, generate
-
     base = tmp_path_factory.mktemp("train_data")
     root = generate("rgbnt100", base / "synth",
                     SynthSpec(ids=6, cameras=3, tuples_per_id=6, height=32, width=64, seed=1))
@@ -86,8 +86,6 @@ LOCAL_REPORTS = Recorder()
 @pytest.fixture(scope="module")
 def local_run(ray_session, manifest, tmp_path_factory):
     """A 2-epoch in-process run on P x K batches with the triplet loss (shared by two tests)."""
-    from msreid.train.fit import fit
-
     return fit(_cfg(manifest, *LOCAL), storage_path=str(tmp_path_factory.mktemp("runs")),
                name="local", callbacks=[LOCAL_REPORTS])
 
@@ -140,8 +138,6 @@ def test_local_mode_run_reports_metrics_and_artifacts(local_run, manifest):
 @pytest.mark.ray
 @pytest.mark.timeout(240)
 def test_same_seed_same_metrics(local_run, manifest, tmp_path):
-    from msreid.train.fit import fit
-
     again = fit(_cfg(manifest, *LOCAL), storage_path=str(tmp_path), name="again")
     timeless = [[{k: v for k, v in h.items() if k != "tuples_per_s"} for h in run.history]
                 for run in (local_run, again)]
@@ -154,8 +150,6 @@ def test_same_seed_same_metrics(local_run, manifest, tmp_path):
 @pytest.mark.timeout(300)
 def test_two_worker_ddp_pk_run(ray_session, manifest, tmp_path):
     """2 DDP workers (gloo) on P x K batches; the loop checks every batch is P ids x K tuples."""
-    from msreid.train.fit import fit
-
     cfg = _cfg(manifest, "run.num_workers=2", "run.cpus_per_worker=0.5", "data.batch_mode=pk",
                "data.P=2", "data.K=2", "data.batch_size=4", "loss.triplet=true")
     out = fit(cfg, storage_path=str(tmp_path), name="ddp")
@@ -179,8 +173,6 @@ class DieOnce:
 @pytest.mark.ray
 @pytest.mark.timeout(300)
 def test_killed_worker_resumes_to_the_same_metrics(ray_session, manifest, tmp_path):
-    from msreid.train.fit import fit
-
     cfg = _cfg(manifest, "run.num_workers=1", "run.cpus_per_worker=0.5",
                "run.checkpoint_every=1")
     clean = fit(cfg, storage_path=str(tmp_path), name="clean")
@@ -194,8 +186,6 @@ def test_killed_worker_resumes_to_the_same_metrics(ray_session, manifest, tmp_pa
 
 
 def test_config_errors_come_before_ray_starts(tmp_path):
-    from msreid.train.fit import fit
-
     with pytest.raises(UserError, match="data.manifest is empty"):
         fit(load_config(PRESETS / "smoke.yaml"), storage_path=str(tmp_path), name="x")
     with pytest.raises(UserError, match="not found"):
