@@ -61,8 +61,6 @@ class Session(Protocol):
     def report(self, metrics: dict, directory: Path | None) -> None: ...
 
 
-def _device(use_gpu: bool) -> torch.device:
-    return ray.train.torch.get_device() if use_gpu else torch.device("cpu")
 
 
 class RaySession:
@@ -71,7 +69,7 @@ class RaySession:
     def __init__(self, use_gpu: bool):
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
-        self.device = _device(use_gpu)
+        self.device = ray.train.torch.get_device() if use_gpu else torch.device("cpu")
 
     @property
     def distributed(self) -> bool:
@@ -124,7 +122,8 @@ class LocalSession:
 
     def __init__(self, use_gpu: bool, run_dir: str, datasets: dict[str, Any],
                  callbacks: Sequence = ()):
-        self.device = _device(use_gpu)
+        gpu = use_gpu and torch.cuda.is_available()
+        self.device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
         self.run_dir = run_dir
         self.datasets = datasets  # name -> ray.data.Dataset (iterated whole: one process)
         self.callbacks = list(callbacks)  # ray.train.UserCallback: after_report(...)
