@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,9 +171,21 @@ class DieOnce:
             os._exit(1)  # a real crash: no exception, no cleanup, Ray sees the worker die
 
 
+@pytest.fixture
+def hooks_by_value():
+    """Ray's processes cannot import this test module: ship the hook class by value."""
+    import ray.cloudpickle
+
+    module = sys.modules[DieOnce.__module__]
+    ray.cloudpickle.register_pickle_by_value(module)
+    yield
+    ray.cloudpickle.unregister_pickle_by_value(module)
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(300)
-def test_killed_worker_resumes_to_the_same_metrics(ray_session, manifest, tmp_path):
+def test_killed_worker_resumes_to_the_same_metrics(ray_session, manifest, tmp_path,
+                                                     hooks_by_value):
     cfg = _cfg(manifest, "run.num_workers=1", "run.cpus_per_worker=0.5",
                "run.checkpoint_every=1")
     clean = fit(cfg, storage_path=str(tmp_path), name="clean")
