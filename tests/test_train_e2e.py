@@ -189,7 +189,7 @@ def test_killed_worker_resumes_to_the_same_metrics(ray_session, manifest, tmp_pa
     cfg = _cfg(manifest, "run.num_workers=1", "run.cpus_per_worker=0.5",
                "run.checkpoint_every=1")
     clean = fit(cfg, storage_path=str(tmp_path), name="clean")
-    marker = tmp_path / "killed"
+    marker = tmp_path / "worker_died.pid"  # not tmp_path / "killed": that is the run directory
     resumed = fit(cfg, storage_path=str(tmp_path), name="killed", max_failures=1,
                   epoch_hooks=[DieOnce(1, str(marker))])
     assert marker.exists() and int(marker.read_text()) != os.getpid()  # a worker died, once
