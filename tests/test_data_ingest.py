@@ -152,6 +152,14 @@ def test_file_uri_parts_and_row_groups(tmp_path, monkeypatch):
     # rows keep the written order across parts: train ids 3,3,7,7,7, query 10,12, gallery 10,10,12
     assert table.column("pid").to_pylist() == [3, 3, 7, 7, 7, 10, 12, 10, 10, 12]
     assert manifest_info(uri).num_rows == 10
+    # Selected global rows across parts and groups, in the asked order, repeats kept:
+    # rows 9, 0, 5, 9 are gallery 12, train 3, query 10, gallery 12 (the list above).
+    picked = read_manifest(uri, columns=["split", "pid"], rows=[9, 0, 5, 9])
+    assert picked.column("pid").to_pylist() == [12, 3, 10, 12]
+    assert picked.column("split").to_pylist() == ["gallery", "train", "query", "gallery"]
+    assert read_manifest(uri, columns=["pid"], rows=[]).num_rows == 0
+    with pytest.raises(UserError, match=r"row 10 is out of range \(0\.\.9\)"):
+        read_manifest(uri, rows=[10])
 
 
 def test_decode_row_accepts_pandas_rows(tmp_path):

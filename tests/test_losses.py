@@ -10,7 +10,6 @@ import torch
 from msreid.losses import (
     ABLATIONS,
     class_aware_id_loss,
-    class_aware_weights,
     compute_losses,
     fuse_class_activation_maps,
     heterogeneous_score_coherence,
@@ -20,6 +19,7 @@ from msreid.losses import (
     triplet_loss,
 )
 from msreid.models import StreamOutput
+from msreid.models.cams import class_aware_weights
 
 LN3 = math.log(3.0)
 

@@ -131,7 +131,7 @@ def _finished(uri, parent_tag):
 def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, manifest, capsys):
     from msreid.orchestration.benchmark import run_benchmark
     from msreid.orchestration.benchmark import load_benchmark_suite
-    from msreid.orchestration.grid import expand_trials
+    from msreid.grid import expand_trials
 
     opts = options(tmp_path, manifest, name="mini-resume")
     trials = expand_trials(load_benchmark_suite(opts))

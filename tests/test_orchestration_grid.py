@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from msreid.errors import UserError
-from msreid.orchestration.grid import (expand_cells, expand_trials, load_suite, load_table,
+from msreid.grid import (expand_cells, expand_trials, load_suite, load_table,
                                        suite_from_dict, suite_to_dict, trial_key)
 
 GRIDS = Path(__file__).resolve().parents[1] / "experiments" / "grids"
@@ -90,7 +90,7 @@ def test_user_errors_name_the_file(tmp_path):
 
 
 def test_restrict_suite_to_the_given_data():
-    from msreid.orchestration.grid import restrict_suite
+    from msreid.grid import restrict_suite
 
     suite = load_suite(GRIDS / "paper.yaml")
     only, notes = restrict_suite(suite, {"rgbnt100"})

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from msreid.orchestration.grid import Check, Level, Suite, TableSpec
+from msreid.grid import Check, Level, Suite, TableSpec
 from msreid.tracking.tables import (TrialResult, assemble_table, run_checks, to_csv, to_html,
                                     to_markdown)
 

@@ -15,14 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from msreid.models.cams import class_aware_weights
+
 HSC_VARIANTS = ("paper", "official")
+PAPER_ALPHA = 0.001
+"""The paper's weight of L_hsc, given right below eq. 6."""
 
 ABLATIONS: dict[str, dict] = {
     "one_stream": {},  # L_id on a single spectrum: build the model with one spectrum
     "msn": {},  # Table 5 "baseline (MSN)": L_msid (eq. 4)
-    "msn+hsc": {"hsc_alpha": 0.001},  # "+ L_hsc": L_hc (eq. 6)
+    "msn+hsc": {"hsc_alpha": PAPER_ALPHA},  # "+ L_hsc": L_hc (eq. 6)
     "msn+caid": {"caid": True},  # "+ L_caid"
-    "hamnet": {"hsc_alpha": 0.001, "caid": True},  # "+ L_hsc + L_caid" (eq. 13)
+    "hamnet": {"hsc_alpha": PAPER_ALPHA, "caid": True},  # "+ L_hsc + L_caid" (eq. 13)
     # The official code's training objective: cosine L_hsc (0.001 inside the
     # term, so alpha = 1) plus the triplet loss of its bag-of-tricks baseline.
     "hamnet_official": {"hsc_alpha": 1.0, "hsc_variant": "official", "caid": True,
@@ -73,17 +77,6 @@ def official_score_coherence(scores: Sequence[Tensor]) -> Tensor:
     with torch.autocast(device_type=scores[0].device.type, enabled=False):
         cos = F.cosine_similarity(scores[0].float(), scores[1].float(), dim=1, eps=1e-12)
         return 0.001 * (1.0 - cos).sum()
-
-
-def class_aware_weights(cams: Sequence[Tensor]) -> Tensor:
-    """The class-aware weights alpha^j_c of eqs. 7-10.
-
-    cams: m tensors M^j [B, C, h, w]. Returns alpha [m, B, C], summing to 1 over m.
-    """
-    a = torch.sigmoid(torch.stack([c.float() for c in cams]))  # eq. 7, A^j [m,B,C,h,w]
-    b = a.amax(dim=0)  # eq. 8: B_c, elementwise max (ties: gradient split evenly)
-    eta = (a * b).sum(dim=(3, 4))  # eq. 9: eta^j_c [m, B, C]
-    return eta / eta.sum(dim=0, keepdim=True)  # eq. 10
 
 
 def fuse_class_activation_maps(cams: Sequence[Tensor]) -> Tensor:

@@ -18,6 +18,7 @@ import os
 import posixpath
 import re
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -180,9 +181,12 @@ def _read_schemas(fs: pafs.FileSystem, files: list[str]) -> list[pa.Schema]:
 
 
 def read_manifest(path_or_uri: str, columns: list[str] | None = None,
-                  filesystem: pafs.FileSystem | None = None) -> pa.Table:
+                  filesystem: pafs.FileSystem | None = None,
+                  rows: Sequence[int] | None = None) -> pa.Table:
     """Read a manifest (all columns, or ``columns``) after validating every part's schema.
 
+    ``rows``: only these global row indices (0-based over the sorted part
+    files), in the given order; only the row groups holding them are read.
     The table's schema carries the manifest's file-level metadata.
     """
     fs, path = (filesystem, str(path_or_uri)) if filesystem else resolve_filesystem(path_or_uri)
@@ -193,9 +197,39 @@ def read_manifest(path_or_uri: str, columns: list[str] | None = None,
         if unknown:
             raise UserError(f"manifest {path_or_uri}: unknown column(s) {unknown}; "
                             f"columns are {MANIFEST_SCHEMA.names}")
-    tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+    if rows is None:
+        tables = [pq.read_table(f, filesystem=fs, columns=columns) for f in files]
+    else:
+        tables = _read_rows(fs, files, columns, rows)
     table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    return table.replace_schema_metadata(schemas[0].metadata)
+    table = table.replace_schema_metadata(schemas[0].metadata)
+    if rows is not None:  # the distinct rows were read in ascending order: back to the asked order
+        order = {r: i for i, r in enumerate(sorted(set(rows)))}
+        table = table.take(pa.array([order[int(r)] for r in rows], type=pa.int64()))
+    return table
+
+
+def _read_rows(fs: pafs.FileSystem, files: list[str], columns: list[str] | None,
+               rows: Sequence[int]) -> list[pa.Table]:
+    """The distinct global ``rows`` in ascending order, reading only the row groups holding them."""
+    wanted, pieces, offset = sorted(set(int(r) for r in rows)), [], 0
+    total = sum(pq.ParquetFile(f, filesystem=fs).metadata.num_rows for f in files)
+    if wanted and not 0 <= wanted[0] <= wanted[-1] < total:
+        bad = wanted[0] if wanted[0] < 0 else wanted[-1]
+        raise UserError(f"manifest {files[0]}..: row {bad} is out of range (0..{total - 1})")
+    for f in files:
+        pf = pq.ParquetFile(f, filesystem=fs)
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            local = [r - offset for r in wanted if offset <= r < offset + n]
+            if local:
+                pieces.append(pf.read_row_group(g, columns=columns).take(local))
+            offset += n
+    if not pieces:
+        schema = MANIFEST_SCHEMA if columns is None else pa.schema([MANIFEST_SCHEMA.field(c)
+                                                                     for c in columns])
+        pieces.append(schema.empty_table())
+    return pieces
 
 
 def manifest_info(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> ManifestInfo:

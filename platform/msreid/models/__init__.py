@@ -13,6 +13,7 @@ from msreid.models.backbones import (
     read_state_dict,
     resolve_backbone,
 )
+from msreid.models.cams import class_aware_weights
 from msreid.models.multistream import (
     EMBED_AT,
     EMBEDDINGS,
@@ -27,5 +28,5 @@ from msreid.models.multistream import (
 __all__ = [
     "BACKBONES", "BackboneSpec", "LoadReport", "load_backbone_file", "read_state_dict",
     "resolve_backbone", "EMBED_AT", "EMBEDDINGS", "MISSING", "NECKS", "MultiStreamNet",
-    "Stream", "StreamOutput", "build_model",
+    "Stream", "StreamOutput", "build_model", "class_aware_weights",
 ]

@@ -20,8 +20,8 @@ import torch
 from torch import Tensor, nn
 
 from msreid.errors import UserError
-from msreid.losses import class_aware_weights
 from msreid.models.backbones import create_backbone, resolve_backbone
+from msreid.models.cams import class_aware_weights
 
 NECKS = ("none", "bnneck")
 EMBEDDINGS = ("sum", "concat", "cam_weighted")

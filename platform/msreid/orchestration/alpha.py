@@ -28,12 +28,11 @@ from msreid.errors import UserError
 from msreid.losses import ABLATIONS
 from msreid.orchestration.benchmark import BenchmarkOptions, resolve_manifests
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
+from msreid.losses import PAPER_ALPHA
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
 from msreid.tracking import runs
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from msreid.train.fit import init_ray
-
-PAPER_ALPHA = 0.001
 
 
 @dataclass(frozen=True)
@@ -216,9 +215,9 @@ def to_markdown(table: pd.DataFrame, best: dict) -> str:
 
 def plot(table: pd.DataFrame, best: dict, out: Path) -> Path:
     """mAP (val for every trial, test for finished ones) against alpha, log x axis."""
-    from msreid.tracking.figures import _plt
+    from msreid.tracking.figures import pyplot
 
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
     ax.semilogx(table["alpha"], 100 * table["val/mAP"], "o", label="val mAP (selects)")
     done = table[table["status"] == "finished"]

@@ -12,15 +12,23 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from msreid.data.decode import decode_row
+from msreid.data.schema import manifest_info, read_manifest
+from msreid.data.transforms import normalize, resize
+from msreid.train.checkpoint import load_json, load_model
 
 GREEN = (0, 170, 0)
 RED = (200, 0, 0)
 
 
-def _plt():
-    import matplotlib
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (no display on cluster nodes)."""
+    import matplotlib  # lazy: only the processes that draw pay for matplotlib
 
-    matplotlib.use("Agg")  # no display on cluster nodes
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     return plt
@@ -32,7 +40,7 @@ def cmc_plot(cmc_csv: str | Path, out: str | Path, title: str = "CMC (test set)"
         rows = list(csv.DictReader(f))
     ranks = [int(r["rank"]) for r in rows]
     cmc = [100.0 * float(r["cmc"]) for r in rows]
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=100)
     ax.plot(ranks, cmc, marker=".", lw=1.5)
     for k in (1, 5, 10):
@@ -47,38 +55,17 @@ def cmc_plot(cmc_csv: str | Path, out: str | Path, title: str = "CMC (test set)"
     return Path(out)
 
 
-def take_rows(manifest: str, rows: list[int], spectra: tuple[str, ...] | None = None
-              ) -> dict[int, dict[str, np.ndarray]]:
-    """Decode the tuples at global row indices ``rows`` (read row group by row group).
-
-    Returns ``{row: {spectrum: [H, W, 3] uint8}}``; reads only the row groups holding them.
-    """
-    import pyarrow.parquet as pq
-
-    from msreid.data.decode import decode_row
-    from msreid.data.schema import manifest_files, manifest_info, resolve_filesystem
-
-    spectra = spectra or manifest_info(manifest).spectra
-    fs, path = resolve_filesystem(manifest)
+def decoded_rows(manifest: str, rows: list[int], spectra: tuple[str, ...]
+                 ) -> dict[int, dict[str, np.ndarray]]:
+    """``{row: {spectrum: [H, W, 3] uint8}}`` for the global row indices ``rows``."""
+    wanted = sorted(set(int(r) for r in rows))
     cols = ["blobs"] + [f"{s}_{k}" for s in spectra for k in ("src", "box")]
-    wanted, out, offset = sorted(set(int(r) for r in rows)), {}, 0
-    for f in manifest_files(path, filesystem=fs):
-        pf = pq.ParquetFile(f, filesystem=fs)
-        for g in range(pf.metadata.num_row_groups):
-            n = pf.metadata.row_group(g).num_rows
-            local = [r - offset for r in wanted if offset <= r < offset + n]
-            if local:
-                group = pf.read_row_group(g, columns=cols).take(local).to_pylist()
-                for r, row in zip(local, group):
-                    out[r + offset] = decode_row(row, spectra)
-            offset += n
-    return out
+    table = read_manifest(manifest, columns=cols, rows=wanted)
+    return {r: decode_row(row, spectra) for r, row in zip(wanted, table.to_pylist())}
 
 
 def _tile(tup: dict[str, np.ndarray], spectra, size: tuple[int, int], border: tuple | None):
     """Spectra stacked vertically, each resized to ``size`` (H, W), with an optional border."""
-    from PIL import Image, ImageOps
-
     pieces = [np.asarray(Image.fromarray(tup[s]).resize(size[::-1])) for s in spectra]
     tile = np.concatenate(pieces, axis=0)
     if border is not None:
@@ -96,11 +83,9 @@ def ranked_list_figure(ranking_json: str | Path, manifest: str, out: str | Path,
     if not queries:
         return None
     needed = [q["query_row"] for q in queries] + [g for q in queries for g in q["gallery_rows"][:top]]
-    from msreid.data.schema import manifest_info
-
     spectra = manifest_info(manifest).spectra
-    images = take_rows(manifest, needed, spectra)
-    plt = _plt()
+    images = decoded_rows(manifest, needed, spectra)
+    plt = pyplot()
     fig, axes = plt.subplots(len(queries), top + 1, squeeze=False,
                              figsize=(1.3 * (top + 1), 0.9 * len(spectra) * len(queries) + 0.4), dpi=100)
     for i, q in enumerate(queries):
@@ -124,9 +109,7 @@ def ranked_list_figure(ranking_json: str | Path, manifest: str, out: str | Path,
 
 def _overlay(image: np.ndarray, cam: np.ndarray) -> np.ndarray:
     """``image [H, W, 3] uint8`` blended with a jet colour map of ``cam [h, w]`` (any range)."""
-    import torch
-
-    plt = _plt()
+    plt = pyplot()
     c = torch.from_numpy(cam[None, None].astype(np.float32))
     c = torch.nn.functional.interpolate(c, size=image.shape[:2], mode="bilinear",
                                         align_corners=False)[0, 0].numpy()
@@ -142,21 +125,16 @@ def cam_overlays(checkpoint_dir: str | Path, ranking_json: str | Path, manifest:
     The class shown is the one with the highest summed score over streams. One
     PNG per query: images on top, overlays below. Uses the checkpoint's best model.
     """
-    import torch
-
-    from msreid.data.transforms import normalize, resize
-    from msreid.train.checkpoint import load_json, load_model
-
     if not Path(ranking_json).is_file():
         return []
     queries = json.loads(Path(ranking_json).read_text())[:max_queries]
     model, cfg = load_model(checkpoint_dir)
     meta = load_json(checkpoint_dir, "meta.json")
     spectra, size = tuple(meta["spectra"]), tuple(meta["image_size"])
-    images = take_rows(manifest, [q["query_row"] for q in queries], spectra)
+    images = decoded_rows(manifest, [q["query_row"] for q in queries], spectra)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plt, paths = _plt(), []
+    plt, paths = pyplot(), []
     for q in queries:
         tup = images[q["query_row"]]
         x = {s: normalize(torch.from_numpy(np.array(resize(tup[s].transpose(2, 0, 1)[None], size))),

@@ -15,7 +15,11 @@ import argparse
 import json
 from pathlib import Path
 
+from msreid.tracking import tables
 from msreid.errors import UserError
+from msreid.grid import suite_from_dict
+from msreid.tracking.store import check_reachable, resolve_tracking_uri
+from msreid.tracking.tables import TrialResult, assemble_suite
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def find_parent(client, experiment: str, run_id: str | None):
     """(experiment id, parent Run): ``run_id``, or the newest benchmark parent of the experiment."""
-    from msreid.tracking import runs as R
+    from msreid.tracking import runs  # imports MLflow: only when the command runs, not for --help
 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
@@ -44,7 +48,7 @@ def find_parent(client, experiment: str, run_id: str | None):
         except Exception:
             raise UserError(f"run {run_id} not found in {client.tracking_uri}") from None
         return exp.experiment_id, run
-    parents = R.find_runs(client, exp.experiment_id, {R.TAG_KIND: "benchmark"})
+    parents = runs.find_runs(client, exp.experiment_id, {runs.TAG_KIND: "benchmark"})
     if not parents:
         raise UserError(f"experiment {experiment!r} has no benchmark run; run "
                         "experiments/full_benchmark.py first")
@@ -53,11 +57,9 @@ def find_parent(client, experiment: str, run_id: str | None):
 
 def rebuild(client, experiment_id: str, parent):
     """(suite, frames) of a parent run, from its suite.json and its finished children."""
-    from mlflow.artifacts import load_text
+    from mlflow.artifacts import load_text  # MLflow only when the command runs, not for --help
 
-    from msreid.orchestration.grid import suite_from_dict
-    from msreid.tracking import runs as R
-    from msreid.tracking.tables import TrialResult, assemble_suite
+    from msreid.tracking import runs
 
     try:
         text = load_text(f"runs:/{parent.info.run_id}/suite.json")
@@ -66,23 +68,21 @@ def rebuild(client, experiment_id: str, parent):
                         "benchmark parent run") from None
     suite = suite_from_dict(json.loads(text))
     results = []
-    for child in R.children(client, experiment_id, parent.info.run_id):
+    for child in runs.children(client, experiment_id, parent.info.run_id):
         tags = child.data.tags
         if child.info.status != "FINISHED" or "test/mAP" not in child.data.metrics:
             continue
-        cells = tuple(tuple(c) for c in json.loads(tags.get(R.TAG_CELLS, "[]")))
-        results.append(TrialResult(cells=cells, seed=int(tags[R.TAG_SEED]),
+        cells = tuple(tuple(c) for c in json.loads(tags.get(runs.TAG_CELLS, "[]")))
+        results.append(TrialResult(cells=cells, seed=int(tags[runs.TAG_SEED]),
                                    metrics=dict(child.data.metrics)))
     return suite, assemble_suite(suite, results)
 
 
 def main(args: argparse.Namespace) -> int:
     """Print (and optionally write) the tables of a benchmark run."""
-    import mlflow
+    import mlflow  # only when the command runs, not for --help
 
-    from msreid.tracking import tables as T
     from msreid.tracking.runs import client_for
-    from msreid.tracking.store import check_reachable, resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.tracking_uri)
     if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
@@ -98,13 +98,13 @@ def main(args: argparse.Namespace) -> int:
         out.mkdir(parents=True, exist_ok=True)
     for name, frame in frames.items():
         table = suite.table(name)
-        rendered = {"md": T.to_markdown(table, frame), "csv": T.to_csv(frame),
-                    "html": T.to_html(table, frame)}
+        rendered = {"md": tables.to_markdown(table, frame), "csv": tables.to_csv(frame),
+                    "html": tables.to_html(table, frame)}
         if out:
             for ext, text in rendered.items():
                 (out / f"{name}.{ext}").write_text(text)
         if args.format != "md":
             print(rendered[args.format])
     if args.format == "md":
-        print(T.suite_markdown(suite, frames), end="")
+        print(tables.suite_markdown(suite, frames), end="")
     return 0

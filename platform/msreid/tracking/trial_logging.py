@@ -6,7 +6,8 @@ import logging
 import tempfile
 from pathlib import Path
 
-from msreid.tracking import runs as R
+from msreid.tracking.figures import cam_overlays, cmc_plot, ranked_list_figure
+from msreid.tracking.runs import log_files, log_metrics
 
 log = logging.getLogger(__name__)
 
@@ -26,28 +27,26 @@ def log_history(client, run_id: str, history: list[dict]) -> None:
             continue
         epoch = int(entry["epoch"])
         if epoch not in logged:
-            R.log_metrics(client, run_id, entry, step=epoch)
+            log_metrics(client, run_id, entry, step=epoch)
 
 
 def log_trial_artifacts(client, run_id: str, cfg, outcome, figures: dict) -> None:
     """Evaluation tables (CSV/JSON), the CMC plot, the ranked-list figure and CAM overlays."""
-    from msreid.tracking import figures as F
-
     art = Path(outcome.artifacts_dir) if outcome.artifacts_dir else None
     if art is None or not art.is_dir():
         return
-    R.log_files(client, run_id, [art / name for name in EVAL_FILES], "evaluation")
+    log_files(client, run_id, [art / name for name in EVAL_FILES], "evaluation")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         made = []
         if (art / "cmc.csv").is_file():
-            made.append(F.cmc_plot(art / "cmc.csv", out / "cmc.png"))
+            made.append(cmc_plot(art / "cmc.csv", out / "cmc.png"))
         if (art / "ranking.json").is_file() and figures.get("ranked_list", True):
-            made.append(F.ranked_list_figure(art / "ranking.json", cfg.data.manifest,
+            made.append(ranked_list_figure(art / "ranking.json", cfg.data.manifest,
                                              out / "ranked_list.png"))
-        R.log_files(client, run_id, [p for p in made if p], "figures")
+        log_files(client, run_id, [p for p in made if p], "figures")
         cams = figures.get("cam_queries", 3)
         if cams and outcome.checkpoint_path:
-            paths = F.cam_overlays(outcome.checkpoint_path, art / "ranking.json",
+            paths = cam_overlays(outcome.checkpoint_path, art / "ranking.json",
                                    cfg.data.manifest, out / "cams", max_queries=cams)
-            R.log_files(client, run_id, paths, "figures/cams")
+            log_files(client, run_id, paths, "figures/cams")
