@@ -38,31 +38,26 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from msreid.data.ingest import CHALLENGE_TAGS, CHALLENGES_FILE
+from msreid.data.layouts import LAYOUTS
 from msreid.errors import UserError
 
-LAYOUT_SPECTRA: dict[str, tuple[str, ...]] = {
-    "rgbnt100": ("rgb", "nir", "tir"),
-    "rgbn300": ("rgb", "nir"),
-}
-SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-CHALLENGES_FILE = "challenges.csv"
+SYNTH_LAYOUTS = ("rgbnt100", "rgbn300")
+"""The released layouts the generator writes (spectra side by side in one JPEG)."""
+LAYOUT_SPECTRA: dict[str, tuple[str, ...]] = {name: LAYOUTS[name].spectra for name in SYNTH_LAYOUTS}
+SPLIT_FOLDERS: dict[str, str] = dict(LAYOUTS["rgbnt100"].folders)  # same folders in rgbn300
 JPEG_QUALITY = 92
-MAX_IDS_PER_SPLIT = 300  # released ids are 1..600 (../shared/DATASETS.md)
-MAX_CAMERAS = 8  # released cameras are 1..8
+MAX_IDS_PER_SPLIT = LAYOUTS["rgbnt100"].pid_range[1] // 2  # released ids 1..600, train and test halves
+MAX_CAMERAS = LAYOUTS["rgbnt100"].camera_range[1]  # released cameras are 1..8
 QUERY_FRACTION = 0.2  # RGBN300: 4,985 of 24,925 gallery tuples; RGBNT100: 1,715 of 8,575
 
 # Fig. 3 (c) of the paper shows the challenge distribution of RGBN300 without
-# numbers; these are our plausible choice (documented in docs/SYNTHETIC.md).
-CHALLENGE_WEIGHTS: dict[str, float] = {
-    "normal": 0.55,
-    "low_illumination": 0.12,
-    "black_night": 0.08,
-    "glare": 0.06,
-    "shadow": 0.08,
-    "occlusion": 0.05,
-    "view_change": 0.06,
-}
-CHALLENGES = tuple(CHALLENGE_WEIGHTS)
+# numbers; these are our plausible choice (documented in docs/SYNTHETIC.md), in
+# the order of CHALLENGE_TAGS: normal, low_illumination, black_night, glare,
+# shadow, occlusion, view_change.
+CHALLENGE_WEIGHTS: dict[str, float] = dict(
+    zip(CHALLENGE_TAGS, (0.55, 0.12, 0.08, 0.06, 0.08, 0.05, 0.06), strict=True))
+CHALLENGES = CHALLENGE_TAGS
 
 # Seed-sequence tags keep the RNG streams of different purposes apart.
 _TAG_IDENTITY, _TAG_PLAN, _TAG_CAMERA, _TAG_CHALLENGE, _TAG_RENDER = 11, 12, 13, 14, 15
@@ -841,7 +836,7 @@ def _write_tree(root: Path, layout: str, spec: SynthSpec) -> dict:
         _save_jpeg(pieces, spectra, root / rel)
         rows.append((rel, tp.challenge))
     for tp in queries:  # the release draws query from the gallery: exact copies
-        rel = f"query/{tp.file_name}"
+        rel = f"{SPLIT_FOLDERS['query']}/{tp.file_name}"
         shutil.copyfile(root / SPLIT_FOLDERS["gallery"] / tp.file_name, root / rel)
         rows.append((rel, tp.challenge))
     rows.sort()

@@ -13,7 +13,8 @@ import argparse
 import time
 from dataclasses import fields
 
-from msreid.data.synth import CHALLENGES_FILE, LAYOUT_SPECTRA, VARIANTS, SynthSpec, generate
+from msreid.data.ingest import CHALLENGES_FILE
+from msreid.data.synth import LAYOUT_SPECTRA, SPLIT_FOLDERS, VARIANTS, SynthSpec, generate
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,7 +41,7 @@ def main(args: argparse.Namespace) -> int:
     root = generate(args.layout, args.out, spec, overwrite=args.overwrite)
     seconds = time.perf_counter() - start
     counts = {folder: sum(1 for _ in (root / folder).glob("*.jpg"))
-              for folder in ("bounding_box_train", "query", "bounding_box_test")}
+              for folder in SPLIT_FOLDERS.values()}
     n_spectra = len(LAYOUT_SPECTRA[args.layout])
     print(f"wrote {args.layout} dataset ({spec.variant} variant) to {root}")
     for folder, n in counts.items():
@@ -48,7 +49,7 @@ def main(args: argparse.Namespace) -> int:
     print(f"  image size           {n_spectra * spec.width}x{spec.height} "
           f"({n_spectra} spectra of {spec.width}x{spec.height})")
     print(f"  challenge tags       {root / CHALLENGES_FILE}")
-    rendered = counts["bounding_box_train"] + counts["bounding_box_test"]
+    rendered = counts[SPLIT_FOLDERS["train"]] + counts[SPLIT_FOLDERS["gallery"]]
     print(f"  {rendered} tuples rendered in {seconds:.1f} s "
           f"({60 * rendered / max(seconds, 1e-9):.0f} per minute)")
     # Ingest expects the released 256x128 pieces unless told the piece size.
