@@ -19,40 +19,45 @@ import sys
 import time
 
 
+# What the options' one-line help cannot say: flag names, repeat forms, defaults taken from the data.
+FLAGS = {
+    "preset": {"default": None,
+               "help": "benchmark suite: smoke (default without --data), paper (default with "
+                       "--data), or a suite YAML path (experiments/grids/)"},
+    "data": {"metavar": "[DATASET=]MANIFEST",
+             "help": "a manifest (local path or s3://...) written by `msreid ingest`; the "
+                     "dataset is read from its metadata unless given; repeat per dataset"},
+    "config": {"help": "training preset (experiments/presets/) instead of the suite's"},
+    "overrides": {"flag": "--set", "metavar": "KEY=VALUE",
+                  "help": "config override for every trial, e.g. --set optim.epochs=2"},
+    "seeds": {"action": None, "nargs": "+", "help": "seeds (suite's default)"},
+    "tracking_uri": {"help": "MLflow tracking URI; default $MLFLOW_TRACKING_URI, else "
+                             "sqlite:///<cwd>/mlflow.db (served by `make ui`)"},
+    "storage_path": {"help": "Ray results dir, shared on clusters (default $MSREID_STORAGE_PATH or "
+                             "./ray_results)"},
+    "name": {"help": "benchmark name (default <suite>-<timestamp>)"},
+    "resume": {"nargs": "?", "const": "", "metavar": "NAME",
+               "help": "continue an interrupted benchmark (default: the latest of this suite)"},
+    "max_concurrent_trials": {"help": "trials at once (default: the suite's)"},
+    "ray_address": {"help": "Ray cluster (default $RAY_ADDRESS or local)"},
+    "synth": {"type": str, "default": "{}",  # checked by synth_spec_from_json in main()
+              "help": 'JSON SynthSpec overrides for the synthetic data, e.g. \'{"ids": 20}\''},
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from msreid.cli_options import add_dataclass_arguments
+    from msreid.orchestration.benchmark import BenchmarkOptions
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    p.add_argument("--preset", default=None,
-                   help="benchmark suite: smoke (default without --data), paper (default with "
-                        "--data), or a suite YAML path (experiments/grids/)")
-    p.add_argument("--data", action="append", default=[], metavar="[DATASET=]MANIFEST",
-                   help="a manifest (local path or s3://...) written by `msreid ingest`; the "
-                        "dataset is read from its metadata unless given; repeat per dataset")
-    p.add_argument("--config", default=None,
-                   help="training preset (experiments/presets/) instead of the suite's")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every trial, e.g. --set optim.epochs=2")
-    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (suite's default)")
-    p.add_argument("--experiment", default="msreid-benchmark", help="MLflow experiment name")
-    p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI; default $MLFLOW_TRACKING_URI, else "
-                        "sqlite:///<cwd>/mlflow.db (served by `make ui`)")
-    p.add_argument("--storage-path", default=None,
-                   help="Ray results dir, shared on clusters (default $MSREID_STORAGE_PATH or "
-                        "./ray_results)")
-    p.add_argument("--name", default=None, help="benchmark name (default <suite>-<timestamp>)")
-    p.add_argument("--resume", nargs="?", const="", default=None, metavar="NAME",
-                   help="continue an interrupted benchmark (default: the latest of this suite)")
-    p.add_argument("--max-concurrent-trials", type=int, default=None,
-                   help="trials at once (default: the suite's)")
-    p.add_argument("--ray-address", default=None, help="Ray cluster (default $RAY_ADDRESS or local)")
-    p.add_argument("--synth", default="{}",
-                   help='JSON SynthSpec overrides for the synthetic data, e.g. \'{"ids": 20}\'')
+    add_dataclass_arguments(p, BenchmarkOptions, skip=("fit", "figures", "verbose"), overrides=FLAGS)
     p.add_argument("--quiet", action="store_true", help="no progress table")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msreid.cli_options import options_from_args
     from msreid.data.synth import synth_spec_from_json
     from msreid.errors import UserError
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
@@ -63,14 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"full_benchmark: error: {exc}", file=sys.stderr)
         return 2
-    preset = args.preset or ("paper" if args.data else "smoke")
-    opts = BenchmarkOptions(
-        preset=preset, data=tuple(args.data), config=args.config,
-        overrides=tuple(args.overrides), seeds=tuple(args.seeds) if args.seeds else None,
-        experiment=args.experiment, tracking_uri=args.tracking_uri,
-        storage_path=args.storage_path, name=args.name, resume=args.resume,
-        max_concurrent_trials=args.max_concurrent_trials, ray_address=args.ray_address,
-        synth=synth_overrides, verbose=0 if args.quiet else 1)
+    opts = options_from_args(BenchmarkOptions, args,
+                             preset=args.preset or ("paper" if args.data else "smoke"),
+                             synth=synth_overrides, verbose=0 if args.quiet else 1)
     start = time.time()
     try:
         out = run_benchmark(opts)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import fields
 
+from msreid.cli_options import add_dataclass_arguments, options_from_args
 from msreid.data.ingest import CHALLENGES_FILE
 from msreid.data.synth import LAYOUT_SPECTRA, SPLIT_FOLDERS, VARIANTS, SynthSpec, generate
 
@@ -23,20 +23,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True,
                         help="output directory (the dataset lands in OUT/rgbir/); "
                              "written to a temporary sibling and renamed into place")
-    for f in fields(SynthSpec):
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "variant":
-            parser.add_argument(flag, dest=f.name, choices=VARIANTS, default=f.default,
-                                help=f.metadata["help"] + " (default: %(default)s)")
-            continue
-        parser.add_argument(flag, dest=f.name, type=int, default=f.default,
-                            help=f.metadata["help"] + " (default: %(default)s)")
+    add_dataclass_arguments(parser, SynthSpec, show_defaults=True,
+                            overrides={"variant": {"choices": VARIANTS}})
     parser.add_argument("--overwrite", action="store_true",
                         help="replace OUT if it exists and is not empty")
 
 
 def main(args: argparse.Namespace) -> int:
-    spec = SynthSpec(**{f.name: getattr(args, f.name) for f in fields(SynthSpec)})
+    spec = options_from_args(SynthSpec, args)
     start = time.perf_counter()
     root = generate(args.layout, args.out, spec, overwrite=args.overwrite)
     seconds = time.perf_counter() - start

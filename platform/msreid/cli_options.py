@@ -1,0 +1,86 @@
+"""Command-line flags generated from a frozen options dataclass, and the dataclass back from them.
+
+One ``--flag`` per field (``max_concurrent_trials`` -> ``--max-concurrent-trials``),
+its type, default and help taken from the field (``metadata["help"]``), so a
+script's flags cannot drift from the options it fills. The type decides the
+argparse form:
+
+* ``int`` / ``float`` / ``str`` (optionally ``| None``): one value;
+* ``tuple[T, ...]``: the flag repeats (``--data a --data b``), values of type T;
+* ``dict``: a JSON object (``--synth '{"ids": 20}'``);
+* ``bool``: a switch.
+
+Per-field ``overrides`` (argparse keyword arguments, plus ``flag`` for another
+flag name) cover what a type cannot say: a metavar, ``nargs``, a longer help.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from dataclasses import MISSING, Field, fields
+from typing import Any
+
+
+def _value_type(hint: Any) -> Any:
+    """``X`` for ``X | None`` / ``Optional[X]``, else ``hint``."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return hint
+
+
+def _default(f: Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None
+
+
+def _argparse_kwargs(f: Field, hint: Any) -> dict[str, Any]:
+    """argparse keyword arguments for one field, from its type, default and help."""
+    kind, default = _value_type(hint), _default(f)
+    kwargs: dict[str, Any] = {"default": default, "help": f.metadata.get("help")}
+    if kind is bool:
+        kwargs["action"] = "store_true"
+    elif kind in (int, float, str):
+        kwargs["type"] = kind
+    elif typing.get_origin(kind) is tuple:
+        kwargs.update(action="append", type=typing.get_args(kind)[0],
+                      default=None if default is None else list(default))
+    elif kind is dict or typing.get_origin(kind) is dict:
+        kwargs["type"] = json.loads
+    else:
+        raise TypeError(f"field {f.name}: no command-line form for {hint!r}; skip it")
+    return kwargs
+
+
+def add_dataclass_arguments(parser: argparse.ArgumentParser, cls: type,
+                            skip: tuple[str, ...] = (),
+                            overrides: dict[str, dict[str, Any]] | None = None,
+                            show_defaults: bool = False) -> None:
+    """Add one flag per field of the dataclass ``cls`` (except ``skip``) to ``parser``."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        kwargs = _argparse_kwargs(f, hints[f.name]) | (overrides or {}).get(f.name, {})
+        flag = kwargs.pop("flag", "--" + f.name.replace("_", "-"))
+        if show_defaults and kwargs.get("help"):
+            kwargs["help"] += " (default: %(default)s)"
+        parser.add_argument(flag, dest=f.name, **kwargs)
+
+
+def options_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
+    """``cls`` filled from the parsed flags (repeated flags as tuples), then from ``given``."""
+    values = {}
+    for f in fields(cls):
+        if f.name in given or not hasattr(args, f.name):
+            continue
+        value = getattr(args, f.name)
+        values[f.name] = tuple(value) if isinstance(value, list) else value
+    return cls(**values, **given)
