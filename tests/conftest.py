@@ -12,7 +12,7 @@ def ray_session():
     """One local Ray for the whole test session.
 
     4 logical CPUs on a 2-core machine: Ray Train reserves its workers' CPUs
-    and Ray Data needs whole CPUs of its own (../shared/RAY_NOTES.md).
+    and Ray Data needs whole CPUs of its own (docs/RAY.md).
     """
     import ray
 

@@ -13,7 +13,7 @@ def test_cell_counts_per_table():
 
 
 def test_hand_checked_cells():
-    # Read off the paper (shared/paper/...txt), one cell per table and corner:
+    # Read off the paper's tables by hand, one cell per table and corner:
     # Table 2, RGB one-stream, ResNet50: 49.5 72.6 76.4 78.6
     assert load_paper_tables()[("table2", "rgbn300", "ResNet50", "RGB one-stream")] == {
         "mAP": 49.5, "R1": 72.6, "R5": 76.4, "R10": 78.6}

@@ -124,7 +124,7 @@ class RunOptions:
     num_workers: int = _f(1, "Ray Train workers (DDP); 0 = in-process local mode, no DDP")
     use_gpu: bool = _f(False, "one GPU per worker; NCCL instead of gloo")
     cpus_per_worker: float = _f(1.0, "CPUs reserved per training worker; below 1 leaves whole "
-                                     "CPUs for Ray Data on small machines (see RAY_NOTES)")
+                                     "CPUs for Ray Data on small machines (docs/RAY.md)")
     seed: int = _f(0, "seeds the model init, the validation split, the batch order and the "
                       "augmentation; the same seed gives the same run")
     eval_every: int = _f(5, "validate every N epochs (and at the last epoch)")

@@ -1,6 +1,6 @@
 """Released on-disk layouts -> spectral tuple records (names parsed, nothing decoded).
 
-One scanner per layout (``../shared/DATASETS.md`` describes the releases):
+One scanner per layout (docs/DATA.md describes the releases):
 
 - ``rgbn300`` / ``rgbnt100``: ``bounding_box_train/``, ``query/``,
   ``bounding_box_test/`` of Market-style names ``<id>_c<cam>...jpg``; the

@@ -47,7 +47,7 @@ SYNTH_LAYOUTS = ("rgbnt100", "rgbn300")
 LAYOUT_SPECTRA: dict[str, tuple[str, ...]] = {name: LAYOUTS[name].spectra for name in SYNTH_LAYOUTS}
 SPLIT_FOLDERS: dict[str, str] = dict(LAYOUTS["rgbnt100"].folders)  # same folders in rgbn300
 JPEG_QUALITY = 92
-MAX_IDS_PER_SPLIT = LAYOUTS["rgbnt100"].pid_range[1] // 2  # released ids 1..600, train and test halves
+MAX_IDS_PER_SPLIT = LAYOUTS["rgbnt100"].pid_range[1] // 2  # released ids 1..600: train and test halves
 MAX_CAMERAS = LAYOUTS["rgbnt100"].camera_range[1]  # released cameras are 1..8
 QUERY_FRACTION = 0.2  # RGBN300: 4,985 of 24,925 gallery tuples; RGBNT100: 1,715 of 8,575
 

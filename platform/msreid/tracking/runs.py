@@ -5,7 +5,7 @@ experiment name; ``--resume`` finds and reuses it) and one child per trial
 (tag ``msreid.trial_key`` = cell x seed hash, plus ``mlflow.parentRunId``).
 Everything goes through ``MlflowClient`` with an explicit tracking URI: no
 global ``mlflow.set_tracking_uri`` / active-run state, which Tune's worker
-processes would not share (and see RAY_NOTES.md on MLflowLoggerCallback).
+processes would not share (and docs/RAY.md on MLflowLoggerCallback).
 """
 
 from __future__ import annotations

@@ -70,7 +70,7 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     """Create the store (SQLite schema) and experiment ``name`` if needed; return its id.
 
     Done by the driver before trials start: several processes migrating a fresh
-    SQLite schema at once fail with "database is locked" (RAY_NOTES.md).
+    SQLite schema at once fail with "database is locked" (docs/RAY.md).
     """
     from mlflow.tracking import MlflowClient
 
