@@ -20,6 +20,7 @@ benchmark: $(VENV)/.installed
 	$(BIN)/python experiments/full_benchmark.py $(ARGS)
 
 test: $(VENV)/.installed
+	$(BIN)/ruff check platform tests experiments perf
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ui: $(VENV)/.installed

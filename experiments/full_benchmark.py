@@ -1,7 +1,8 @@
 """Run the paper's tables as Ray Tune experiments, tracked in MLflow, and print them.
 
   python experiments/full_benchmark.py                      # smoke: synthetic data, ~10 min on 2 cores
-  python experiments/full_benchmark.py --preset paper --data /data/rgbn300_manifest --data /data/rgbnt100_manifest
+  python experiments/full_benchmark.py --preset paper \
+      --data /data/rgbn300_manifest --data /data/rgbnt100_manifest
   python experiments/full_benchmark.py --resume             # continue the latest interrupted run
   ray submit cluster.yaml experiments/full_benchmark.py -- --preset paper --data s3://bucket/rgbnt100
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-
 
 # What the options' one-line help cannot say: flag names, repeat forms, defaults taken from the data.
 FLAGS = {

@@ -20,7 +20,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from msreid.data.synth import (  # noqa: E402
-    CHALLENGES, MARKINGS, PAINTS, SHAPES, Identity, TuplePlan, render_tuple,
+    CHALLENGES,
+    MARKINGS,
+    PAINTS,
+    SHAPES,
+    Identity,
+    TuplePlan,
+    render_tuple,
 )
 
 SPECTRA = ("rgb", "nir", "tir")

@@ -16,7 +16,6 @@ import argparse
 import sys
 import time
 
-
 # What the options' one-line help cannot say: flag names, repeat forms, longer help.
 FLAGS = {
     "data": {"metavar": "[DATASET=]MANIFEST",

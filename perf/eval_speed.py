@@ -100,8 +100,10 @@ def large_scale(name: str, reps: int, threads: int) -> str:
     rss1 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     t_mm, c_mm, _ = min((timed(lambda: q @ g.t()) for _ in range(reps)), key=lambda x: x[0])
     return (f"RGBN300 scale, {name}: mAP {res.mAP:.4f} mINP {res.mINP:.4f} R1 {res.cmc[0]:.4f}\n"
-            f"  wall: bare matmul {t_mm:.2f} s | evaluate_features {t_eval:.2f} s | ratio {t_eval / t_mm:.2f}\n"
-            f"  CPU:  bare matmul {c_mm:.2f} s | evaluate_features {c_eval:.2f} s | ratio {c_eval / c_mm:.2f}\n"
+            f"  wall: bare matmul {t_mm:.2f} s | evaluate_features {t_eval:.2f} s"
+            f" | ratio {t_eval / t_mm:.2f}\n"
+            f"  CPU:  bare matmul {c_mm:.2f} s | evaluate_features {c_eval:.2f} s"
+            f" | ratio {c_eval / c_mm:.2f}\n"
             f"  peak RSS {rss1:.2f} GiB (features generated, before evaluating: {rss0:.2f} GiB)")
 
 
@@ -133,7 +135,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads; load before: {open('/proc/loadavg').read().strip()}")
+    load = open("/proc/loadavg").read().strip()
+    print(f"torch {torch.__version__}, {args.threads} threads; load before: {load}")
     for name in args.settings:
         with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
             print(pool.submit(large_scale, name, args.reps, args.threads).result(), flush=True)

@@ -6,8 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from msreid.config import (TrainConfig, check_against_manifest, config_from_dict,
-                           config_to_dict, load_config, loss_kwargs, replace_dotted)
+from msreid.config import (
+    TrainConfig,
+    check_against_manifest,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    loss_kwargs,
+    replace_dotted,
+)
 from msreid.errors import UserError
 
 PRESETS = Path(__file__).resolve().parents[1] / "experiments" / "presets"

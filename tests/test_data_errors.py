@@ -13,7 +13,13 @@ from msreid.data.ingest import ingest
 from msreid.data.schema import read_manifest
 from msreid.errors import UserError
 from test_data_fixtures import (
-    MARKET_TUPLES, make_market, make_msvr310, make_rgbnt201, market_name, piece, save_jpeg,
+    MARKET_TUPLES,
+    make_market,
+    make_msvr310,
+    make_rgbnt201,
+    market_name,
+    piece,
+    save_jpeg,
 )
 
 RGBNT100 = ("rgb", "nir", "tir")
@@ -108,7 +114,8 @@ def test_rgbnt201_missing_spectrum_and_unequal_sizes(tmp_path):
     root = make_rgbnt201(tmp_path / "d")
     (root / "train_171" / "TI" / "000004_cam2_1_00.jpg").unlink()
     save_jpeg(root / "test" / "NI" / "000105_cam4_2_00.jpg", piece("nir", 100, 64, 0))
-    msg = fails(tmp_path, "rgbnt201", root, "train_171/RGB/000004_cam2_1_00.jpg", "no file of that name in TI/",
+    msg = fails(tmp_path, "rgbnt201", root,
+                "train_171/RGB/000004_cam2_1_00.jpg", "no file of that name in TI/",
                 "test/RGB/000105_cam4_2_00.jpg", "differ in size")
     assert "2 problem(s)" in msg  # the test/ tuple serves query and gallery but is reported once
 

@@ -9,10 +9,16 @@ import pytest
 from msreid.data import ingest as ingest_mod
 from msreid.data.decode import decode_row
 from msreid.data.ingest import ingest
-from msreid.errors import UserError
 from msreid.data.schema import MANIFEST_SCHEMA, manifest_files, manifest_info, read_manifest
+from msreid.errors import UserError
 from test_data_fixtures import (
-    COLOURS, RGBNT201_DIRS, MSVR310_DIRS, decode_file, make_market, make_msvr310, make_rgbnt201,
+    COLOURS,
+    MSVR310_DIRS,
+    RGBNT201_DIRS,
+    decode_file,
+    make_market,
+    make_msvr310,
+    make_rgbnt201,
 )
 
 

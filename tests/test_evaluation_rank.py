@@ -66,7 +66,8 @@ def test_hand_computed_three_queries(dtype, ranking_path):
     assert r.mINP == pytest.approx((0.5 + 1 / 3 + 1) / 3)  # 11/18
     assert (r.num_valid, r.num_skipped) == (3, 0)
     assert r.as_dict("test/") == pytest.approx(
-        {"test/mAP": 25 / 36, "test/mINP": 11 / 18, "test/R1": 2 / 3, "test/R5": 1.0, "test/R10": float("nan")},
+        {"test/mAP": 25 / 36, "test/mINP": 11 / 18, "test/R1": 2 / 3, "test/R5": 1.0,
+         "test/R10": float("nan")},
         nan_ok=True)
     assert len(evaluate_rank(DIST, Q_IDS, G_IDS, Q_CAMS, G_CAMS).cmc) == 50
 

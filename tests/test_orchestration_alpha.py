@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import math
 
-import orchestration_fakes
 import pytest
 import ray.cloudpickle
+
+import orchestration_fakes
 
 ray.cloudpickle.register_pickle_by_value(orchestration_fakes)
 

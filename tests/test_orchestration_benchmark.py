@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 import pytest
+import ray.cloudpickle
 
 import orchestration_fakes
-import ray.cloudpickle
 from orchestration_fakes import expected_map
 
 # Ray workers do not see tests/ on their path: ship the fake by value.
@@ -129,9 +129,8 @@ def _finished(uri, parent_tag):
 @pytest.mark.ray
 @pytest.mark.timeout(480)
 def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, manifest, capsys):
-    from msreid.orchestration.benchmark import run_benchmark
-    from msreid.orchestration.benchmark import load_benchmark_suite
     from msreid.grid import expand_trials
+    from msreid.orchestration.benchmark import load_benchmark_suite, run_benchmark
 
     opts = options(tmp_path, manifest, name="mini-resume")
     trials = expand_trials(load_benchmark_suite(opts))

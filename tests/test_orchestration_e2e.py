@@ -38,9 +38,9 @@ max_failures: 0
 def test_smoke_grid_end_to_end(ray_session, tmp_path, capsys):
     from msreid.cli import main as cli
     from msreid.data.schema import manifest_info
+    from msreid.grid import expand_cells, load_suite
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
     from msreid.orchestration.datasets import synthetic_manifest
-    from msreid.grid import expand_cells, load_suite
     from msreid.tracking import runs as R
 
     manifest = synthetic_manifest({"ids": 6, "cameras": 3, "tuples_per_id": 6, "height": 32,

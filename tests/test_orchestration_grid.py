@@ -5,8 +5,15 @@ from pathlib import Path
 import pytest
 
 from msreid.errors import UserError
-from msreid.grid import (expand_cells, expand_trials, load_suite, load_table,
-                                       suite_from_dict, suite_to_dict, trial_key)
+from msreid.grid import (
+    expand_cells,
+    expand_trials,
+    load_suite,
+    load_table,
+    suite_from_dict,
+    suite_to_dict,
+    trial_key,
+)
 
 GRIDS = Path(__file__).resolve().parents[1] / "experiments" / "grids"
 

@@ -14,7 +14,6 @@ from PIL import Image
 
 from msreid.data import synth
 from msreid.data.synth import SynthSpec, TuplePlan, generate, plan_dataset
-from msreid.errors import UserError
 
 NAME = re.compile(r"^(\d{4})_c(\d{3})_(\d{5})\.jpg$")
 TAGS = {"normal", "low_illumination", "black_night", "glare", "shadow", "occlusion",

@@ -27,7 +27,8 @@ from msreid.data.synth import SynthSpec, generate
 NAME = re.compile(r"^(\d{4})_c(\d{3})_\d{5}\.jpg$")
 
 
-def load_split(folder: Path, n_spectra: int, grid: tuple[int, int] = (8, 16)) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+def load_split(folder: Path, n_spectra: int, grid: tuple[int, int] = (8, 16)
+               ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
     """Features {spectrum: [N, D]}, ids [N], cameras [N] of every JPEG in ``folder``."""
     feats: dict[str, list[np.ndarray]] = {"rgb": [], "nir": [], "tir": []}
     ids, cams = [], []

@@ -53,7 +53,7 @@ def test_bad_synthetic_option_stops_full_benchmark_before_any_compute(tmp_path, 
 
 
 def test_suite_synth_must_be_a_mapping(tmp_path):
-    from msreid.orchestration.grid import load_suite
+    from msreid.grid import load_suite
 
     (tmp_path / "t.yaml").write_text("name: t\ndataset: rgbnt100\ncolumns: [C]\nrows: [R]\n")
     (tmp_path / "s.yaml").write_text("name: s\npreset: smoke\ntables: [t.yaml]\nsynth: hard\n")

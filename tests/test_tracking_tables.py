@@ -5,8 +5,7 @@ import math
 import pytest
 
 from msreid.grid import Check, Level, Suite, TableSpec
-from msreid.tracking.tables import (TrialResult, assemble_table, run_checks, to_csv, to_html,
-                                    to_markdown)
+from msreid.tracking.tables import TrialResult, assemble_table, run_checks, to_csv, to_html, to_markdown
 
 TABLE = TableSpec(
     name="table3", title="T3", paper_table="table3", metrics=("mAP", "R1"),

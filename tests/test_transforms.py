@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from msreid.data.transforms import (AugmentParams, TupleDraw, apply, augment, draw, normalize,
-                                    resize, stack_tuples)
+from msreid.data.transforms import (
+    AugmentParams,
+    TupleDraw,
+    apply,
+    augment,
+    draw,
+    normalize,
+    resize,
+    stack_tuples,
+)
 
 
 def _random_batch(n=6, s=3, h=16, w=12, seed=0):

@@ -1,1 +1,2 @@
-"""Datasets: released layouts -> Parquet manifests of spectral tuples, decoding, augmentation, synthetic benchmark."""
+"""Datasets: released layouts -> Parquet manifests of spectral tuples, decoding, augmentation,
+synthetic benchmark."""

@@ -34,8 +34,17 @@ from msreid import SPECTRA
 from msreid.data import layouts
 from msreid.data.layouts import LayoutSpec, Problem, TupleRecord
 from msreid.data.schema import (
-    MANIFEST_SCHEMA, META_FINGERPRINT, META_LAYOUT, META_SCHEMA_VERSION, META_SPECTRA,
-    SCHEMA_VERSION, SPLITS, ManifestInfo, foreign_entries, manifest_info, write_checksums,
+    MANIFEST_SCHEMA,
+    META_FINGERPRINT,
+    META_LAYOUT,
+    META_SCHEMA_VERSION,
+    META_SPECTRA,
+    SCHEMA_VERSION,
+    SPLITS,
+    ManifestInfo,
+    foreign_entries,
+    manifest_info,
+    write_checksums,
 )
 from msreid.errors import UserError
 
@@ -187,7 +196,8 @@ def _check_uniform_resize(spec: LayoutSpec, full: tuple[int, int] | None,
 
 
 def crop_boxes(spec: LayoutSpec, record: TupleRecord, loaded: dict[str, LoadedFile],
-               full: tuple[int, int] | None, problems: list[Problem]) -> list[tuple[int, int, int, int]] | None:
+               full: tuple[int, int] | None,
+               problems: list[Problem]) -> list[tuple[int, int, int, int]] | None:
     """One crop box per spectrum (in ``spec.spectra`` order), or None after logging problems."""
     files = [loaded[f] for f in record.files]
     bad = [(rel, f) for rel, f in zip(record.files, files) if f.size is None]

@@ -17,8 +17,8 @@ import logging
 import os
 import posixpath
 import re
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,9 +250,10 @@ def foreign_entries(directory: str | Path) -> list[str]:
 
     A manifest directory holds only regular files named ``part-NNNNN.parquet``
     whose Parquet footer carries the ``msreid.*`` metadata keys (any schema
-    version), and the checksum file ``_SHA256SUMS``. Anything else (other names, sub-folders, symlinks, Parquet files
-    of other tools, unreadable files) is foreign. ``[]`` means the directory
-    is empty or a manifest, so ``msreid ingest --overwrite`` may replace it.
+    version), and the checksum file ``_SHA256SUMS``. Anything else (other names,
+    sub-folders, symlinks, Parquet files of other tools, unreadable files) is foreign.
+    ``[]`` means the directory is empty or a manifest, so ``msreid ingest --overwrite``
+    may replace it.
     """
     foreign = []
     with os.scandir(directory) as entries:

@@ -556,7 +556,7 @@ def _occluder(h: int, w: int, rng: np.random.Generator) -> np.ndarray:
 def apply_challenge(pieces: dict[str, np.ndarray], challenge: str,
                     rng: np.random.Generator) -> dict[str, float]:
     """Degrade ``pieces`` (``[H, W, C]`` floats) in place; return extra noise sigma per spectrum."""
-    rgb, nir, tir = pieces.get("rgb"), pieces.get("nir"), pieces.get("tir")
+    rgb, nir = pieces.get("rgb"), pieces.get("nir")
     h, w = rgb.shape[:2]
     noise = {"rgb": 0.0, "nir": 0.0, "tir": 0.0}
     if challenge == "low_illumination":

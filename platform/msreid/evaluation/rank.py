@@ -307,7 +307,8 @@ def evaluate_rank(distmat: Array, q_ids: Labels, g_ids: Labels, q_cams: Labels, 
 
 
 def feature_stats(query: Array, gallery: Array, q_ids: Labels, g_ids: Labels, q_cams: Labels,
-                  g_cams: Labels, q_scenes: Labels | None = None, g_scenes: Labels | None = None, *, metric: str = "euclidean", normalize: bool = True, chunk_size: int | None = None,
+                  g_cams: Labels, q_scenes: Labels | None = None, g_scenes: Labels | None = None,
+                  *, metric: str = "euclidean", normalize: bool = True, chunk_size: int | None = None,
                   rerank: bool = False, k1: int = 20, k2: int = 6,
                   lambda_value: float = 0.3) -> QueryStats:
     """Per-query stats from features ``query [Q, D]``, ``gallery [G, D]``, chunk by chunk
@@ -330,7 +331,9 @@ def feature_stats(query: Array, gallery: Array, q_ids: Labels, g_ids: Labels, q_
 
 
 def evaluate_features(query: Array, gallery: Array, q_ids: Labels, g_ids: Labels, q_cams: Labels,
-                      g_cams: Labels, q_scenes: Labels | None = None, g_scenes: Labels | None = None, *, metric: str = "euclidean", normalize: bool = True, max_rank: int = 50,
+                      g_cams: Labels, q_scenes: Labels | None = None,
+                      g_scenes: Labels | None = None, *, metric: str = "euclidean",
+                      normalize: bool = True, max_rank: int = 50,
                       chunk_size: int | None = None, rerank: bool = False, k1: int = 20,
                       k2: int = 6, lambda_value: float = 0.3) -> RankResult:
     """CMC / mAP / mINP from features ``query [Q, D]`` and ``gallery [G, D]`` (numpy or torch).

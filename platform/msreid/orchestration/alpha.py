@@ -25,10 +25,9 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.errors import UserError
-from msreid.losses import ABLATIONS
+from msreid.losses import ABLATIONS, PAPER_ALPHA
 from msreid.orchestration.benchmark import BenchmarkOptions, resolve_manifests
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
-from msreid.losses import PAPER_ALPHA
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
 from msreid.tracking import runs
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri

@@ -21,12 +21,11 @@ from typing import Any
 
 from ray import tune
 
+from msreid import grid
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.data.schema import manifest_info
 from msreid.errors import UserError
-from msreid import grid
-from msreid.orchestration.datasets import (SMOKE_LAYOUT, resolve_data_args, synth_spec,
-                                          synthetic_manifest)
+from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
 from msreid.tracking import runs, tables

@@ -9,7 +9,8 @@ from pathlib import Path
 import yaml
 
 PaperKey = tuple[str, str, str, str]
-"""(paper table, dataset, backbone label, row label), e.g. ("table3", "rgbnt100", "ResNet50", "RGB one-stream")."""
+"""(paper table, dataset, backbone label, row label),
+e.g. ("table3", "rgbnt100", "ResNet50", "RGB one-stream")."""
 
 
 @lru_cache(maxsize=4)

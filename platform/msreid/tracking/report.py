@@ -15,9 +15,9 @@ import argparse
 import json
 from pathlib import Path
 
-from msreid.tracking import tables
 from msreid.errors import UserError
 from msreid.grid import suite_from_dict
+from msreid.tracking import tables
 from msreid.tracking.store import check_reachable, resolve_tracking_uri
 from msreid.tracking.tables import TrialResult, assemble_suite
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from msreid.grid import Cell, CellId, Suite, TableSpec, expand_cells
+from msreid.grid import CellId, Suite, TableSpec, expand_cells
 from msreid.tracking.paper import paper_value
 
 METRIC_PREFIX = "test/"

@@ -22,8 +22,14 @@ import torch
 
 from msreid.data.transforms import normalize
 from msreid.errors import UserError
-from msreid.evaluation import (RankResult, challenge_table, evaluate_features, spectrum_subsets,
-                               subset_name, subset_table)
+from msreid.evaluation import (
+    RankResult,
+    challenge_table,
+    evaluate_features,
+    spectrum_subsets,
+    subset_name,
+    subset_table,
+)
 from msreid.train.sampling import RowMeta
 
 __all__ = ["extract_features", "rank_features", "per_challenge", "ranking_lists",

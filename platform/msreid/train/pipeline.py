@@ -90,7 +90,6 @@ def load_manifest(manifest: str) -> tuple[ManifestIndex, RowMeta]:
     refs = ds.to_arrow_refs()
     metas = ray.get([_block_meta.remote(r) for r in refs])
     counts = [len(m["pid"]) for m in metas]
-    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
     meta = RowMeta(**{k: np.concatenate([m[k] for m in metas]) if metas else np.zeros(0)
                       for k in ("split", "pid", "camera", "scene", "challenge")})
     keep = [r for r, c in zip(refs, counts) if c > 0]
