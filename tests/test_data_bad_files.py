@@ -77,6 +77,14 @@ def test_dangling_symlink_and_loop_are_offenders(tmp_path):
     assert "bounding_box_train/0007_c002_00009.jpg: symlink loop" in msg
 
 
+@pytest.mark.timeout(60)
+def test_fifo_named_like_an_image_is_an_offender_not_a_hang(tmp_path):
+    root = make_market(tmp_path / "d", RGBNT100)
+    os.mkfifo(root / "query" / market_name(10, 3, 3))  # reading it would wait for a writer
+    msg = problems(tmp_path, root)
+    assert "query/0010_c003_00003.jpg: is not a regular file (a FIFO, socket or device)" in msg
+
+
 def test_working_symlink_is_read(tmp_path):
     root = make_market(tmp_path / "d", RGBNT100)
     target = root / "bounding_box_train" / market_name(7, 3, 3)

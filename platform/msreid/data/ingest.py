@@ -20,6 +20,7 @@ import io
 import logging
 import os
 import shutil
+import stat
 import tempfile
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -84,6 +85,11 @@ def _unreadable(path: Path, exc: OSError) -> str:
 
 def _load(path: Path) -> LoadedFile:
     try:
+        mode = path.stat().st_mode  # follows symlinks: dangling ones and loops raise here
+        if stat.S_ISDIR(mode):
+            raise IsADirectoryError(errno.EISDIR, "Is a directory", str(path))
+        if not stat.S_ISREG(mode):  # reading a FIFO would block forever
+            return LoadedFile(b"", None, "is not a regular file (a FIFO, socket or device); remove it")
         data = path.read_bytes()
     except OSError as exc:  # every unreadable file is listed with the other offenders
         return LoadedFile(b"", None, _unreadable(path, exc))
