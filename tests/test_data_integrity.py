@@ -102,12 +102,12 @@ def test_train_refuses_a_damaged_manifest_before_ray(manifest, tmp_path, monkeyp
     from pathlib import Path
 
     from msreid.cli import main as cli_main
-    from msreid.train import run
+    from msreid.train import fit
 
     def no_ray(*args, **kwargs):
         raise AssertionError("Ray must not start for a damaged manifest")
 
-    monkeypatch.setattr(run, "ensure_ray", no_ray)
+    monkeypatch.setattr(fit, "init_ray", no_ray)
     zero_mid_file(manifest / "part-00000.parquet")
     preset = Path(__file__).resolve().parents[1] / "experiments" / "presets" / "smoke.yaml"
     code = cli_main(["train", "--config", str(preset), f"data.manifest={manifest}",
