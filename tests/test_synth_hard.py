@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +156,14 @@ def test_challenge_shares_of_the_hard_plan():
     tags = [t.challenge for t in tuples]
     assert abs(tags.count("thermal_crossover") / len(tags) - 0.12) < 0.015
     assert abs(tags.count("normal") / len(tags) - 0.45) < 0.015
+
+
+def test_separability_proxy_script_takes_the_variant():
+    # docs/SYNTHETIC.md: python tests/test_synth_separability.py --variant hard --seed S
+    script = Path(__file__).with_name("test_synth_separability.py")
+    out = subprocess.run([sys.executable, str(script), "--variant", "hard", "--ids", "4"],
+                         capture_output=True, text=True, timeout=120, env=dict(os.environ),
+                         check=True).stdout
+    rows = [line.split("|")[1:4] for line in out.splitlines()[1:]]
+    assert [[c.strip() for c in r] for r in rows] == [["rgbnt100", "hard", "0"],
+                                                      ["rgbn300", "hard", "0"]]
