@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned to the builds available offline on our machines.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: benchmark test ui clean-venv
+.PHONY: benchmark test cluster-test venv ui clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,12 +16,19 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+venv: $(VENV)/.installed
+
 benchmark: $(VENV)/.installed
 	$(BIN)/python experiments/full_benchmark.py $(ARGS)
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check platform tests experiments perf
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# A real 2-node Ray cluster on this machine (root, Linux namespaces): `ray up` / `ray submit` /
+# `ray down` on cluster-onprem.yaml, see tests/cluster/run_cluster_test.sh.
+cluster-test: $(VENV)/.installed
+	MSREID_CLUSTER_VENV=$(abspath $(VENV)) tests/cluster/run_cluster_test.sh
 
 ui: $(VENV)/.installed
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000

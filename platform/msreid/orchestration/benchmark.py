@@ -163,15 +163,19 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     client = runs.client_for(uri)
     name = benchmark_name(opts, suite, client, experiment_id)
     manifests, prints = resolve_manifests(opts, suite.synth)  # synthetic data: generated on first use
+    init_ray(opts.ray_address, quiet=True)  # before the parent run: no RUNNING run if Ray fails
     parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints)
     storage = opts.storage_path or default_storage_path()
     ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
                         tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                         name=name, storage=storage, fit=opts.fit, figures=opts.figures)
-    init_ray(opts.ray_address, quiet=True)
     print(f"Benchmark {name}: {len(trials)} trials ({len(suite.seeds)} seed(s)), MLflow {uri} "
           f"experiment {opts.experiment!r}, parent run {parent}", flush=True)
-    results, errors = run_tune(suite, trials, ctx, storage, name, opts)
+    try:
+        results, errors = run_tune(suite, trials, ctx, storage, name, opts)
+    except Exception:  # the parent must not stay RUNNING (--resume sets it RUNNING again)
+        client.set_terminated(parent, "FAILED")
+        raise
     return publish_tables(suite, results, errors, client, parent, experiment_id, uri, name)
 
 

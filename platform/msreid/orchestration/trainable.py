@@ -16,18 +16,23 @@ config, manifests, tracking URI, parent run.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+import ray
 from ray import tune
 from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from msreid.config import TrainConfig, config_from_dict, config_to_dict
+from msreid.data.schema import manifest_info
+from msreid.errors import UserError
 from msreid.tracking import runs
 from msreid.tracking.trial_logging import log_history, log_trial_artifacts
 from msreid.train.fit import TrainOutcome
@@ -85,6 +90,55 @@ class MlflowEpochCallback(UserCallback):
             runs.log_metrics(runs.client_for(self.tracking_uri), self.run_id, first, step=step)
         except Exception as exc:  # tracking must never kill a training run
             log.warning("MLflow per-epoch logging failed: %s", exc)
+
+
+@contextlib.contextmanager
+def data_in_trial_reservation():
+    """Run the Ray Data tasks this trial starts inside the trial's own placement group.
+
+    Tune's trial placement group (``trial_resources``) holds the trial function in its first
+    bundle; the further bundles are for the work the trial starts. Plain Ray tasks land there
+    by themselves (Tune captures child tasks), but Ray Data schedules its tasks with its own
+    strategy (SPREAD), outside the group: on a node whose CPUs are all reserved by trials they
+    wait forever ("does not have any available CPUs. The Dataset job will hang", seen on a
+    2-node cluster). Ray Data's context takes a placement-group strategy for its tasks; it is
+    set for the duration of the trial and restored after (actors are reused between trials).
+    """
+    from ray.data import DataContext
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = ray.util.get_current_placement_group()
+    if group is None:
+        yield
+        return
+    ctx = DataContext.get_current()
+    saved = (ctx.scheduling_strategy, ctx.scheduling_strategy_large_args)
+    strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+    with warnings.catch_warnings():
+        # Deprecated for 2027 in Ray 2.60, with no replacement yet for code running in a group.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.scheduling_strategy = ctx.scheduling_strategy_large_args = strategy
+        try:
+            yield
+        finally:
+            ctx.scheduling_strategy, ctx.scheduling_strategy_large_args = saved
+
+
+def check_manifest_here(cfg: TrainConfig, node_ip: str) -> None:
+    """UserError naming this node and the manifest when the trial cannot read it (cluster data)."""
+    try:
+        manifest_info(cfg.data.manifest)
+    except UserError as exc:
+        raise UserError(f"node {node_ip}: cannot read the manifest {cfg.data.manifest} ({exc}). "
+                        "Every node of a cluster must see it: use shared storage (s3://, or the "
+                        "cluster's shared path; generated data goes to $MSREID_CACHE)") from None
+
+
+def _record_node(client, run_id: str, node_ip: str) -> None:
+    """Tags: the node of this attempt (``msreid.node_ip``) and of every attempt (``msreid.nodes``)."""
+    before = client.get_run(run_id).data.tags.get("msreid.nodes", "")
+    nodes = ",".join(n for n in (before, node_ip) if n)
+    runs.set_tags(client, run_id, {"msreid.node_ip": node_ip, "msreid.nodes": nodes})
 
 
 def import_callable(path: str | Callable) -> Callable:
@@ -153,13 +207,17 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     if done is not None:  # finished in MLflow but not in Tune's state: do not train again
         tune.report({**done, "mlflow_run_id": run_id, "reused": 1})
         return
+    node_ip = ray.util.get_node_ip_address()
+    _record_node(client, run_id, node_ip)
     cfg = trial_config(ctx, config)
     runs.log_params(client, run_id, config_to_dict(cfg))
     fit = import_callable(ctx.fit)
     callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
     try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
-        outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
-                      max_failures=ctx.train_max_failures)
+        check_manifest_here(cfg, node_ip)
+        with data_in_trial_reservation():
+            outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
+                          max_failures=ctx.train_max_failures)
     except BaseException as exc:
         runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
         client.set_terminated(run_id, "FAILED")

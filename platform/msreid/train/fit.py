@@ -123,24 +123,25 @@ def check_validation(cfg: TrainConfig, meta: RowMeta, rows: SplitRows) -> bool:
 
 
 def init_ray(address: str | None = None, *, train_cpus: float = 0.0, quiet: bool = False) -> None:
-    """Connect to ``address`` / ``$RAY_ADDRESS``, or start a local Ray sized to this machine.
+    """Join ``address`` / ``$RAY_ADDRESS`` (``auto`` on cluster nodes), or start a local Ray.
 
-    Locally the logical CPU count is oversubscribed, 4x the cores (and at
-    least the training workers' CPUs + the cores + 1): Ray Train reserves its
-    workers' CPUs, each Tune trial holds its placement group, and Ray Data
-    schedules outside both and needs whole free CPUs, else it waits forever
-    (docs/TRAINING.md). Measured on 2 cores: 2 trials x 2 CPUs in 4 logical CPUs
-    hang in Ray Data; 8 logical CPUs run. quiet: no worker logs on the driver.
+    Joining passes no resources (Ray refuses them for a running cluster) and keeps the
+    environment's auth mode (cluster nodes use the cluster's token). Locally Ray gets the
+    cores, plus the Train workers' CPUs and one when a plain ``fit`` starts workers: Train
+    takes its workers' CPUs out of Ray Data's budget and Data tasks need whole CPUs
+    (docs/RAY.md). Tune trials need nothing extra: their Data tasks run inside their own
+    placement group (``msreid.orchestration.trainable.data_in_trial_reservation``).
+    quiet: no worker logs on the driver.
     """
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         ray.init(address=address)
         return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cores = os.cpu_count() or 1
-    cpus = max(4 * cores, cores + math.ceil(train_cpus) + 1)
+    cpus = cores + (math.ceil(train_cpus) + 1 if train_cpus else 0)
     ray.init(num_cpus=cpus, include_dashboard=False,
              **({"configure_logging": False, "log_to_driver": False} if quiet else {}))
 

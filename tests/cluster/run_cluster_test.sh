@@ -1,0 +1,190 @@
+#!/usr/bin/env bash
+# `make cluster-test`: the documented cluster commands on a real 2-node Ray cluster on this machine.
+#
+# Runs as root (CI does). Everything happens inside a network namespace holding only `lo`:
+#   node 1 (head) = an sshd on 127.0.0.1, node 2 (worker) = an sshd on 127.0.0.2, each in its own
+#   PID and mount namespace (one node's `ray stop` cannot see the other's processes) with its own
+#   $HOME and /tmp (so its own Ray temp dir), and distinct Ray ports (~/.msreid/node.env).
+# It then runs, from the repository root, the REAL `ray up`, `ray submit`, `ray exec` and
+# `ray down` on cluster-onprem.yaml with tests/cluster/site-overlay.yaml merged over it (IPs, SSH
+# user and key, shared directory, and MSREID_VENV = this checkout's venv: nothing is installed on
+# the nodes, no internet is needed), and checks (tests/cluster/cluster_check.py):
+#   1. `ray up` starts the head and the worker (autoscaler), the MLflow server and the auth token;
+#   2. run A (`ray submit`, reduced grid: 3 trials, 1 epoch, tiny synthetic data): the worker node
+#      is stopped while it runs a trial; the trial is retried and the run succeeds;
+#   3. run B (`ray submit --tmux`): the driver is killed after the first finished trial, then
+#      `ray submit --tmux ... --resume` finishes it without duplicate runs;
+#   4. trials ran on both nodes; the head's MLflow server has each run's parent and a child with
+#      every table cell; results are on the shared path; run A's metrics (with the node failure)
+#      equal run B's;
+#   5. `ray down` leaves no Ray or MLflow process on either node.
+# Everything it started is stopped, even on failure (trap). MSREID_CLUSTER_KEEP=1 keeps the work dir.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+VENV="${MSREID_CLUSTER_VENV:-$ROOT/.venv}"
+HERE="$ROOT/tests/cluster"
+
+if [ "${1:-}" != "--in-netns" ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "cluster test: needs root (network/PID namespaces, one sshd per node)" >&2; exit 2
+  fi
+  [ -x "$VENV/bin/ray" ] || { echo "cluster test: no venv at $VENV (run make venv)" >&2; exit 2; }
+  missing=""
+  for pair in /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/rsync:rsync \
+              /usr/bin/tmux:tmux; do
+    [ -x "${pair%%:*}" ] || missing="$missing ${pair#*:}"
+  done
+  if [ -n "$missing" ]; then
+    echo "cluster test: installing$missing (Debian packages)"
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing > /dev/null ||
+      { apt-get update -q > /dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $missing > /dev/null; }
+  fi
+  WORK="$(mktemp -d /var/tmp/msreid-cluster-test.XXXXXX)"
+  start=$(date +%s)
+  set +e
+  # --kill-child: if this script is stopped, the inner one gets TERM and runs its cleanup trap.
+  unshare --net --fork --kill-child=TERM "${BASH_SOURCE[0]}" --in-netns "$WORK"
+  rc=$?
+  set -e
+  echo "cluster test: $([ $rc = 0 ] && echo PASSED || echo "FAILED (exit $rc)") in $(( $(date +%s) - start )) s"
+  if [ "${MSREID_CLUSTER_KEEP:-0}" = 1 ]; then echo "work dir kept: $WORK"; else rm -rf "$WORK"; fi
+  exit $rc
+fi
+
+# ---------------------------------------------------------------- inside the network namespace
+WORK="$2"
+T0=$(date +%s)
+LOGS="$WORK/logs"
+mkdir -p "$LOGS" "$WORK/client/tmp" "$WORK/shared"
+CFG="$WORK/cluster.yaml"
+KEY="$WORK/client/id_ed25519"
+SSH=(ssh -i "$KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
+     -o BatchMode=yes)
+SYNTH='{"ids":6,"cameras":3,"tuples_per_id":6,"height":32,"width":64}'
+SUITE='~/msreid/tests/cluster/suite.yaml'  # expanded by the head's shell
+export PATH="$VENV/bin:$PATH"
+export RAY_TMPDIR="$WORK/client/tmp" TMPDIR="$WORK/client/tmp"  # the launcher's state files
+export RAY_UP_enable_autoscaler_v2=1  # the default, said aloud: the YAML itself picks v1 on the head
+CHECK=("$VENV/bin/python" "$HERE/cluster_check.py" --work "$WORK")
+NS_PIDS=()
+BG_PIDS=()
+
+log() { echo "[cluster test +$(( $(date +%s) - T0 ))s] $*"; }
+
+cleanup() {
+  local rc=$?
+  trap - EXIT INT TERM
+  if [ $rc != 0 ]; then
+    log "FAILED; last lines of the logs:"
+    for f in "$LOGS"/*.log "$WORK"/node*/home/mlflow/server.log; do
+      [ -f "$f" ] && { echo "---- $f"; tail -25 "$f"; }
+    done
+  fi
+  for pid in "${BG_PIDS[@]}"; do kill -TERM "$pid" 2> /dev/null || true; done
+  # Killing a node's namespace holder kills its PID 1 and so every process of that node.
+  for pid in "${NS_PIDS[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
+  wait 2> /dev/null || true
+  exit $rc
+}
+trap cleanup EXIT
+trap 'exit 143' INT TERM
+
+ray_ports() {  # distinct ports per node: both nodes share this namespace's loopback
+  local base=$1
+  echo "--num-cpus=2 --object-store-memory=300000000 --node-manager-port=$((base + 1))" \
+       "--object-manager-port=$((base + 2)) --min-worker-port=$((base + 100))" \
+       "--max-worker-port=$((base + 599)) --dashboard-agent-listen-port=$((base + 3))" \
+       "--dashboard-agent-grpc-port=$((base + 4)) --metrics-export-port=$((base + 5))" \
+       "--runtime-env-agent-port=$((base + 6))"
+}
+
+start_node() {  # start_node N: sshd on 127.0.0.N in its own PID + mount namespace
+  local n=$1 d="$WORK/node$1"
+  mkdir -p "$d/home/.ssh" "$d/home/.msreid" "$d/tmp"
+  chmod 700 "$d/home" "$d/home/.ssh"
+  chmod 1777 "$d/tmp"
+  cp "$KEY.pub" "$d/home/.ssh/authorized_keys"
+  : > "$d/home/.bashrc"
+  echo "MSREID_RAY_START_ARGS='$(ray_ports $((20000 + 1000 * n)))'" > "$d/home/.msreid/node.env"
+  cat > "$d/sshd_config" <<EOF
+ListenAddress 127.0.0.$n
+Port 22
+HostKey $WORK/client/host_ed25519
+PidFile $d/sshd.pid
+PermitRootLogin prohibit-password
+PasswordAuthentication no
+KbdInteractiveAuthentication no
+UsePAM no
+StrictModes no
+AuthorizedKeysFile /root/.ssh/authorized_keys
+MaxSessions 50
+MaxStartups 50
+Subsystem sftp internal-sftp
+EOF
+  unshare --pid --fork --kill-child=KILL --mount --mount-proc --propagation private \
+    bash -c "mount --bind '$d/home' /root && mount --bind '$d/tmp' /tmp &&
+             /usr/sbin/sshd -D -e -f '$d/sshd_config' & wait" > "$LOGS/sshd-node$n.log" 2>&1 &
+  NS_PIDS+=($!)
+  echo $! > "$d/ns.pid"
+}
+
+ip link set lo up
+mkdir -p /run/sshd
+ssh-keygen -q -t ed25519 -N '' -f "$KEY"
+ssh-keygen -q -t ed25519 -N '' -f "$WORK/client/host_ed25519"
+start_node 1
+start_node 2
+for n in 1 2; do
+  for _ in $(seq 50); do "${SSH[@]}" "root@127.0.0.$n" true 2> /dev/null && break; sleep 0.2; done
+  "${SSH[@]}" "root@127.0.0.$n" true
+done
+log "2 nodes (sshd on 127.0.0.1, 127.0.0.2, own PID/mount namespaces)"
+
+"${CHECK[@]}" overlay --root "$ROOT" --venv "$VENV" --out "$CFG"
+cd "$ROOT"  # file_mounts: ~/msreid <- "." (the repository root), as users run it
+
+# 1. ray up
+timeout 600 ray up -y "$CFG" > "$LOGS/ray-up.log" 2>&1
+log "ray up done"
+"${CHECK[@]}" wait-nodes --count 2 --timeout 300
+log "the worker joined (2 nodes)"
+
+submit() {  # submit NAME [ray submit options] [-- extra script args]
+  local name=$1; shift
+  ray submit "$@" "$CFG" experiments/full_benchmark.py -- --preset "$SUITE" --name "$name" \
+    --synth "'$SYNTH'" --quiet
+}
+
+# 2. run A: the worker node is stopped while it runs a trial
+submit ctest-a > "$LOGS/run-a.log" 2>&1 &
+RUN_A=$!
+BG_PIDS+=($RUN_A)
+"${CHECK[@]}" wait-running --name ctest-a --node 127.0.0.2 --timeout 420
+"${SSH[@]}" root@127.0.0.2 '. ~/.bashrc; ray stop --force' > "$LOGS/stop-worker.log" 2>&1
+log "stopped the worker node's Ray while it ran a trial"
+wait $RUN_A || { log "run A failed"; exit 1; }
+log "run A finished"
+
+# 3. run B in tmux; its driver is killed after the first finished trial, then resumed
+submit ctest-b --tmux > "$LOGS/run-b.log" 2>&1
+"${CHECK[@]}" wait-finished-children --name ctest-b --count 1 --timeout 420
+# The driver: the python process running the submitted script (in the head's own PID namespace).
+ray exec "$CFG" "kill -KILL \$(pgrep -f '^[^ ]*python[^ ]* [^ ]*full_benchmark[.]py')" \
+  > "$LOGS/kill-driver.log" 2>&1
+log "killed run B's driver"
+ray exec "$CFG" 'tmux kill-server' > /dev/null 2>&1 || true
+ray submit --tmux "$CFG" experiments/full_benchmark.py -- --preset "$SUITE" --name ctest-b \
+  --synth "'$SYNTH'" --quiet --resume ctest-b > "$LOGS/run-b-resume.log" 2>&1
+"${CHECK[@]}" wait-parent --name ctest-b --status FINISHED --timeout 420
+ray exec "$CFG" 'tmux capture-pane -p -S -60' > "$LOGS/run-b-resume-output.log" 2>&1 || true
+log "run B resumed and finished"
+
+# 4. what the cluster holds
+"${CHECK[@]}" final --runs ctest-a ctest-b --stopped-worker-run ctest-a
+log "checks passed"
+
+# 5. ray down
+timeout 300 ray down -y "$CFG" > "$LOGS/ray-down.log" 2>&1
+"${CHECK[@]}" no-leftovers --ns-pids "${NS_PIDS[@]}" --timeout 60
+log "ray down left no Ray/MLflow process on either node"
