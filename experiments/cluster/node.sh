@@ -7,8 +7,8 @@
 #   node.sh set-head IP           worker: remember the head's address (MLflow URI)
 #   node.sh follow-head IP PORT   worker: stop this node's Ray once the head's GCS is gone
 #
-# No process is found by matching command lines (a guard like `pgrep -f "mlflow server"` matches
-# the shell that runs it): the MLflow server and the worker watcher are tracked by pid files.
+# No process is found by matching command lines (a pattern guard matches the very shell that runs
+# it): the MLflow server and the worker watcher are tracked by pid files.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 STATE="$HOME/.msreid"
@@ -21,7 +21,7 @@ setup() {
   touch "$HOME/.bashrc"
   sed -i '/# msreid-cluster-env$/d' "$HOME/.bashrc"
   echo ". \"\$HOME/msreid/experiments/cluster/node_env.sh\" # msreid-cluster-env" >> "$HOME/.bashrc"
-  if [ -f "$STATE/site.env" ] && grep -q '^MSREID_VENV=.' "$STATE/site.env"; then
+  if [ -n "$MSREID_VENV_GIVEN" ]; then
     "$MSREID_VENV/bin/python" -c "import ray, torch, mlflow, timm" || {
       echo "msreid: MSREID_VENV=$MSREID_VENV lacks the project's dependencies" >&2; exit 2; }
   else

@@ -17,6 +17,7 @@ MSREID_RAY_START_ARGS=
 [ -f "$HOME/.msreid/site.env" ] && . "$HOME/.msreid/site.env"
 [ -f "$HOME/.msreid/node.env" ] && . "$HOME/.msreid/node.env"
 export MSREID_SHARED MSREID_RAY_START_ARGS
+MSREID_VENV_GIVEN="${MSREID_VENV:+1}"
 export MSREID_VENV="${MSREID_VENV:-$HOME/msreid-venv}"
 case ":$PATH:" in *":$MSREID_VENV/bin:"*) ;; *) export PATH="$MSREID_VENV/bin:$PATH" ;; esac
 # The code every node runs is the copy `ray up` mounted at ~/msreid (file_mounts), whatever the

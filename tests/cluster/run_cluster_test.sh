@@ -4,7 +4,8 @@
 # Runs as root (CI does). Everything happens inside a network namespace holding only `lo`:
 #   node 1 (head) = an sshd on 127.0.0.1, node 2 (worker) = an sshd on 127.0.0.2, each in its own
 #   PID and mount namespace (one node's `ray stop` cannot see the other's processes) with its own
-#   $HOME and /tmp (so its own Ray temp dir), and distinct Ray ports (~/.msreid/node.env).
+#   $HOME (a passwd entry of its own) and /tmp (so its own Ray temp dir), and distinct Ray ports
+#   (~/.msreid/node.env).
 # It then runs, from the repository root, the REAL `ray up`, `ray submit`, `ray exec` and
 # `ray down` on cluster-onprem.yaml with tests/cluster/site-overlay.yaml merged over it (IPs, SSH
 # user and key, shared directory, and MSREID_VENV = this checkout's venv: nothing is installed on
@@ -56,7 +57,7 @@ fi
 WORK="$2"
 T0=$(date +%s)
 LOGS="$WORK/logs"
-mkdir -p "$LOGS" "$WORK/client/tmp" "$WORK/shared"
+mkdir -p "$LOGS" "$WORK/client/tmp" "$WORK/shared" "$WORK/home"
 CFG="$WORK/cluster.yaml"
 KEY="$WORK/client/id_ed25519"
 SSH=(ssh -i "$KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
@@ -117,13 +118,17 @@ PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
 StrictModes no
-AuthorizedKeysFile /root/.ssh/authorized_keys
+AuthorizedKeysFile .ssh/authorized_keys
 MaxSessions 50
 MaxStartups 50
 Subsystem sftp internal-sftp
 EOF
+  # The node's root logs in with HOME = $WORK/home, the same path on both nodes as on real machines
+  # (Ray syncs ~/... between nodes as absolute paths), holding this node's own $d/home.
+  sed "s#^root:\([^:]*\):0:0:\([^:]*\):[^:]*:#root:\1:0:0:\2:$WORK/home:#" /etc/passwd > "$d/passwd"
   unshare --pid --fork --kill-child=KILL --mount --mount-proc --propagation private \
-    bash -c "mount --bind '$d/home' /root && mount --bind '$d/tmp' /tmp &&
+    bash -c "mount --bind '$d/passwd' /etc/passwd && mount --bind '$d/home' '$WORK/home' &&
+             mount --bind '$d/tmp' /tmp &&
              /usr/sbin/sshd -D -e -f '$d/sshd_config' & wait" > "$LOGS/sshd-node$n.log" 2>&1 &
   NS_PIDS+=($!)
   echo $! > "$d/ns.pid"
