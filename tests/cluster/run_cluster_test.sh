@@ -183,6 +183,7 @@ ray submit --tmux "$CFG" experiments/full_benchmark.py -- --preset "$SUITE" --na
   --synth "'$SYNTH'" --quiet --resume ctest-b > "$LOGS/run-b-resume.log" 2>&1
 "${CHECK[@]}" wait-parent --name ctest-b --status FINISHED --timeout 420
 ray exec "$CFG" 'tmux capture-pane -p -S -60' > "$LOGS/run-b-resume-output.log" 2>&1 || true
+ray exec "$CFG" 'tmux kill-server' > /dev/null 2>&1 || true  # the finished driver's pane
 log "run B resumed and finished"
 
 # 4. what the cluster holds
