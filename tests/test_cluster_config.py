@@ -124,3 +124,16 @@ def test_setup_keeps_one_bashrc_line_and_checks_a_given_venv(tmp_path):
     with pytest.raises(subprocess.CalledProcessError) as err:
         _shell(home, setup)
     assert "lacks the project's dependencies" in err.value.stderr
+
+
+def test_a_trial_that_cannot_read_its_manifest_names_the_node_and_the_path(tmp_path):
+    from msreid.config import load_config
+    from msreid.errors import UserError
+    from msreid.orchestration.trainable import check_manifest_here
+
+    missing = tmp_path / "head-only-cache" / "manifest"
+    cfg = load_config(ROOT / "experiments" / "presets" / "smoke.yaml", [f"data.manifest={missing}"])
+    with pytest.raises(UserError) as err:
+        check_manifest_here(cfg, "10.0.0.7")
+    assert f"node 10.0.0.7: cannot read the manifest {missing}" in str(err.value)
+    assert "MSREID_CACHE" in str(err.value)

@@ -6,6 +6,7 @@
   wait-finished-children  until benchmark NAME has COUNT FINISHED children
   wait-parent           until benchmark NAME's parent run has STATUS
   final                 MLflow (parents, children, cells, nodes, equal metrics) and the shared path
+  mlflow-auth           the head's MLflow server refuses requests without the cluster's password
   no-leftovers          no Ray / MLflow process left in the nodes' PID namespaces
 
 It reads the head's MLflow server (http://127.0.0.1:5000, basic auth with the password the
@@ -191,6 +192,18 @@ def final(args) -> None:
     print(f"  Tune state, checkpoints, synthetic data and MLflow artifacts under {shared}")
 
 
+def mlflow_auth(args) -> None:
+    import requests
+
+    url = f"http://{HEAD}:5000/api/2.0/mlflow/experiments/search?max_results=1"
+    anonymous = requests.get(url, timeout=30).status_code
+    password = (args.work / "node1" / "home" / ".msreid" / "secrets" / "mlflow_password").read_text()
+    admin = requests.get(url, auth=("admin", password.strip()), timeout=30).status_code
+    if (anonymous, admin) != (401, 200):
+        fail(f"MLflow server: {anonymous} without credentials, {admin} with them (want 401, 200)")
+    print(f"  MLflow server: {anonymous} without the password, {admin} with it")
+
+
 LEFT = re.compile(r"ray|raylet|gcs_server|mlflow|uvicorn|gunicorn|node\.sh|python", re.I)
 
 
@@ -245,13 +258,14 @@ def main() -> None:
     f = sub.add_parser("final")
     f.add_argument("--runs", nargs="+", required=True)
     f.add_argument("--stopped-worker-run", required=True)
+    sub.add_parser("mlflow-auth")
     n = sub.add_parser("no-leftovers")
     n.add_argument("--ns-pids", type=int, nargs="+", required=True)
     n.add_argument("--timeout", type=float, default=60)
     args = p.parse_args()
     {"overlay": overlay, "wait-nodes": wait_nodes, "wait-running": wait_running,
      "wait-finished-children": wait_finished_children, "wait-parent": wait_parent,
-     "final": final, "no-leftovers": no_leftovers}[args.cmd](args)
+     "final": final, "mlflow-auth": mlflow_auth, "no-leftovers": no_leftovers}[args.cmd](args)
 
 
 if __name__ == "__main__":

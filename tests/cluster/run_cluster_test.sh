@@ -188,6 +188,11 @@ log "run B resumed and finished"
 
 # 4. what the cluster holds
 "${CHECK[@]}" final --runs ctest-a ctest-b --stopped-worker-run ctest-a
+# MLflow: basic auth on every address; the head's localhost:5000 (the end of the tunnel that
+# `ray attach -p 5000` opens) serves it.
+"${CHECK[@]}" mlflow-auth
+ray exec "$CFG" "python -c \"import urllib.request as u; u.urlopen('http://localhost:5000/health')\"" \
+  > "$LOGS/mlflow-localhost.log" 2>&1
 log "checks passed"
 
 # 5. ray down
