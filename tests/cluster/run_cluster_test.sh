@@ -31,9 +31,9 @@ if [ "${1:-}" != "--in-netns" ]; then
   fi
   [ -x "$VENV/bin/ray" ] || { echo "cluster test: no venv at $VENV (run make venv)" >&2; exit 2; }
   missing=""
-  for pair in /usr/sbin/sshd:openssh-server /usr/bin/ssh:openssh-client /usr/bin/rsync:rsync \
-              /usr/bin/tmux:tmux; do
-    [ -x "${pair%%:*}" ] || missing="$missing ${pair#*:}"
+  for pair in sshd:openssh-server ssh:openssh-client rsync:rsync tmux:tmux ip:iproute2 \
+              pgrep:procps; do
+    PATH="$PATH:/usr/sbin:/sbin" command -v "${pair%%:*}" > /dev/null || missing="$missing ${pair#*:}"
   done
   if [ -n "$missing" ]; then
     echo "cluster test: installing$missing (Debian packages)"
