@@ -205,3 +205,23 @@ def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, man
     assert {"tables/table3.md", "tables/table3.csv", "tables/table3.html",
             "tables/table5.md"} <= arts
     assert report_markdown(uri, out.parent_run_id, capsys) == out.markdown
+
+
+@pytest.mark.timeout(120)
+def test_a_benchmark_that_fails_in_tune_leaves_its_parent_run_failed(tmp_path, manifest, monkeypatch):
+    """Without Ray: the Tune step raises after the parent run exists; the parent must end FAILED."""
+    from msreid.orchestration import benchmark
+    from msreid.tracking import runs as R
+
+    def broken_tune(*args, **kwargs):
+        raise RuntimeError("the cluster went away")
+
+    monkeypatch.setattr(benchmark, "init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(benchmark, "run_tune", broken_tune)
+    opts = options(tmp_path, manifest, name="breaks")
+    with pytest.raises(RuntimeError, match="the cluster went away"):
+        benchmark.run_benchmark(opts)
+    client = R.client_for(opts.tracking_uri)
+    exp = client.get_experiment_by_name("t").experiment_id
+    (parent,) = R.find_runs(client, exp, {R.TAG_KIND: "benchmark", R.TAG_BENCHMARK: "breaks"})
+    assert parent.info.status == "FAILED"
