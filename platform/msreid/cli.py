@@ -20,6 +20,7 @@ COMMANDS: dict[str, str] = {
     "inspect": "msreid.data.inspect",
     "synth": "msreid.data.synth_cli",
     "report": "msreid.tracking.report",
+    "ui": "msreid.tracking.ui",
     "train": "msreid.train.cli",
 }
 

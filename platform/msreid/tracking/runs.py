@@ -25,8 +25,19 @@ TAG_BENCHMARK = "msreid.benchmark"  # Tune experiment name, shared by the parent
 TAG_TRIAL = "msreid.trial_key"
 TAG_CELLS = "msreid.cells"          # JSON list of [table, row, column] fed by this trial
 TAG_SEED = "msreid.seed"
+TAG_CELL = "msreid.cell"            # readable key of the run's (first) cell, for the UI's Group-by
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
+TAG_NOTE = "mlflow.note.content"    # the run's description in the UI
+TAG_GIT_COMMIT = "mlflow.source.git.commit"
+TAG_GIT_DIRTY = "mlflow.source.git.dirty"
+CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
+
+PERCENT_PREFIXES = ("test/", "val/", "best_val/", "final_test/")
+PERCENT_METRICS = ("mAP", "mINP")  # and every CMC rank R<k>
+FINAL_STEP = 0
+"""Final metrics are logged once at step 0: the UI draws a metric whose every step is 0 as a bar
+chart (one bar per run), any later step turns it into a line chart."""
 
 _BATCH = 100  # MLflow accepts at most 100 params / 1000 metrics per log_batch call
 
@@ -56,7 +67,8 @@ def get_or_create_run(client: MlflowClient, experiment_id: str, key_tags: dict[s
                       run_name: str, extra_tags: dict[str, str] | None = None) -> tuple[str, bool]:
     """The run tagged ``key_tags`` (reused, set RUNNING unless FINISHED) or a new one.
 
-    Returns ``(run_id, created)``.
+    ``extra_tags`` should hold ``context_tags()`` of the driver: a client-created
+    run gets none of MLflow's context tags by itself. Returns ``(run_id, created)``.
     """
     existing = find_runs(client, experiment_id, key_tags)
     if existing:
@@ -132,8 +144,9 @@ def log_files(client: MlflowClient, run_id: str, paths: Iterable[str | Path],
             client.log_artifact(run_id, str(path), artifact_path)
 
 
-def git_commit(cwd: str | Path | None = None) -> str | None:
-    """The commit hash of the source tree msreid runs from (with '-dirty' when modified), or None."""
+def git_tags(cwd: str | Path | None = None) -> dict[str, str]:
+    """MLflow's git tags for the source tree msreid runs from: the bare commit hash (what the UI
+    links) and ``mlflow.source.git.dirty`` = "true"/"false"; empty outside a git checkout."""
     import msreid
 
     where = Path(cwd) if cwd else Path(msreid.__file__).resolve().parent
@@ -143,5 +156,100 @@ def git_commit(cwd: str | Path | None = None) -> str | None:
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                capture_output=True, text=True, timeout=10).stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "")
+        return {}
+    return {TAG_GIT_COMMIT: head, TAG_GIT_DIRTY: str(bool(dirty)).lower()}
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The bare commit hash of the source tree msreid runs from, or None."""
+    return git_tags(cwd).get(TAG_GIT_COMMIT)
+
+
+def context_tags(cwd: str | Path | None = None) -> dict[str, str]:
+    """The standard tags ``mlflow.start_run`` would set (user, source name and type) from MLflow's
+    own context-provider registry, plus the git tags of msreid's checkout.
+
+    Resolved once in the driver and passed to every run it and its trials create:
+    a Tune worker's "source" would be Ray's worker script.
+    """
+    from mlflow.tracking.context.registry import resolve_tags
+
+    resolved = resolve_tags()
+    tags = {k: resolved[k] for k in CONTEXT_TAGS if resolved.get(k)}
+    return {**tags, **git_tags(cwd)}
+
+
+def is_percent_metric(key: str) -> bool:
+    """Whether ``key`` is a retrieval metric reported in % (``test/mAP``, ``val/R1``, ...)."""
+    prefix, _, name = key.rpartition("/")
+    if prefix + "/" not in PERCENT_PREFIXES:
+        return False
+    return name in PERCENT_METRICS or (name[:1] == "R" and name[1:].isdigit())
+
+
+def in_percent(metrics: dict[str, Any], digits: int = 4) -> dict[str, float]:
+    """Numeric finite entries of ``metrics``; retrieval metrics (fractions) turned into % rounded to
+    ``digits`` decimals (tables print 1), everything else (loss, lr, epoch) unchanged."""
+    out = {}
+    for key, value in metrics.items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            continue
+        out[key] = round(100.0 * value, digits) if is_percent_metric(key) else float(value)
+    return out
+
+
+def log_final_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float],
+                      model_id: str | None = None, dataset: tuple[str, str] | None = None) -> None:
+    """Log a trial's final metrics once, at step ``FINAL_STEP``, linked to the logged model
+    ``model_id`` and the dataset ``(name, digest)`` when given (the UI's model page lists them)."""
+    import time
+
+    now = int(time.time() * 1000)
+    name, digest = dataset if dataset else (None, None)
+    items = [Metric(k, float(v), now, FINAL_STEP, model_id=model_id, dataset_name=name,
+                    dataset_digest=digest) for k, v in metrics.items()]
+    for i in range(0, len(items), 1000):
+        client.log_batch(run_id, metrics=items[i:i + 1000])
+
+
+MODEL_LABELS = {"one_stream": "one-stream", "msn": "MSN", "msn+hsc": "MSN+HSC",
+                "msn+caid": "MSN+CAID", "hamnet": "HAMNet"}
+
+
+def modality_label(spectra: Iterable[str]) -> str:
+    """The paper's modality names: ``[rgb]`` -> RGB, ``[rgb, nir, tir]`` -> RGB-N-T."""
+    names = [s.upper() for s in spectra]
+    if not names:
+        return "all spectra"
+    return "-".join([names[0]] + [n[0] for n in names[1:]])
+
+
+def cell_key(cell: Iterable[str]) -> str:
+    """The readable ``msreid.cell`` tag of a (table, row, column) cell: ``table3 / RGB-N-T MSN / R50``.
+    Runs of one cell differ only by seed, so Group-by on this tag averages seeds."""
+    return " / ".join(str(part) for part in cell)
+
+
+def trial_run_name(spectra: Iterable[str], ablation: str, backbone: str, seed: int,
+                   cells: Iterable[Iterable[str]]) -> str:
+    """What tells runs apart first (the UI truncates names): modality, model, backbone, then the
+    seed, then the table(s): ``RGB-N-T MSN resnet50 · s0 · table3+table5``."""
+    tables = list(dict.fromkeys(str(next(iter(c))) for c in cells))
+    model = MODEL_LABELS.get(ablation, ablation)
+    return f"{modality_label(spectra)} {model} {backbone} · s{seed} · {'+'.join(tables)}"
+
+
+def trial_description(cells: list, dataset: str, manifest: str, seed: int, epochs: int) -> str:
+    """The run's description (markdown, ``mlflow.note.content``): its cells and the protocol."""
+    lines = [f"**Cell** {cell_key(cells[0])}" + (f" (also {', '.join(cell_key(c) for c in cells[1:])})"
+                                                if len(cells) > 1 else ""),
+             "",
+             f"Dataset `{dataset}` (manifest `{manifest}`), seed {seed}, {epochs} epoch(s).",
+             "",
+             "Protocol: the checkpoint with the best validation mAP is selected; `test/*` are the "
+             "test set's query-vs-gallery metrics of that checkpoint, in % (CMC rank-k `R<k>`, "
+             "mAP, mINP), logged once at step 0. `best_val/*` is the selected epoch's validation; "
+             "per-epoch curves (`train/*`, `val/*`) use step = epoch. A table cell is the mean "
+             "over seeds: group runs by the `msreid.cell` tag."]
+    return "\n".join(lines)
+

@@ -66,6 +66,16 @@ def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
                             "writable; create it or pass another --tracking-uri")
 
 
+def default_artifact_location(uri: str, name: str) -> str | None:
+    """Artifacts of a SQLite store live beside the database (``<db folder>/mlartifacts/<name>``);
+    MLflow's own default is ``./mlruns`` of whatever directory created the experiment. Other
+    stores (a server) decide themselves (None)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    folder = Path(uri[len("sqlite:///"):]).parent
+    return (folder / "mlartifacts" / name.replace("/", "_")).as_uri()
+
+
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """Create the store (SQLite schema) and experiment ``name`` if needed; return its id.
 
@@ -81,4 +91,5 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
         if exp.lifecycle_stage == "deleted":
             client.restore_experiment(exp.experiment_id)
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_location)
+    return client.create_experiment(
+        name, artifact_location=artifact_location or default_artifact_location(uri, name))

@@ -100,9 +100,39 @@ def to_markdown(table: TableSpec, frame: pd.DataFrame) -> str:
 
 
 def to_html(table: TableSpec, frame: pd.DataFrame) -> str:
-    """A standalone HTML fragment: caption + table."""
+    """A standalone UTF-8 HTML page: caption + table (the charset is declared: '±' and 'Δ' would
+    otherwise show as mojibake in the MLflow artifact viewer)."""
     body = display_frame(table, frame).to_html(index=False, border=1)
-    return f"<h3>{html.escape(table.title)}</h3>\n{body}\n"
+    title = html.escape(table.title)
+    return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
+            f"<body>\n<h3>{title}</h3>\n{body}\n</body></html>\n")
+
+
+_KEY_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /")
+
+
+def metric_key(*parts: str) -> str:
+    """A valid MLflow metric key from free text parts joined by '/' ('+' reads 'plus'; any other
+    character MLflow refuses becomes '_')."""
+    text = "/".join(" ".join(p.replace("+", " plus ").split()) for p in parts)
+    return "".join(ch if ch in _KEY_OK else "_" for ch in text)[:250]
+
+
+def cell_metrics(suite: Suite, frames: dict[str, pd.DataFrame]) -> dict[str, float]:
+    """Every table cell as parent-run metrics: ``<table>/<row>/<column>/<metric>`` = mean over
+    seeds (%) and ``.../<metric>_std`` beside it (absent for one seed); empty cells are left out."""
+    out = {}
+    for name, frame in frames.items():
+        table = suite.table(name)
+        for line in frame.to_dict("records"):
+            for metric in table.metrics:
+                for suffix in ("", "_std"):
+                    value = line[metric + suffix]
+                    if not math.isnan(value):
+                        key = metric_key(name, str(line[table.row_label]),
+                                         str(line[table.column_label]), metric + suffix)
+                        out[key] = float(value)
+    return out
 
 
 def to_csv(frame: pd.DataFrame) -> str:

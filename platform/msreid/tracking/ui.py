@@ -1,0 +1,149 @@
+"""Print the link that opens the MLflow UI on a benchmark's cells; with --serve, also serve the UI.
+
+  msreid ui                                   # links for ./mlflow.db, experiment msreid-benchmark
+  msreid ui --serve                           # ... then serve the UI on 127.0.0.1:5000 (`make ui`)
+
+The landing link is one URL that opens an experiment's runs view ready to compare cells (MLflow
+3.17's web app, read from its JavaScript bundle):
+
+* ``?workflowType=machine_learning`` opens the model-training mode (runs, charts) instead of the
+  GenAI "Overview / Traces" page; the experiment tag ``mlflow.experimentKind`` =
+  ``custom_model_development`` makes that mode the experiment's default as well.
+* ``compareRunsMode=CHART`` opens the chart view beside the runs list.
+* ``viewStateShareKey=<key>`` loads a view stored as the experiment tag
+  ``mlflow.sharedViewState.<key>`` (what the UI's "Share" button writes): the search filter, the
+  table's columns, which runs are shown, and the charts. Ours shows the trial runs (not the
+  parents), columns for the cell tag, dataset, model and test metrics, every run (the UI's default
+  hides all but the first 10), and one bar chart per test metric.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from urllib.parse import urlencode
+
+from mlflow.tracking import MlflowClient
+
+from msreid.errors import UserError
+from msreid.tracking.runs import TAG_BENCHMARK, TAG_CELL, TAG_KIND, TAG_SEED, client_for, find_runs
+from msreid.tracking.store import resolve_tracking_uri
+
+SHARE_KEY = "msreid-cells"
+SHARE_TAG_PREFIX = "mlflow.sharedViewState."
+KIND_TAG = "mlflow.experimentKind"
+KIND_ML = "custom_model_development"
+DEFAULT_UI = "http://127.0.0.1:5000"  # what `make ui` serves
+CHART_METRICS = ("test/mAP", "test/R1", "test/R5", "test/R10", "test/mINP")
+SECTION_ID = "msreid-cells-section"
+
+
+def ui_base(tracking_uri: str, default: str = DEFAULT_UI) -> str:
+    """The UI address for a tracking URI: the server itself for http(s), else ``make ui``'s."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return tracking_uri.rstrip("/")
+    return default
+
+
+def _column(kind: str, key: str) -> str:
+    return f"{kind}.`{key}`"  # the UI's canonical column key
+
+
+def bar_chart(metric: str, uuid: str, max_runs: int = 200) -> dict:
+    """A bar-chart card of the UI (one bar per shown run)."""
+    return {"uuid": uuid, "type": "BAR", "metricKey": metric, "displayName": metric,
+            "runsCountToCompare": max_runs, "metricSectionId": SECTION_ID, "deleted": False,
+            "isGenerated": False}
+
+
+def landing_view_state(metrics: tuple[str, ...] = CHART_METRICS) -> dict:
+    """The shared view: trial runs, readable columns, all runs shown, a bar chart per metric."""
+    columns = [_column("tags", TAG_CELL), _column("tags", TAG_SEED),
+               _column("attributes", "Dataset"), _column("attributes", "Models")]
+    columns += [_column("metrics", m) for m in metrics] + [_column("metrics", "best_val/mAP")]
+    return {
+        "searchFilter": f"tags.`{TAG_KIND}` = 'trial'",
+        "orderByKey": "attributes.start_time", "orderByAsc": False,
+        "selectedColumns": columns,
+        "runsHiddenMode": "SHOW_ALL",
+        "hideEmptyCharts": True,
+        "compareRunSections": [{"uuid": SECTION_ID, "name": "Cells: test set (%)", "display": True,
+                                "isReordered": False, "deleted": False, "isGenerated": False}],
+        "compareRunCharts": [bar_chart(m, f"msreid-bar-{i}") for i, m in enumerate(metrics)],
+    }
+
+
+def install_landing_view(client: MlflowClient, experiment_id: str, key: str = SHARE_KEY) -> None:
+    """Store the landing view on the experiment and make model training its default mode."""
+    client.set_experiment_tag(experiment_id, SHARE_TAG_PREFIX + key, json.dumps(landing_view_state()))
+    client.set_experiment_tag(experiment_id, KIND_TAG, KIND_ML)
+
+
+def landing_url(base: str, experiment_id: str, key: str | None = SHARE_KEY) -> str:
+    """The link that opens the experiment's runs view on the landing view."""
+    query = {"workflowType": "machine_learning", "compareRunsMode": "CHART"}
+    if key:
+        query["viewStateShareKey"] = key
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
+
+
+def run_url(base: str, experiment_id: str, run_id: str) -> str:
+    """The page of one run (the parent's tables are under its Artifacts tab)."""
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def print_links(client: MlflowClient, experiment: str, base: str) -> bool:
+    """Install the landing view and print its link (and the latest benchmark's parent run)."""
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None:
+        print(f"no MLflow experiment {experiment!r} yet: run `make benchmark` first")
+        return False
+    install_landing_view(client, exp.experiment_id)
+    print(f"Compare the cells of {experiment!r}: {landing_url(base, exp.experiment_id)}")
+    parents = find_runs(client, exp.experiment_id, {TAG_KIND: "benchmark"})
+    if parents:
+        run = parents[0]
+        print(f"Tables of benchmark {run.data.tags.get(TAG_BENCHMARK, '')}: "
+              f"{run_url(base, exp.experiment_id, run.info.run_id)} (Artifacts: tables/)")
+    return True
+
+
+def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
+    """``mlflow server`` for a store (artifacts of a SQLite store are read where they were
+    written, beside the database)."""
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    return [str(mlflow_bin), "server", "--backend-store-uri", tracking_uri,
+            "--host", host, "--port", str(port)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``msreid ui``."""
+    parser.add_argument("--experiment", default="msreid-benchmark", help="MLflow experiment name")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else "
+                             "sqlite:///<cwd>/mlflow.db)")
+    parser.add_argument("--host", default="127.0.0.1", help="--serve: address to bind")
+    parser.add_argument("--port", type=int, default=5000, help="--serve: port")
+    parser.add_argument("--serve", action="store_true",
+                        help="then serve the UI for a SQLite store (replaces this process)")
+
+
+def main(args: argparse.Namespace) -> int:
+    """Print the landing link; with --serve, exec ``mlflow server`` on the store."""
+    uri = resolve_tracking_uri(args.tracking_uri)
+    served = uri.startswith("sqlite:///")
+    if args.serve and not served:
+        raise UserError(f"--serve serves a SQLite store; {uri} is already served: open its UI")
+    base = f"http://{args.host}:{args.port}" if served else ui_base(uri)
+    if not served or Path(uri[len("sqlite:///"):]).is_file():
+        print_links(client_for(uri), args.experiment, base)
+    else:
+        print(f"no MLflow store at {uri} yet: run `make benchmark` first")
+    if args.serve:
+        sys.stdout.flush()
+        command = server_command(uri, args.host, args.port)
+        os.execv(command[0], command)
+    return 0
