@@ -30,8 +30,9 @@ test: $(VENV)/.installed
 cluster-test: $(VENV)/.installed
 	MSREID_CLUSTER_VENV=$(abspath $(VENV)) tests/cluster/run_cluster_test.sh
 
+# Prints the link that opens the benchmark's cells, then serves the UI on 127.0.0.1:5000.
 ui: $(VENV)/.installed
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/msreid ui --serve --tracking-uri sqlite:///$(CURDIR)/mlflow.db
 
 clean-venv:
 	rm -rf $(VENV)

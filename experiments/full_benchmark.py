@@ -86,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{opts.experiment!r}, parent run {out.parent_run_id}; rebuild the tables with\n"
           f"  msreid report --experiment {opts.experiment} --run {out.parent_run_id}"
           + (f" --tracking-uri {out.tracking_uri}" if args.tracking_uri else ""))
+    served = "" if out.tracking_uri.startswith(("http://", "https://")) else " (after `make ui`)"
+    print(f"Compare the cells in the MLflow UI{served}: {out.landing_url}")
     return 1 if out.errors or not all(ok for ok, _ in out.checks) else 0
 
 

@@ -53,3 +53,22 @@ def fit(cfg, *, storage_path, name, callbacks=None, max_failures=0, ray_address=
                "best_epoch": cfg.optim.epochs - 1}
     return SimpleNamespace(metrics=metrics, history=history, checkpoint_path=None,
                            artifacts_dir=None)
+
+
+def fit_with_checkpoint(cfg, *, storage_path, name, callbacks=None, max_failures=0, ray_address=None):
+    """``fit`` plus what the real fit leaves on disk for tracking: a checkpoint directory (a
+    placeholder file, never loaded) and a missing-modality table of fractions: the full set of
+    spectra scores the test mAP, each single spectrum half of it."""
+    out = fit(cfg, storage_path=storage_path, name=name, callbacks=callbacks,
+              max_failures=max_failures, ray_address=ray_address)
+    run_dir = Path(storage_path) / name
+    checkpoint, artifacts = run_dir / "checkpoint_final", run_dir / "artifacts"
+    checkpoint.mkdir(parents=True, exist_ok=True)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    (checkpoint / "best_model.pt").write_text("placeholder")
+    score = out.metrics["test/mAP"]
+    rows = ["subset,spectra,mAP,R1,num_valid", f"all,all,{score},{score + 0.1},4",
+            f"half,one,{score / 2},{score / 2 + 0.1},4"]
+    (artifacts / "missing_modality.csv").write_text("\n".join(rows) + "\n")
+    out.checkpoint_path, out.artifacts_dir = str(checkpoint), str(artifacts)
+    return out

@@ -13,9 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pandas as pd
 import pytest
 
-from msreid.tracking import entities as E
-from msreid.tracking import runs as R
-from msreid.tracking import ui as U
+from msreid.tracking import entities, runs, ui
 from msreid.tracking.store import ensure_experiment
 from msreid.tracking.tables import cell_metrics, metric_key, to_html
 
@@ -26,27 +24,27 @@ ROOT = Path(__file__).resolve().parents[1]
 def store(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp = ensure_experiment(uri, "ui")
-    return uri, exp, R.client_for(uri)
+    return uri, exp, runs.client_for(uri)
 
 
 def test_artifacts_stay_beside_the_database(store, tmp_path):
     uri, exp, client = store
     location = client.get_experiment(exp).artifact_location
     assert location == (tmp_path / "mlartifacts" / "ui").as_uri()
-    run, _ = R.get_or_create_parent(client, exp, "b")
-    R.log_text(client, run, "x", "a.txt")
+    run, _ = runs.get_or_create_parent(client, exp, "b")
+    runs.log_text(client, run, "x", "a.txt")
     assert (tmp_path / "mlartifacts" / "ui" / run / "artifacts" / "a.txt").read_text() == "x"
 
 
 def test_names_keys_and_description():
-    assert R.modality_label(["rgb"]) == "RGB"
-    assert R.modality_label(["rgb", "nir", "tir"]) == "RGB-N-T"
-    assert R.modality_label(["nir", "tir"]) == "NIR-T"
+    assert runs.modality_label(["rgb"]) == "RGB"
+    assert runs.modality_label(["rgb", "nir", "tir"]) == "RGB-N-T"
+    assert runs.modality_label(["nir", "tir"]) == "NIR-T"
     cells = [("table3", "RGB-N-T MSN", "R50"), ("table5", "baseline (MSN)", "RGBNT100")]
-    name = R.trial_run_name(["rgb", "nir", "tir"], "msn", "resnet50", 1, cells)
+    name = runs.trial_run_name(["rgb", "nir", "tir"], "msn", "resnet50", 1, cells)
     assert name == "RGB-N-T MSN resnet50 · s1 · table3+table5"
-    assert R.cell_key(cells[0]) == "table3 / RGB-N-T MSN / R50"
-    note = R.trial_description(cells, "rgbnt100", "/d/m", 1, 2)
+    assert runs.cell_key(cells[0]) == "table3 / RGB-N-T MSN / R50"
+    note = runs.trial_description(cells, "rgbnt100", "/d/m", 1, 2)
     assert note.startswith("**Cell** table3 / RGB-N-T MSN / R50 (also table5 / baseline (MSN) / "
                            "RGBNT100)")
     assert "seed 1, 2 epoch(s)" in note and "best validation mAP" in note
@@ -56,7 +54,7 @@ def test_names_keys_and_description():
 
 
 def test_percent_conversion():
-    got = R.in_percent({"test/mAP": 0.412345678, "test/R10": 0.5, "best_val/mAP": 0.25,
+    got = runs.in_percent({"test/mAP": 0.412345678, "test/R10": 0.5, "best_val/mAP": 0.25,
                         "val/mINP": 0.125, "train/loss": 1.5, "best_epoch": 3, "test/Rx": 0.5,
                         "lr": float("nan"), "flag": True, "s": "x"})
     assert got == {"test/mAP": 41.2346, "test/R10": 50.0, "best_val/mAP": 25.0, "val/mINP": 12.5,
@@ -64,30 +62,30 @@ def test_percent_conversion():
 
 
 def test_context_tags_without_dirty_suffix():
-    tags = R.context_tags(ROOT)
+    tags = runs.context_tags(ROOT)
     assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                           text=True).stdout.strip()
-    assert tags[R.TAG_GIT_COMMIT] == head and len(head) == 40
-    assert tags[R.TAG_GIT_DIRTY] in ("true", "false")
+    assert tags[runs.TAG_GIT_COMMIT] == head and len(head) == 40
+    assert tags[runs.TAG_GIT_DIRTY] in ("true", "false")
 
 
 def test_trial_entities_in_the_store(store, tmp_path):
     uri, exp, client = store
-    parent, _ = R.get_or_create_parent(client, exp, "b")
-    child, _ = R.get_or_create_child(client, exp, parent, "k-s0", "RGB MSN r · s0 · t3",
-                                     tags={**R.context_tags(ROOT), R.TAG_NOTE: "hello"})
+    parent, _ = runs.get_or_create_parent(client, exp, "b")
+    child, _ = runs.get_or_create_child(client, exp, parent, "k-s0", "RGB MSN r · s0 · t3",
+                                     tags={**runs.context_tags(ROOT), runs.TAG_NOTE: "hello"})
     fingerprint = "ab" * 32  # a sha256 hex digest
-    dataset = E.manifest_dataset("rgbnt100", str(tmp_path / "manifest"), fingerprint, 12)
-    E.log_dataset_input(client, child, dataset)
+    dataset = entities.manifest_dataset("rgbnt100", str(tmp_path / "manifest"), fingerprint, 12)
+    entities.log_dataset_input(client, child, dataset)
     ckpt = tmp_path / "ckpt"
-    model_id = E.log_checkpoint_model(client, exp, child, "RGB MSN r s0: t3", str(ckpt),
+    model_id = entities.log_checkpoint_model(client, exp, child, "RGB MSN r s0: t3", str(ckpt),
                                       {"model.backbone": "r"})
-    R.log_final_metrics(client, child, R.in_percent({"test/mAP": 0.5, "best_val/mAP": 0.25}),
+    runs.log_final_metrics(client, child, runs.in_percent({"test/mAP": 0.5, "best_val/mAP": 0.25}),
                         model_id=model_id, dataset=(dataset.name, dataset.digest))
     run = client.get_run(child)
     assert run.data.tags["mlflow.note.content"] == "hello"
-    assert run.data.tags["mlflow.source.git.commit"] == R.git_commit(ROOT)
+    assert run.data.tags["mlflow.source.git.commit"] == runs.git_commit(ROOT)
     assert run.data.metrics == {"test/mAP": 50.0, "best_val/mAP": 25.0}
     assert [m.step for m in client.get_metric_history(child, "test/mAP")] == [0]
     (inp,) = run.inputs.dataset_inputs
@@ -96,20 +94,20 @@ def test_trial_entities_in_the_store(store, tmp_path):
     assert json.loads(inp.dataset.profile)["fingerprint"] == fingerprint
     model = client.get_logged_model(model_id)
     assert model.source_run_id == child and str(model.status) == "READY"
-    assert E.checkpoint_of(client, model_id) == str(ckpt)
+    assert entities.checkpoint_of(client, model_id) == str(ckpt)
     assert {m.key: (m.value, m.dataset_digest) for m in model.metrics} == {
         "test/mAP": (50.0, fingerprint[:36]), "best_val/mAP": (25.0, fingerprint[:36])}
     assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
-    version = E.register_model(client, "msreid t3 / RGB: MSN", model_id, child)
+    version = entities.register_model(client, "msreid t3 / RGB: MSN", model_id, child)
     assert str(version) == "1"
     assert model_id in client.get_model_version("msreid-t3-RGB-MSN", "1").source
 
 
 def test_log_table_replaces_instead_of_appending(store):
     uri, exp, client = store
-    run, _ = R.get_or_create_parent(client, exp, "b")
-    E.log_table(client, run, pd.DataFrame({"a": [1, 2]}), "tables/t.json")
-    E.log_table(client, run, pd.DataFrame({"a": [3]}), "tables/t.json")
+    run, _ = runs.get_or_create_parent(client, exp, "b")
+    entities.log_table(client, run, pd.DataFrame({"a": [1, 2]}), "tables/t.json")
+    entities.log_table(client, run, pd.DataFrame({"a": [3]}), "tables/t.json")
     path = client.download_artifacts(run, "tables/t.json")
     assert json.loads(Path(path).read_text())["data"] == [[3]]
     logged = json.loads(client.get_run(run).data.tags["mlflow.loggedArtifacts"])
@@ -118,17 +116,17 @@ def test_log_table_replaces_instead_of_appending(store):
 
 def test_breakdowns_in_percent(store, tmp_path):
     uri, exp, client = store
-    run, _ = R.get_or_create_parent(client, exp, "b")
+    run, _ = runs.get_or_create_parent(client, exp, "b")
     pd.DataFrame({"subset": ["r"], "spectra": ["rgb"], "mAP": [0.5], "R1": [0.25],
                   "num_valid": [4]}).to_csv(tmp_path / "missing_modality.csv", index=False)
-    assert E.log_breakdowns(client, run, tmp_path) == ["tables/missing_modality.json"]
+    assert entities.log_breakdowns(client, run, tmp_path) == ["tables/missing_modality.json"]
     table = json.loads(Path(client.download_artifacts(run, "tables/missing_modality.json")).read_text())
     assert table["columns"] == ["subset", "spectra", "mAP", "R1", "num_valid"]
     assert table["data"] == [["r", "rgb", 50.0, 25.0, 4]]
 
 
 def test_parent_cell_metrics_and_utf8_html():
-    from msreid.orchestration.grid import Level, Suite, TableSpec
+    from msreid.grid import Level, Suite, TableSpec
     from msreid.tracking.tables import TrialResult, assemble_table
 
     table = TableSpec(name="table5", title="Δ T5", metrics=("mAP",), row_label="Model",
@@ -138,7 +136,7 @@ def test_parent_cell_metrics_and_utf8_html():
     suite = Suite(name="s", preset="p", tables=(table,))
     cell = ("table5", "+ L_caid", "RGBNT100")
     results = [TrialResult(cells=(cell,), seed=s, metrics={"test/mAP": v})
-               for s, v in ((0, 0.40), (1, 0.44))]
+               for s, v in ((0, 40.0), (1, 44.0))]
     frames = {"table5": assemble_table(table, results)}
     got = cell_metrics(suite, frames)
     # mean(40, 44) = 42, sample std = sqrt(2 * 2^2 / 1) = 2.828...; the empty cell is left out.
@@ -151,32 +149,32 @@ def test_parent_cell_metrics_and_utf8_html():
 
 def test_landing_link_and_view(store):
     uri, exp, client = store
-    url = U.landing_url("http://127.0.0.1:5000", exp)
+    url = ui.landing_url("http://127.0.0.1:5000", exp)
     parts = urlsplit(url)
     assert parts.netloc == "127.0.0.1:5000" and parts.path == "/"
     route, _, query = parts.fragment.partition("?")
     assert route == f"/experiments/{exp}/runs"
     assert parse_qs(query) == {"workflowType": ["machine_learning"], "compareRunsMode": ["CHART"],
-                               "viewStateShareKey": [U.SHARE_KEY]}
-    U.install_landing_view(client, exp)
+                               "viewStateShareKey": [ui.SHARE_KEY]}
+    ui.install_landing_view(client, exp)
     tags = client.get_experiment(exp).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
-    view = json.loads(tags["mlflow.sharedViewState." + U.SHARE_KEY])
+    view = json.loads(tags["mlflow.sharedViewState." + ui.SHARE_KEY])
     assert view["searchFilter"] == "tags.`msreid.kind` = 'trial'"
     assert "tags.`msreid.cell`" in view["selectedColumns"]
     assert [c["metricKey"] for c in view["compareRunCharts"] if c["type"] == "BAR"][0] == "test/mAP"
-    assert U.ui_base("http://head:5000/") == "http://head:5000"
-    assert U.ui_base(uri) == "http://127.0.0.1:5000"
+    assert ui.ui_base("http://head:5000/") == "http://head:5000"
+    assert ui.ui_base(uri) == "http://127.0.0.1:5000"
 
 
 def test_msreid_ui_prints_the_link(store, capsys):
     from msreid.cli import main
 
     uri, exp, client = store
-    parent, _ = R.get_or_create_parent(client, exp, "smoke-1")
+    parent, _ = runs.get_or_create_parent(client, exp, "smoke-1")
     assert main(["ui", "--experiment", "ui", "--tracking-uri", uri, "--port", "5123"]) == 0
     out = capsys.readouterr().out
-    assert U.landing_url("http://127.0.0.1:5123", exp) in out
-    assert U.run_url("http://127.0.0.1:5123", exp, parent) in out
+    assert ui.landing_url("http://127.0.0.1:5123", exp) in out
+    assert ui.run_url("http://127.0.0.1:5123", exp, parent) in out
     assert main(["ui", "--experiment", "nope", "--tracking-uri", uri]) == 0
     assert "run `make benchmark` first" in capsys.readouterr().out

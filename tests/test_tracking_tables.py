@@ -18,10 +18,10 @@ RGB, RNT = ("table3", "RGB", "R50"), ("table3", "RNT", "R50")
 
 
 def results():
-    return [TrialResult(cells=(RGB,), seed=0, metrics={"test/mAP": 0.40, "test/R1": 0.50}),
-            TrialResult(cells=(RGB,), seed=1, metrics={"test/mAP": 0.44, "test/R1": 0.60}),
-            TrialResult(cells=(RGB,), seed=2, metrics={"test/mAP": 0.48, "test/R1": 0.70}),
-            TrialResult(cells=(RNT,), seed=0, metrics={"test/mAP": 0.61})]
+    return [TrialResult(cells=(RGB,), seed=0, metrics={"test/mAP": 40.0, "test/R1": 50.0}),
+            TrialResult(cells=(RGB,), seed=1, metrics={"test/mAP": 44.0, "test/R1": 60.0}),
+            TrialResult(cells=(RGB,), seed=2, metrics={"test/mAP": 48.0, "test/R1": 70.0}),
+            TrialResult(cells=(RNT,), seed=0, metrics={"test/mAP": 61.0})]
 
 
 def test_mean_std_paper_and_difference():
@@ -60,6 +60,6 @@ def test_checks():
     frame = assemble_table(TABLE, results())
     (ok, msg), = run_checks(suite, {"table3": frame})
     assert ok and msg.endswith("PASS")  # 61.0 > 44.0
-    worse = results()[:3] + [TrialResult(cells=(RNT,), seed=0, metrics={"test/mAP": 0.43})]
+    worse = results()[:3] + [TrialResult(cells=(RNT,), seed=0, metrics={"test/mAP": 43.0})]
     (ok, msg), = run_checks(suite, {"table3": assemble_table(TABLE, worse)})
     assert not ok and "43.0 > RGB 44.0: FAIL" in msg

@@ -126,7 +126,8 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     dataset = next(iter(manifests))
     client = runs.client_for(uri)
     name = opts.name or f"tune-alpha-{time.strftime('%Y%m%d-%H%M%S')}"
-    parent, _ = runs.get_or_create_parent(client, experiment_id, name, kind="tune_alpha")
+    parent, _ = runs.get_or_create_parent(client, experiment_id, name, kind="tune_alpha",
+                                          tags=runs.context_tags())
     runs.log_params(client, parent, {"alpha.low": opts.low, "alpha.high": opts.high,
                                   "num_samples": opts.num_samples, "loss.ablation": opts.ablation,
                                   "config": opts.config, "data": manifests[dataset],

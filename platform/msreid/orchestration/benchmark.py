@@ -28,7 +28,7 @@ from msreid.errors import UserError
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
-from msreid.tracking import runs, tables
+from msreid.tracking import comparison, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from msreid.train.fit import init_ray
 
@@ -58,6 +58,10 @@ class BenchmarkOptions:
     fit: Any = field(default=DEFAULT_FIT,
                      metadata={"help": "fit: 'module:function' or the function (tests swap a fake)"})
     figures: dict = field(default_factory=dict, metadata={"help": "figure options per trial"})
+    register: bool = field(default=False, metadata={
+        "help": "register each cell's best seed (by validation mAP) in the MLflow model registry"})
+    system_metrics: bool = field(default=False, metadata={
+        "help": "log CPU/memory/disk/network (and GPU) as system/* metrics of each trial run"})
     verbose: int = field(default=1, metadata={"help": "0 = quiet, 1 = progress table"})
 
 
@@ -74,6 +78,8 @@ class BenchmarkOutcome:
     checks: list[tuple[bool, str]]
     errors: list[str]
     suite: grid.Suite
+    landing_url: str = ""  # opens the cells in the MLflow UI (msreid.tracking.ui)
+    registered: dict = field(default_factory=dict)  # cell key -> registered model (--register)
 
 
 def prepare_trials(opts: BenchmarkOptions, suite: grid.Suite, datasets: set[str] | None):
@@ -129,20 +135,28 @@ def benchmark_name(opts: BenchmarkOptions, suite: grid.Suite, client, experiment
     return previous[0].data.tags[runs.TAG_BENCHMARK]
 
 
+def parent_description(suite: grid.Suite) -> str:
+    """The parent run's description (``mlflow.note.content``)."""
+    return (f"Benchmark `{suite.name}` ({suite.source}): tables "
+            f"{', '.join(t.name for t in suite.tables)}, seeds {list(suite.seeds)}. Each table cell "
+            "is a metric `<table>/<row>/<column>/<metric>` (mean over seeds, in %; `_std` beside "
+            "it); the tables are under Artifacts `tables/`. The child runs are the trials (one per "
+            "cell and seed).")
+
+
 def start_parent(opts, suite, client, experiment_id, name, manifests, prints) -> str:
     """Find (resume) or create the parent run and log the suite description on it."""
-    parent, created = runs.get_or_create_parent(client, experiment_id, name,
-                                             tags={TAG_SUITE: suite.name})
+    context = runs.context_tags()
+    parent, created = runs.get_or_create_parent(
+        client, experiment_id, name,
+        tags={TAG_SUITE: suite.name, **context, runs.TAG_NOTE: parent_description(suite)})
     if opts.resume is not None and created:
         log.warning("no parent run found for %s: starting a new one", name)
-    commit = runs.git_commit()
     runs.log_params(client, parent, {"suite": suite.source, "seeds": list(suite.seeds),
                                   "overrides": list(opts.overrides), **{
                                       f"data.{k}": v for k, v in manifests.items()}})
     tags = {f"msreid.manifest_fingerprint.{k}": v for k, v in prints.items()}
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    runs.set_tags(client, parent, tags)
+    runs.set_tags(client, parent, {**tags, **context})
     if created:
         runs.log_text(client, parent, json.dumps(grid.suite_to_dict(suite), indent=1), "suite.json")
     return parent
@@ -161,6 +175,7 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
         synth_spec({**suite.synth, **opts.synth})  # bad synthetic data options: before compute too
     experiment_id = ensure_experiment(uri, opts.experiment)
     client = runs.client_for(uri)
+    ui.install_landing_view(client, experiment_id)
     name = benchmark_name(opts, suite, client, experiment_id)
     manifests, prints = resolve_manifests(opts, suite.synth)  # synthetic data: generated on first use
     init_ray(opts.ray_address, quiet=True)  # before the parent run: no RUNNING run if Ray fails
@@ -168,7 +183,8 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     storage = opts.storage_path or default_storage_path()
     ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
                         tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-                        name=name, storage=storage, fit=opts.fit, figures=opts.figures)
+                        name=name, storage=storage, fit=opts.fit, figures=opts.figures,
+                        system_metrics=opts.system_metrics)
     print(f"Benchmark {name}: {len(trials)} trials ({len(suite.seeds)} seed(s)), MLflow {uri} "
           f"experiment {opts.experiment!r}, parent run {parent}", flush=True)
     try:
@@ -176,19 +192,25 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     except Exception:  # the parent must not stay RUNNING (--resume sets it RUNNING again)
         client.set_terminated(parent, "FAILED")
         raise
-    return publish_tables(suite, results, errors, client, parent, experiment_id, uri, name)
+    return publish_tables(suite, results, errors, client, parent, experiment_id, uri, name,
+                          register=opts.register)
 
 
-def publish_tables(suite, results, errors, client, parent, experiment_id, uri, name) -> BenchmarkOutcome:
-    """Assemble, log and return the tables; close the parent run."""
+def publish_tables(suite, results, errors, client, parent, experiment_id, uri, name,
+                   register: bool = False) -> BenchmarkOutcome:
+    """Assemble, log and return the tables (every cell also a parent metric); register each
+    cell's best model when asked; close the parent run."""
     frames = tables.assemble_suite(suite, results)
     markdown = tables.suite_markdown(suite, frames)
     checks = tables.run_checks(suite, frames)
     log_tables(client, parent, suite, frames, checks)
+    comparison.log_parent_results(client, parent, suite, frames)
+    registered = comparison.register_best_models(client, experiment_id, parent) if register else {}
     client.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     return BenchmarkOutcome(name=name, parent_run_id=parent, experiment_id=experiment_id,
                             tracking_uri=uri, frames=frames, markdown=markdown, checks=checks,
-                            errors=errors, suite=suite)
+                            errors=errors, suite=suite, registered=registered,
+                            landing_url=ui.landing_url(ui.ui_base(uri), experiment_id))
 
 
 def log_tables(client, parent: str, suite: grid.Suite, frames: dict, checks) -> None:
@@ -234,7 +256,8 @@ def run_tune(suite: grid.Suite, trials: list[grid.TrialSpec], ctx: TrialContext,
             errors.append(f"{trial['label']}: {type(res.error).__name__}: {res.error}"[:2000])
         if res.metrics and "test/mAP" in res.metrics:
             results.append(tables.TrialResult(cells=tuple(tuple(c) for c in trial["cells"]),
-                                         seed=int(trial["seed"]), metrics=dict(res.metrics)))
+                                              seed=int(trial["seed"]),
+                                              metrics=runs.in_percent(res.metrics)))
     return results, errors
 
 

@@ -33,7 +33,7 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from msreid.config import TrainConfig, config_from_dict, config_to_dict
 from msreid.data.schema import manifest_info
 from msreid.errors import UserError
-from msreid.tracking import runs
+from msreid.tracking import comparison, entities, runs
 from msreid.tracking.trial_logging import log_history, log_trial_artifacts
 from msreid.train.fit import TrainOutcome
 
@@ -56,21 +56,24 @@ class TrialContext:
     parent_run_id: str
     benchmark: str  # the experiment's name (tag of every child run)
     train_storage: str  # where the trials' training runs live
-    git_commit: str | None
+    context_tags: dict  # MLflow's user / source / git tags, resolved once in the driver
     fit: str | Callable = DEFAULT_FIT  # "module:function" or the function (tests swap a fake)
     figures: dict = field(default_factory=dict)  # figure options (msreid.tracking.trial_logging)
     train_max_failures: int = 0
+    system_metrics: bool = False  # MLflow's system/* metrics on each trial run
 
 
 def trial_context(*, base_config: dict, force: dict, manifests: dict, fingerprints: dict,
                   tracking_uri: str, experiment_id: str, parent_run_id: str, name: str,
-                  storage: str, fit: str | Callable, figures: dict) -> TrialContext:
+                  storage: str, fit: str | Callable, figures: dict,
+                  system_metrics: bool = False) -> TrialContext:
     """The context of experiment ``name``: training runs go to ``<storage>/<name>/train``."""
     return TrialContext(base_config=base_config, force=force, manifests=manifests,
                         fingerprints=fingerprints, tracking_uri=tracking_uri,
                         experiment_id=experiment_id, parent_run_id=parent_run_id,
                         benchmark=name, train_storage=f"{storage.rstrip('/')}/{name}/train",
-                        git_commit=runs.git_commit(), fit=fit, figures=figures)
+                        context_tags=runs.context_tags(), fit=fit, figures=figures,
+                        system_metrics=system_metrics)
 
 
 class MlflowEpochCallback(UserCallback):
@@ -81,13 +84,15 @@ class MlflowEpochCallback(UserCallback):
         self.run_id = run_id
 
     def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
-        """Log rank 0's metrics (already reduced across ranks by the loop) at step = epoch."""
+        """Log rank 0's per-epoch metrics (already reduced across ranks by the loop) at step = epoch;
+        the final report's test metrics are logged once by ``log_outcome``."""
         if not metrics:
             return
         first = metrics[0]
         step = int(first.get("epoch", first.get("training_iteration", 0)) or 0)
         try:
-            runs.log_metrics(runs.client_for(self.tracking_uri), self.run_id, first, step=step)
+            runs.log_metrics(runs.client_for(self.tracking_uri), self.run_id,
+                             comparison.epoch_metrics(first), step=step)
         except Exception as exc:  # tracking must never kill a training run
             log.warning("MLflow per-epoch logging failed: %s", exc)
 
@@ -171,14 +176,13 @@ def _trial_key(config: dict) -> str:
 def _trial_tags(ctx: TrialContext, config: dict, key: str) -> dict[str, str]:
     trial = config["trial"]
     searched = {k: v for k, v in config.items() if k != "trial"}
-    tags = {runs.TAG_BENCHMARK: ctx.benchmark, runs.TAG_CELLS: json.dumps(trial.get("cells", [])),
+    tags = {**ctx.context_tags,
+            runs.TAG_BENCHMARK: ctx.benchmark, runs.TAG_CELLS: json.dumps(trial.get("cells", [])),
             runs.TAG_SEED: str(trial["seed"]), "msreid.dataset": trial["dataset"],
             "msreid.tune_trial_id": tune.get_context().get_trial_id() or "",
             "msreid.selection": "test/* = test set, checkpoint selected by best val/mAP"}
     if searched:
         tags["msreid.searched"] = json.dumps(searched, sort_keys=True)
-    if ctx.git_commit:
-        tags["mlflow.source.git.commit"] = ctx.git_commit
     fingerprint = ctx.fingerprints.get(trial["dataset"])
     if fingerprint:
         tags["msreid.manifest_fingerprint"] = fingerprint
@@ -189,40 +193,68 @@ def _reuse_finished(client, run_id: str) -> dict | None:
     """Final metrics of a child run that already FINISHED (driver died after it), else None."""
     run = client.get_run(run_id)
     if run.info.status == "FINISHED" and "test/mAP" in run.data.metrics:
-        return dict(run.data.metrics)
+        return comparison.from_percent(dict(run.data.metrics))
     return None
+
+
+def _identity(ctx: TrialContext, config: dict, cfg: TrainConfig) -> tuple[str, dict[str, str]]:
+    """Run name and identity tags: the cells of a benchmark trial, or the searched values' label."""
+    trial = config["trial"]
+    cells = [tuple(c) for c in trial.get("cells", [])]
+    searched = {k: v for k, v in config.items() if k != "trial"}
+    if not cells or searched:
+        label = trial.get("label") or ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
+        return label or _trial_key(config), {}
+    manifest = ctx.manifests[trial["dataset"]]
+    spectra = cfg.data.spectra
+    if not spectra:  # all of the manifest's; an unreadable manifest is reported by run_trial
+        try:
+            spectra = manifest_info(manifest).spectra
+        except Exception:  # noqa: BLE001 (only the run's name depends on it)
+            spectra = ()
+    return comparison.trial_identity(cells, int(trial["seed"]), trial["dataset"], manifest, spectra,
+                                     cfg.loss.ablation, cfg.model.backbone, cfg.optim.epochs)
+
+
+def _dataset(ctx: TrialContext, config: dict):
+    """The trial's manifest as an MLflow dataset (None without a fingerprint)."""
+    name = config["trial"]["dataset"]
+    fingerprint = ctx.fingerprints.get(name)
+    if not fingerprint:
+        return None
+    return entities.manifest_dataset(name, ctx.manifests[name], fingerprint)
 
 
 def run_trial(config: dict, ctx: TrialContext) -> None:
     """Tune function trainable (see the module docstring)."""
     key = _trial_key(config)
-    trial = config["trial"]
     client = runs.client_for(ctx.tracking_uri)
-    searched = {k: v for k, v in config.items() if k != "trial"}
-    label = trial.get("label") or ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                            for k, v in searched.items()) or key
+    cfg = trial_config(ctx, config)
+    name, identity = _identity(ctx, config, cfg)
     run_id, _ = runs.get_or_create_child(client, ctx.experiment_id, ctx.parent_run_id, key,
-                                         run_name=label, tags=_trial_tags(ctx, config, key))
+                                         run_name=name,
+                                         tags={**_trial_tags(ctx, config, key), **identity})
     done = _reuse_finished(client, run_id)
     if done is not None:  # finished in MLflow but not in Tune's state: do not train again
         tune.report({**done, "mlflow_run_id": run_id, "reused": 1})
         return
     node_ip = ray.util.get_node_ip_address()
     _record_node(client, run_id, node_ip)
-    cfg = trial_config(ctx, config)
     runs.log_params(client, run_id, config_to_dict(cfg))
     fit = import_callable(ctx.fit)
     callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
     try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
         check_manifest_here(cfg, node_ip)
-        with data_in_trial_reservation():
+        with data_in_trial_reservation(), entities.system_metrics(
+                ctx.tracking_uri, run_id, ctx.system_metrics):
             outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
                           max_failures=ctx.train_max_failures)
     except BaseException as exc:
         runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
         client.set_terminated(run_id, "FAILED")
         raise
-    final = log_outcome(client, run_id, cfg, outcome, ctx)
+    final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, config))
     client.set_terminated(run_id, "FINISHED")
     tune.report({**final, "mlflow_run_id": run_id})
 
@@ -233,14 +265,18 @@ def final_metrics(outcome: TrainOutcome) -> dict[str, float]:
             if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(float(v))}
 
 
-def log_outcome(client, run_id: str, cfg: TrainConfig, outcome: TrainOutcome,
-                ctx: TrialContext) -> dict[str, float]:
-    """Log a finished trial: history (epochs not logged live), final metrics, artifacts, figures."""
+def log_outcome(client, run_id: str, cfg: TrainConfig, outcome: TrainOutcome, ctx: TrialContext,
+                name: str = "", dataset=None) -> dict[str, float]:
+    """Log a finished trial: history (epochs not logged live), final metrics (once, in %, at step
+    0) with the selected checkpoint's LoggedModel and the dataset, breakdown tables, artifacts,
+    figures. Returns the final metrics as the fractions Tune gets."""
     log_history(client, run_id, outcome.history)
     final = final_metrics(outcome)
-    runs.log_metrics(client, run_id, final, step=int(final.get("best_epoch", 0)))
-    runs.set_tags(client, run_id, {"msreid.best_epoch": final.get("best_epoch", ""),
-                                "msreid.checkpoint": str(outcome.checkpoint_path or "")})
+    comparison.log_trial_result(client, ctx.experiment_id, run_id, name or run_id, final,
+                                outcome.checkpoint_path, outcome.artifacts_dir, dataset,
+                                params=config_to_dict(cfg))
+    runs.set_tags(client, run_id, {"msreid.best_epoch": int(final.get("best_epoch", 0)),
+                                   "msreid.checkpoint": str(outcome.checkpoint_path or "")})
     try:
         log_trial_artifacts(client, run_id, cfg, outcome, ctx.figures)
     except Exception as exc:  # a figure must not turn a finished training into a failed trial

@@ -94,6 +94,9 @@ def register_model(client: MlflowClient, name: str, model_id: str, run_id: str) 
     name = model_name(name)
     try:
         client.get_registered_model(name)
+        for version in client.search_model_versions(f"name = '{name}'"):
+            if version.run_id == run_id:  # registered by an earlier (resumed) invocation
+                return str(version.version)
     except MlflowException:
         client.create_registered_model(name, description="msreid: best seed of one table cell "
                                                          "(selected by validation mAP)")

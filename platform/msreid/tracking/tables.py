@@ -2,8 +2,8 @@
 
 Input is plain data (one ``TrialResult`` per finished trial), so the driver
 (from Tune results) and ``msreid report`` (from MLflow runs) build the tables
-with the same code. Metrics arrive as fractions (``test/mAP`` = 0.412) and
-tables are in % like the paper.
+with the same code. Metrics arrive in % (``test/mAP`` = 41.2346, as MLflow holds
+them: ``runs.in_percent`` of the fractions the training reports), like the paper.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ METRIC_PREFIX = "test/"
 
 @dataclass(frozen=True)
 class TrialResult:
-    """What one finished trial contributes to the tables."""
+    """What one finished trial contributes to the tables (metrics in %)."""
 
     cells: tuple[CellId, ...]
     seed: int
@@ -37,7 +37,7 @@ def cell_values(cell_id: CellId, metric: str, results: list[TrialResult]) -> lis
     for res in sorted(results, key=lambda r: r.seed):
         value = res.metrics.get(METRIC_PREFIX + metric)
         if cell_id in res.cells and value is not None and not math.isnan(value):
-            values.append(100.0 * float(value))
+            values.append(float(value))
     return values
 
 

@@ -6,6 +6,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from msreid.tracking.comparison import epoch_metrics
 from msreid.tracking.figures import cam_overlays, cmc_plot, ranked_list_figure
 from msreid.tracking.runs import log_files, log_metrics
 
@@ -27,7 +28,7 @@ def log_history(client, run_id: str, history: list[dict]) -> None:
             continue
         epoch = int(entry["epoch"])
         if epoch not in logged:
-            log_metrics(client, run_id, entry, step=epoch)
+            log_metrics(client, run_id, epoch_metrics(entry), step=epoch)
 
 
 def log_trial_artifacts(client, run_id: str, cfg, outcome, figures: dict) -> None:
