@@ -22,6 +22,8 @@ import orchestration_fakes
 from mlflow_browser import chromium_page, missing_browser, mlflow_ui
 from orchestration_fakes import expected_map
 
+from msreid.tracking.ui import run_url
+
 ray.cloudpickle.register_pickle_by_value(orchestration_fakes)
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,18 +223,21 @@ def test_landing_link_in_chromium(bench):
                 assert f"Group: {cell}" in body
             if shots:
                 save_screenshots(page, Path(shots), base, out)
+            # The parent's table, as the UI shows it (UTF-8: "ΔmAP", not "Î”mAP").
+            page.goto(run_url(base, out.experiment_id, out.parent_run_id,
+                              "artifacts/tables/table3.html"))
+            table = page.frame_locator("iframe")
+            table.get_by_text("ΔmAP").first.wait_for(timeout=60_000)
+            assert "RGB-N-T MSN" in table.locator("body").inner_text()
 
 
 def save_screenshots(page, folder: Path, base: str, out) -> None:
     """The two pictures of README's comparison: cells as bars, the parent's table."""
     folder.mkdir(parents=True, exist_ok=True)
-    close = page.locator("[aria-label='Close']")
-    if close.count():
-        close.first.click()
+    page.locator("button[aria-label='Close']").last.click()  # the assistant side panel
     time.sleep(1)
     page.screenshot(path=str(folder / "mlflow_cells.png"))
-    page.goto(f"{base}/#/experiments/{out.experiment_id}/runs/{out.parent_run_id}/artifacts/"
-              "tables/table3.html")
-    page.get_by_text("ΔmAP").first.wait_for(timeout=60_000)
+    page.goto(run_url(base, out.experiment_id, out.parent_run_id, "artifacts/tables/table3.html"))
+    page.frame_locator("iframe").get_by_text("ΔmAP").first.wait_for(timeout=60_000)
     time.sleep(1)
     page.screenshot(path=str(folder / "mlflow_table.png"))

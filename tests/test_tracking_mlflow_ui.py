@@ -175,6 +175,8 @@ def test_msreid_ui_prints_the_link(store, capsys):
     assert main(["ui", "--experiment", "ui", "--tracking-uri", uri, "--port", "5123"]) == 0
     out = capsys.readouterr().out
     assert ui.landing_url("http://127.0.0.1:5123", exp) in out
-    assert ui.run_url("http://127.0.0.1:5123", exp, parent) in out
+    assert ui.run_url("http://127.0.0.1:5123", exp, parent, "artifacts/tables") in out
+    assert ui.run_url("http://h", exp, parent, "/artifacts/tables/") == \
+        f"http://h/#/experiments/{exp}/runs/{parent}/artifacts/tables?workflowType=machine_learning"
     assert main(["ui", "--experiment", "nope", "--tracking-uri", uri]) == 0
     assert "run `make benchmark` first" in capsys.readouterr().out

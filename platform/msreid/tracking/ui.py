@@ -93,9 +93,12 @@ def landing_url(base: str, experiment_id: str, key: str | None = SHARE_KEY) -> s
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query)}"
 
 
-def run_url(base: str, experiment_id: str, run_id: str) -> str:
-    """The page of one run (the parent's tables are under its Artifacts tab)."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+def run_url(base: str, experiment_id: str, run_id: str, page: str = "") -> str:
+    """The page of one run in model-training mode; ``page`` e.g. ``artifacts/tables/table3.html``
+    (the parent's tables)."""
+    where = f"/{page.strip('/')}" if page else ""
+    return (f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{where}"
+            "?workflowType=machine_learning")
 
 
 def print_links(client: MlflowClient, experiment: str, base: str) -> bool:
@@ -110,7 +113,7 @@ def print_links(client: MlflowClient, experiment: str, base: str) -> bool:
     if parents:
         run = parents[0]
         print(f"Tables of benchmark {run.data.tags.get(TAG_BENCHMARK, '')}: "
-              f"{run_url(base, exp.experiment_id, run.info.run_id)} (Artifacts: tables/)")
+              f"{run_url(base, exp.experiment_id, run.info.run_id, 'artifacts/tables')}")
     return True
 
 
