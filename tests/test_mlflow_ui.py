@@ -20,9 +20,8 @@ import ray.cloudpickle
 
 import orchestration_fakes
 from mlflow_browser import chromium_page, missing_browser, mlflow_ui
-from orchestration_fakes import expected_map
-
 from msreid.tracking.ui import run_url
+from orchestration_fakes import expected_map
 
 ray.cloudpickle.register_pickle_by_value(orchestration_fakes)
 
