@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
@@ -180,3 +181,28 @@ def test_msreid_ui_prints_the_link(store, capsys):
         f"http://h/#/experiments/{exp}/runs/{parent}/artifacts/tables?workflowType=machine_learning"
     assert main(["ui", "--experiment", "nope", "--tracking-uri", uri]) == 0
     assert "run `make benchmark` first" in capsys.readouterr().out
+
+
+def test_system_metrics_only_when_asked(store):
+    uri, exp, client = store
+    off, _ = runs.get_or_create_parent(client, exp, "off")
+    with entities.system_metrics(uri, off, enabled=False):
+        time.sleep(1.5)
+    on, _ = runs.get_or_create_parent(client, exp, "on")
+    with entities.system_metrics(uri, on, enabled=True, interval_s=0.5):
+        time.sleep(2.5)
+    assert client.get_run(off).data.metrics == {}
+    assert "system/cpu_utilization_percentage" in client.get_run(on).data.metrics
+
+
+def test_benchmark_flags_register_and_system_metrics():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("full_benchmark",
+                                                  ROOT / "experiments" / "full_benchmark.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    args = script.build_parser().parse_args(["--register", "--system-metrics"])
+    assert (args.register, args.system_metrics) == (True, True)
+    args = script.build_parser().parse_args([])
+    assert (args.register, args.system_metrics) == (False, False)
