@@ -165,6 +165,7 @@ def test_landing_link_and_view(store):
     assert "tags.`msreid.cell`" in view["selectedColumns"]
     assert [c["metricKey"] for c in view["compareRunCharts"] if c["type"] == "BAR"][0] == "test/mAP"
     assert ui.ui_base("http://head:5000/") == "http://head:5000"
+    assert ui.ui_base("https://admin:secret@head:5000/mlflow/") == "https://head:5000/mlflow"
     assert ui.ui_base(uri) == "http://127.0.0.1:5000"
 
 

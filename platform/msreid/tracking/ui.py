@@ -24,7 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from mlflow.tracking import MlflowClient
 
@@ -45,7 +45,9 @@ SECTION_NAME = "Cells (%): test set and selected validation"
 def ui_base(tracking_uri: str, default: str = DEFAULT_UI) -> str:
     """The UI address for a tracking URI: the server itself for http(s), else ``make ui``'s."""
     if tracking_uri.startswith(("http://", "https://")):
-        return tracking_uri.rstrip("/")
+        parts = urlsplit(tracking_uri)
+        host = parts.netloc.rpartition("@")[2]  # never print credentials given in the URI
+        return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
     return default
 
 
