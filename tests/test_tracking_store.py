@@ -54,3 +54,27 @@ def test_parent_and_children_are_found_again_not_duplicated(tmp_path):
                                "loss.alpha": "0.001"}
     assert run.data.metrics == {"test/mAP": 0.5}
     assert [r.info.run_id for r in R.children(client, exp, parent)] == [child]
+
+
+RACE = """
+import sys, time
+from msreid.tracking.store import ensure_experiment
+while time.time() < float(sys.argv[2]):  # all processes start creating the store together
+    time.sleep(0.001)
+print(ensure_experiment("sqlite:///" + sys.argv[1], "t"))
+"""
+
+
+def test_processes_creating_a_fresh_sqlite_store_together_all_succeed(tmp_path):
+    """Without the lock: 'duplicate column name' / 'table ... already exists' (3 of 3 tries)."""
+    import subprocess
+    import sys
+    import time
+
+    db = tmp_path / "mlflow.db"
+    start = str(time.time() + 5)  # time for the interpreters to import MLflow first
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, str(db), start], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], [err[-800:] for _, err in outs]
+    assert len({out.strip() for out, _ in outs}) == 1  # one experiment, the same id for all

@@ -9,14 +9,18 @@ databases), the same file ``make ui`` serves. ``--tracking-uri`` or
 
 from __future__ import annotations
 
+import contextlib
 import os
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+from filelock import FileLock, Timeout
+
 from msreid.errors import UserError
 
 DEFAULT_DB_NAME = "mlflow.db"
+STORE_LOCK_TIMEOUT_S = 300  # creating a fresh store takes ~2-10 s on a loaded 2-core machine
 
 
 def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) -> str:
@@ -76,20 +80,39 @@ def default_artifact_location(uri: str, name: str) -> str | None:
     return (folder / "mlartifacts" / name.replace("/", "_")).as_uri()
 
 
+def store_lock(uri: str):
+    """A lock serialising the creation of a SQLite store (a no-op context for other stores).
+
+    MLflow creates and migrates a fresh SQLite schema without a lock: two processes starting
+    together on a new ``mlflow.db`` fail with ``duplicate column name`` / ``table ... already
+    exists`` (reproduced with two drivers). The lock file sits next to the database.
+    """
+    if not uri.startswith("sqlite:///"):
+        return contextlib.nullcontext()
+    return FileLock(uri[len("sqlite:///"):] + ".lock", timeout=STORE_LOCK_TIMEOUT_S)
+
+
 def ensure_experiment(uri: str, name: str, artifact_location: str | None = None) -> str:
     """Create the store (SQLite schema) and experiment ``name`` if needed; return its id.
 
-    Done by the driver before trials start: several processes migrating a fresh
-    SQLite schema at once fail with "database is locked" (docs/RAY.md).
+    Done by the driver before trials start, under ``store_lock``: several processes
+    migrating a fresh SQLite schema at once fail (docs/RAY.md).
     """
     from mlflow.tracking import MlflowClient
 
     check_reachable(uri)
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(name)
-    if exp is not None:
-        if exp.lifecycle_stage == "deleted":
-            client.restore_experiment(exp.experiment_id)
-        return exp.experiment_id
-    return client.create_experiment(
-        name, artifact_location=artifact_location or default_artifact_location(uri, name))
+    try:
+        with store_lock(uri):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # creates / migrates the schema now, locked
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                return client.create_experiment(
+                    name, artifact_location=artifact_location or default_artifact_location(uri, name))
+            if exp.lifecycle_stage == "deleted":
+                client.restore_experiment(exp.experiment_id)
+            return exp.experiment_id
+    except Timeout:
+        raise UserError(f"MLflow SQLite store {uri}: another process held {uri[len('sqlite:///'):]}"
+                        f".lock for {STORE_LOCK_TIMEOUT_S} s; if none is running, delete that "
+                        "file") from None
