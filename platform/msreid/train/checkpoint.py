@@ -12,12 +12,17 @@ A checkpoint directory holds
 - in the final checkpoint also ``final_metrics.json`` and the artifacts
   ``cmc.csv``, ``missing_modality.csv``, ``per_challenge.csv``, ``ranking.json``.
 
-Every ``.pt`` file loads with ``torch.load(..., weights_only=True)``.
+Every ``.pt`` file loads with ``torch.load(..., weights_only=True)``. ``checksums.json``
+holds the SHA-256 of every other file; ``newest_intact`` verifies them before a resume and
+falls back to the newest checkpoint that is whole (a truncated or zeroed ``model.pt`` would
+otherwise fail inside torch's unpickler, on every retry).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -29,7 +34,10 @@ import numpy as np
 import torch
 
 from msreid.config import ModelConfig, config_from_dict
+from msreid.errors import UserError
 from msreid.models import MultiStreamNet, build_model
+
+log = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 BEST_MODEL_FILE = "best_model.pt"
@@ -38,6 +46,7 @@ CONFIG_FILE = "config.json"
 META_FILE = "meta.json"
 HISTORY_FILE = "history.json"
 FINAL_METRICS_FILE = "final_metrics.json"
+CHECKSUM_FILE = "checksums.json"
 
 
 def rng_state() -> dict[str, Any]:
@@ -84,6 +93,7 @@ def write_checkpoint(directory: str | Path, files: dict[str, Any],
                 (tmp / name).write_text(json.dumps(value, indent=1, default=float) + "\n")
         if extra is not None:
             extra(tmp)
+        (tmp / CHECKSUM_FILE).write_text(json.dumps(file_checksums(tmp), indent=1) + "\n")
         if directory.exists():
             shutil.rmtree(directory)
         os.rename(tmp, directory)
@@ -110,6 +120,76 @@ def prune_local_checkpoints(run_dir: str | Path, keep: int) -> None:
     """Delete all but the ``keep`` newest local-mode checkpoints (Ray does this otherwise)."""
     for p in local_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(p, ignore_errors=True)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_checksums(directory: str | Path) -> dict[str, str]:
+    """``{file name: sha256}`` of the files directly in ``directory`` (the checksum file aside)."""
+    return {p.name: _sha256(p) for p in sorted(Path(directory).iterdir())
+            if p.is_file() and p.name != CHECKSUM_FILE}
+
+
+def checkpoint_problem(directory: str | Path) -> str | None:
+    """Why the checkpoint in ``directory`` cannot be used, or None when it is whole.
+
+    Checks every recorded checksum; a checkpoint written before checksums existed
+    passes when each of its ``.pt`` files loads.
+    """
+    directory = Path(directory)
+    recorded = load_json(directory, CHECKSUM_FILE)
+    if recorded is None:
+        for path in sorted(directory.glob("*.pt")):
+            try:
+                load_pt(directory, path.name)
+            except Exception as exc:  # torch raises several types for a damaged file
+                return f"{path.name} does not load ({type(exc).__name__}: {str(exc)[:200]})"
+        return None if (directory / META_FILE).is_file() else f"{META_FILE} is missing"
+    for name, digest in recorded.items():
+        path = directory / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if _sha256(path) != digest:
+            return f"{name} does not match its recorded SHA-256 (damaged or changed)"
+    return None
+
+
+def newest_intact(checkpoints: list[Path]) -> Path | None:
+    """The newest of ``checkpoints`` (oldest first) that is whole; warns naming each bad one.
+
+    None when there are none; UserError naming every path when none is whole.
+    """
+    bad = []
+    for directory in reversed(checkpoints):
+        problem = checkpoint_problem(directory)
+        if problem is None:
+            return directory
+        log.warning("checkpoint %s is damaged (%s): trying the previous one", directory, problem)
+        bad.append(f"{directory}: {problem}")
+    if bad:
+        raise UserError(f"no checkpoint of this run can be resumed from ({'; '.join(bad)}); "
+                        "delete the run's directory to train it from the start")
+    return None
+
+
+def run_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Every checkpoint directory in ``run_dir`` (local mode's and Ray's), oldest epoch first."""
+    found = []
+    for p in Path(run_dir).glob("checkpoint_*"):
+        meta = p / META_FILE
+        if p.is_dir() and not p.name.startswith("."):
+            try:
+                epoch = int(json.loads(meta.read_text())["epoch"]) if meta.is_file() else -1
+            except (ValueError, KeyError, TypeError):
+                epoch = -1
+            found.append(((p / FINAL_METRICS_FILE).is_file(), epoch, p.name, p))
+    return [p for *_, p in sorted(found)]
 
 
 def load_pt(directory: str | Path, name: str) -> Any:
@@ -144,6 +224,9 @@ def load_model(checkpoint_dir: str | Path, which: str = "best"):
     """
     if which not in ("best", "last"):
         raise ValueError(f"which must be 'best' or 'last', got {which!r}")
+    problem = checkpoint_problem(checkpoint_dir)
+    if problem is not None:
+        raise UserError(f"checkpoint {checkpoint_dir}: {problem}")
     cfg = config_from_dict(load_json(checkpoint_dir, CONFIG_FILE))
     meta = load_json(checkpoint_dir, META_FILE)
     model = model_from_config(cfg.model, meta["spectra"], meta["num_classes"],

@@ -83,7 +83,14 @@ class RaySession:
         return ray.train.get_dataset_shard(name)
 
     def latest_checkpoint(self) -> ray.train.Checkpoint | None:
-        return ray.train.get_checkpoint()
+        """Ray's latest checkpoint, or the newest whole one beside it when it is damaged."""
+        latest = ray.train.get_checkpoint()
+        if latest is None or "://" in str(latest.path) or not Path(latest.path).is_dir():
+            return latest  # remote storage: Ray's record is used as is
+        if ck.checkpoint_problem(latest.path) is None:
+            return latest
+        found = ck.newest_intact(ck.run_checkpoints(Path(latest.path).parent))
+        return ray.train.Checkpoint.from_directory(str(found)) if found else None
 
     def checkpoint_dir(self, tag: int | str) -> Path:
         """A temporary directory: Ray copies it into the run's storage on report."""
@@ -107,6 +114,9 @@ class RaySession:
             with fs.open_input_stream(f"{path}/{SNAPSHOT_FILE}") as f:
                 snapshot = json.loads(f.read())
             name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+            if Path(path, name).is_dir() and ck.checkpoint_problem(Path(path, name)) is not None:
+                found = ck.newest_intact(ck.run_checkpoints(path))  # as latest_checkpoint does
+                return 0 if found is None else int(ck.load_json(found, ck.META_FILE)["epoch"]) + 1
             with fs.open_input_stream(f"{path}/{name}/{ck.META_FILE}") as f:
                 return int(json.loads(f.read())["epoch"]) + 1
         except (OSError, KeyError, TypeError, ValueError):
@@ -136,8 +146,8 @@ class LocalSession:
         return self.datasets[name]
 
     def latest_checkpoint(self) -> ray.train.Checkpoint | None:
-        found = ck.local_checkpoints(self.run_dir)
-        return ray.train.Checkpoint.from_directory(str(found[-1])) if found else None
+        found = ck.newest_intact(ck.local_checkpoints(self.run_dir))  # damaged ones skipped
+        return ray.train.Checkpoint.from_directory(str(found)) if found else None
 
     def checkpoint_dir(self, tag: int | str) -> Path:
         """Straight into the run directory (nothing copies it there afterwards)."""
@@ -155,7 +165,7 @@ class LocalSession:
     @staticmethod
     def resume_epoch(run_dir: str) -> int:
         """1 + the epoch of the newest checkpoint this session wrote in ``run_dir`` (0: none)."""
-        found = ck.local_checkpoints(run_dir)
-        if not found:
+        found = ck.newest_intact(ck.local_checkpoints(run_dir))  # the one latest_checkpoint uses
+        if found is None:
             return 0
-        return int(ck.load_json(found[-1], ck.META_FILE)["epoch"]) + 1
+        return int(ck.load_json(found, ck.META_FILE)["epoch"]) + 1
