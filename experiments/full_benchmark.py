@@ -16,6 +16,7 @@ See docs/BENCHMARK.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from msreid.data.synth import synth_spec_from_json
     from msreid.errors import UserError
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
+    from msreid.orchestration.interrupts import Interrupted
 
     args = build_parser().parse_args(argv)
     try:  # --synth is checked before anything is created (mlflow.db included)
@@ -77,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"full_benchmark: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # SIGINT/SIGTERM/SIGHUP: runs closed as KILLED, how to resume
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"full_benchmark: {exc}", file=sys.stderr)
+        return exc.exit_code
     print("\n" + out.markdown)
     for ok, message in out.checks:
         print(("check: " if ok else "CHECK FAILED: ") + message)

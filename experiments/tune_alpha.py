@@ -13,6 +13,7 @@ See docs/BENCHMARK.md.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     from msreid.data.synth import synth_spec_from_json
     from msreid.errors import UserError
     from msreid.orchestration.alpha import AlphaOptions, run_alpha_search
+    from msreid.orchestration.interrupts import Interrupted
 
     args = build_parser().parse_args(argv)
     try:  # --synth is checked before anything is created (mlflow.db included)
@@ -65,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"tune_alpha: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # SIGINT/SIGTERM/SIGHUP: runs closed as KILLED, how to resume
+        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
+            print(f"tune_alpha: {exc}", file=sys.stderr)
+        return exc.exit_code
     print("\n" + out.markdown)
     print(f"wall time {time.time() - start:.0f} s; MLflow {out.tracking_uri}, experiment "
           f"{opts.experiment!r}, parent run {out.parent_run_id} (alpha/map_vs_alpha.png)")

@@ -129,11 +129,10 @@ def _finished(uri, parent_tag):
 @pytest.mark.ray
 @pytest.mark.timeout(480)
 def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, manifest, capsys):
-    from msreid.grid import expand_trials
-    from msreid.orchestration.benchmark import load_benchmark_suite, run_benchmark
+    from msreid.orchestration.benchmark import load_benchmark_suite, prepare_trials, run_benchmark
 
     opts = options(tmp_path, manifest, name="mini-resume")
-    trials = expand_trials(load_benchmark_suite(opts))
+    trials = prepare_trials(opts, load_benchmark_suite(opts), {"rgbnt100"})[2]
     assert len(trials) == 3 * 2  # 2 Table 3 rows + 1 unshared Table 5 row, x 2 seeds
     # The last trial hangs until the driver is killed mid-benchmark.
     results = tmp_path / "results" / "mini-resume"

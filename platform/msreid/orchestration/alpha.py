@@ -26,6 +26,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.errors import UserError
 from msreid.losses import ABLATIONS, PAPER_ALPHA
+from msreid.orchestration import interrupts
 from msreid.orchestration.benchmark import BenchmarkOptions, resolve_manifests
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
@@ -133,16 +134,19 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
                                   "config": opts.config, "data": manifests[dataset],
                                   "asha.grace_period": opts.grace_period,
                                   "asha.reduction_factor": opts.reduction_factor})
-    storage = opts.storage_path or default_storage_path()
-    ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
-                        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-                        name=name, storage=storage, fit=opts.fit, figures={"cam_queries": 0})
-    init_ray(opts.ray_address, quiet=True)
-    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    # fit's last report (test metrics) carries best_val/mAP, not val/mAP; ASHA ignores it.
-    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    epochs = int(base.get("optim.epochs", 1))
-    results = _tuner(opts, ctx, dataset, storage, name, epochs).fit()
+    with interrupts.stop_signals() as stop:
+        try:
+            results = _fit(opts, base, forced, manifests, prints, dataset, parent, name, stop)
+        except interrupts.Interrupted as exc:
+            note = (f"Interrupted by {exc.signal_name}; no summary was written. The search has no "
+                    "--resume: run experiments/tune_alpha.py again")
+            done = interrupts.close_interrupted(client, experiment_id, parent, exc.signal_name, note)
+            raise interrupts.Interrupted(exc.signal_name, f"interrupted by {exc.signal_name} after "
+                                         f"{done} finished trial(s); parent run {parent} marked "
+                                         "KILLED, no summary written") from None
+        except Exception:  # the parent must not stay RUNNING
+            client.set_terminated(parent, "FAILED")
+            raise
     table = alpha_table(results)
     close_children(client, experiment_id, parent,
                    set(table.loc[table["status"] == "stopped (ASHA)", "trial_id"]))
@@ -152,6 +156,26 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     client.set_terminated(parent, "FINISHED")
     return AlphaOutcome(table=table, best=best, markdown=markdown, parent_run_id=parent,
                         tracking_uri=uri)
+
+
+def _fit(opts: AlphaOptions, base: dict, forced: dict, manifests: dict, prints: dict, dataset: str,
+         parent: str, name: str, stop: interrupts.StopState):
+    """Run the search (Tune); raises ``Interrupted`` when a stop signal arrived."""
+    storage = opts.storage_path or default_storage_path()
+    uri = resolve_tracking_uri(opts.tracking_uri)
+    experiment_id = ensure_experiment(uri, opts.experiment)
+    ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
+                        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
+                        name=name, storage=storage, fit=opts.fit, figures={"cam_queries": 0})
+    init_ray(opts.ray_address, quiet=True)
+    os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
+    # fit's last report (test metrics) carries best_val/mAP, not val/mAP; ASHA ignores it.
+    os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    epochs = int(base.get("optim.epochs", 1))
+    with stop.tune_loop():
+        results = _tuner(opts, ctx, dataset, storage, name, epochs).fit()
+    stop.check()
+    return results
 
 
 def _as_benchmark(opts: AlphaOptions):

@@ -12,11 +12,14 @@ Order of work (nothing expensive before the cheap checks):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -25,6 +28,7 @@ from msreid import grid
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.data.schema import manifest_info
 from msreid.errors import UserError
+from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
@@ -35,6 +39,7 @@ from msreid.train.fit import init_ray
 log = logging.getLogger(__name__)
 
 TAG_SUITE = "msreid.suite"
+SETTINGS_FILE = "settings.json"  # on the parent: what --resume must match
 
 
 @dataclass(frozen=True)
@@ -83,7 +88,12 @@ class BenchmarkOutcome:
 
 
 def prepare_trials(opts: BenchmarkOptions, suite: grid.Suite, datasets: set[str] | None):
-    """Base config (flat dict) and trials; every trial's config is checked here (UserError)."""
+    """Base config (flat dict), forced overrides and trials; every trial's config is checked here.
+
+    A trial's key hashes its whole effective config (preset + cell + ``--set`` + seed), not only
+    the cell's overrides: a changed preset or ``--set`` gives new keys, never a stale result.
+    Cells whose effective configs are equal share one trial.
+    """
     preset = find_experiment_file(opts.config or suite.preset, "presets")
     base = config_to_dict(load_config(preset, list(opts.overrides)))
     trials = grid.expand_trials(suite, datasets)
@@ -91,13 +101,18 @@ def prepare_trials(opts: BenchmarkOptions, suite: grid.Suite, datasets: set[str]
         raise UserError(f"suite {suite.source}: no cell runs on the given data "
                         f"({sorted(datasets or [])}); pass --data for one of its datasets")
     forced = parse_overrides(list(opts.overrides))
+    merged: dict[str, grid.TrialSpec] = {}
     for t in trials:
         flat = {**base, **t.overrides, **forced, "run.seed": t.seed, "data.manifest": "x"}
         try:
-            config_from_dict(flat)
+            effective = config_to_dict(config_from_dict(flat))
         except UserError as exc:
             raise UserError(f"suite {suite.source}, cell {' / '.join(t.cells[0])}: {exc}") from None
-    return base, forced, trials
+        effective.pop("data.manifest")  # the data is named by the dataset and its fingerprint
+        key = grid.trial_key(t.dataset, effective, t.seed)
+        same = merged.get(key)
+        merged[key] = replace(t, key=key, cells=(same.cells if same else ()) + t.cells)
+    return base, forced, list(merged.values())
 
 
 def load_benchmark_suite(opts: BenchmarkOptions) -> grid.Suite:
@@ -123,12 +138,18 @@ def resolve_manifests(opts: BenchmarkOptions, suite_synth: dict | None = None
 
 
 def benchmark_name(opts: BenchmarkOptions, suite: grid.Suite, client, experiment_id: str) -> str:
-    """A fresh ``<suite>-<timestamp>`` name, or the one to resume."""
+    """A fresh ``<suite>-<timestamp>`` name, or the one to resume (UserError: no such benchmark)."""
     if opts.resume is None:
         return opts.name or f"{suite.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    parents = runs.find_runs(client, experiment_id, {runs.TAG_KIND: "benchmark"})
     if opts.resume:
-        return opts.resume
-    previous = runs.find_runs(client, experiment_id, {runs.TAG_KIND: "benchmark", TAG_SUITE: suite.name})
+        if any(p.data.tags.get(runs.TAG_BENCHMARK) == opts.resume for p in parents):
+            return opts.resume
+        names = [f"{p.data.tags.get(runs.TAG_BENCHMARK)} ({p.info.status})" for p in parents
+                 if p.info.status != "FINISHED"]
+        raise UserError(f"--resume {opts.resume}: no benchmark of that name in this MLflow "
+                        f"experiment; resumable: {', '.join(names) or 'none'} (or run without --resume)")
+    previous = [p for p in parents if p.data.tags.get(TAG_SUITE) == suite.name]
     if not previous:
         raise UserError(f"--resume: no earlier `{suite.name}` benchmark in MLflow experiment "
                         "(run without --resume first, or pass --resume NAME)")
@@ -144,21 +165,55 @@ def parent_description(suite: grid.Suite) -> str:
             "cell and seed).")
 
 
-def start_parent(opts, suite, client, experiment_id, name, manifests, prints) -> str:
-    """Find (resume) or create the parent run and log the suite description on it."""
+def benchmark_settings(opts: BenchmarkOptions, suite: grid.Suite, base: dict, forced: dict,
+                       prints: dict[str, str]) -> dict[str, Any]:
+    """Everything that decides a benchmark's results, flat and JSON-normalised (SETTINGS_FILE)."""
+    packing = ("source", "seeds", "trial_resources", "max_concurrent_trials", "max_failures", "checks")
+    definition = {k: v for k, v in grid.suite_to_dict(suite).items() if k not in packing}
+    digest = hashlib.sha1(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
+    settings = {"suite": suite.name, "suite.definition_sha1": digest, "seeds": list(suite.seeds),
+                "set": forced, **{f"data.{k}": v for k, v in sorted(prints.items())},
+                **{f"preset.{k}": v for k, v in base.items() if k != "data.manifest"}}  # with --set
+    return json.loads(json.dumps(settings, default=str))
+
+
+def check_resume_settings(client, experiment_id: str, name: str, settings: dict) -> None:
+    """UserError listing each setting (old -> new) that differs from the resumed run's record."""
+    (parent, *_) = runs.find_runs(client, experiment_id, {runs.TAG_KIND: "benchmark",
+                                                          runs.TAG_BENCHMARK: name})
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            old = json.loads(Path(client.download_artifacts(parent.info.run_id, SETTINGS_FILE,
+                                                            tmp)).read_text())
+    except Exception:  # noqa: BLE001 (MLflow raises several types for a missing artifact)
+        raise UserError(f"--resume {name}: the parent run {parent.info.run_id} has no recorded "
+                        f"{SETTINGS_FILE} (made by an older msreid), so its settings cannot be "
+                        "checked; start a new benchmark") from None
+    diff = [f"{k}: {json.dumps(old.get(k, '(unset)'))} -> {json.dumps(settings.get(k, '(unset)'))}"
+            for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+    if diff:
+        raise UserError(f"--resume {name}: these settings differ from the run being resumed "
+                        f"(recorded -> now): {'; '.join(diff)}. Resume with the recorded settings "
+                        f"({SETTINGS_FILE} of parent run {parent.info.run_id}), or start a new "
+                        "benchmark without --resume")
+
+
+def start_parent(opts, suite, client, experiment_id, name, manifests, prints, settings) -> str:
+    """Find (resume) or create the parent run; log the suite description and settings on it."""
     context = runs.context_tags()
     parent, created = runs.get_or_create_parent(
         client, experiment_id, name,
         tags={TAG_SUITE: suite.name, **context, runs.TAG_NOTE: parent_description(suite)})
-    if opts.resume is not None and created:
-        log.warning("no parent run found for %s: starting a new one", name)
     runs.log_params(client, parent, {"suite": suite.source, "seeds": list(suite.seeds),
                                   "overrides": list(opts.overrides), **{
                                       f"data.{k}": v for k, v in manifests.items()}})
     tags = {f"msreid.manifest_fingerprint.{k}": v for k, v in prints.items()}
-    runs.set_tags(client, parent, {**tags, **context})
+    runs.set_tags(client, parent, {**tags, **context, runs.TAG_NOTE: parent_description(suite)})
+    if not created and interrupts.TAG_INTERRUPTED in client.get_run(parent).data.tags:
+        client.delete_tag(parent, interrupts.TAG_INTERRUPTED)  # resumed: no longer interrupted
     if created:
         runs.log_text(client, parent, json.dumps(grid.suite_to_dict(suite), indent=1), "suite.json")
+        runs.log_text(client, parent, json.dumps(settings, indent=1), SETTINGS_FILE)
     return parent
 
 
@@ -177,23 +232,46 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     client = runs.client_for(uri)
     ui.install_landing_view(client, experiment_id)
     name = benchmark_name(opts, suite, client, experiment_id)
-    manifests, prints = resolve_manifests(opts, suite.synth)  # synthetic data: generated on first use
-    init_ray(opts.ray_address, quiet=True)  # before the parent run: no RUNNING run if Ray fails
-    parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints)
-    storage = opts.storage_path or default_storage_path()
-    ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
-                        tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
-                        name=name, storage=storage, fit=opts.fit, figures=opts.figures,
-                        system_metrics=opts.system_metrics)
-    print(f"Benchmark {name}: {len(trials)} trials ({len(suite.seeds)} seed(s)), MLflow {uri} "
-          f"experiment {opts.experiment!r}, parent run {parent}", flush=True)
-    try:
-        results, errors = run_tune(suite, trials, ctx, storage, name, opts)
-    except Exception:  # the parent must not stay RUNNING (--resume sets it RUNNING again)
-        client.set_terminated(parent, "FAILED")
-        raise
-    return publish_tables(suite, results, errors, client, parent, experiment_id, uri, name,
-                          register=opts.register)
+    with interrupts.stop_signals() as stop:
+        manifests, prints = resolve_manifests(opts, suite.synth)  # synthetic data: generated on first use
+        settings = benchmark_settings(opts, suite, base, forced, prints)
+        if opts.resume is not None:  # exactly the recorded settings, or refuse (nothing changed yet)
+            check_resume_settings(client, experiment_id, name, settings)
+        init_ray(opts.ray_address, quiet=True)  # before the parent run: no RUNNING run if Ray fails
+        parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints, settings)
+        try:
+            storage = opts.storage_path or default_storage_path()
+            ctx = trial_context(base_config=base, force=forced, manifests=manifests,
+                                fingerprints=prints, tracking_uri=uri, experiment_id=experiment_id,
+                                parent_run_id=parent, name=name, storage=storage, fit=opts.fit,
+                                figures=opts.figures, system_metrics=opts.system_metrics)
+            print(f"Benchmark {name}: {len(trials)} trials ({len(suite.seeds)} seed(s)), MLflow {uri} "
+                  f"experiment {opts.experiment!r}, parent run {parent}", flush=True)
+            with stop.tune_loop():
+                results, errors = run_tune(suite, trials, ctx, storage, name, opts)
+            stop.check()
+            if len(results) + len(errors) < len(trials):  # stopped by Tune (e.g. SIGUSR1)
+                raise interrupts.Interrupted("SIGUSR1")
+        except interrupts.Interrupted as exc:
+            raise _interrupted(client, experiment_id, parent, name, len(trials), exc) from None
+        except Exception:  # the parent must not stay RUNNING; --resume re-runs what failed
+            client.set_terminated(parent, "FAILED")
+            raise
+        return publish_tables(suite, results, errors, client, parent, experiment_id, uri, name,
+                              register=opts.register)
+
+
+def _interrupted(client, experiment_id: str, parent: str, name: str, n_trials: int,
+                 exc: interrupts.Interrupted) -> interrupts.Interrupted:
+    """Close the runs of an interrupted benchmark (see msreid.orchestration.interrupts)."""
+    hint = (f"resume with the same options plus `--resume {name}`, e.g. "
+            f"python experiments/full_benchmark.py --resume {name}")
+    note = (f"Interrupted by {exc.signal_name}; no tables were written. Finished trials are kept: "
+            f"{hint}")
+    finished = interrupts.close_interrupted(client, experiment_id, parent, exc.signal_name, note)
+    message = (f"interrupted by {exc.signal_name} after {finished} of {n_trials} trials; parent run "
+               f"{parent} marked KILLED, no tables written; {hint}")
+    return interrupts.Interrupted(exc.signal_name, message)
 
 
 def publish_tables(suite, results, errors, client, parent, experiment_id, uri, name,
