@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import ray
 import ray.train
+import torch
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -142,8 +143,58 @@ def init_ray(address: str | None = None, *, train_cpus: float = 0.0, quiet: bool
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cores = os.cpu_count() or 1
     cpus = cores + (math.ceil(train_cpus) + 1 if train_cpus else 0)
-    ray.init(num_cpus=cpus, include_dashboard=False,
+    # address="local": a private instance even where `ray start` runs (ray.init() would join it
+    # and then refuse num_cpus); RAY_ADDRESS=auto / --ray-address auto joins that one instead.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False,
              **({"configure_logging": False, "log_to_driver": False} if quiet else {}))
+
+
+def missing_gpus(use_gpu: bool, num_workers: int, node_gpus: Sequence[float], joined: bool,
+                 autoscaler_gpus: int | None, cuda_here: bool) -> str | None:
+    """What a run asking for GPUs lacks (None: nothing), or None when autoscaling may add it.
+
+    A Ray worker takes one whole GPU (``_trainer``); local mode uses this process's GPU.
+    node_gpus: GPUs of each live node; autoscaler_gpus: the most GPUs the cluster's autoscaler
+    may provide (None: no autoscaler config). Without this check Ray waits for a GPU that
+    never comes and ends in "worker group startup timed out".
+    """
+    if not use_gpu:
+        return None
+    if num_workers == 0:
+        return None if cuda_here else (
+            "run.use_gpu=true with run.num_workers=0 trains in this process, and torch sees no GPU "
+            "here (torch.cuda.is_available() is False)")
+    have = sum(int(g) for g in node_gpus)
+    if have >= num_workers:
+        return None
+    if not joined:
+        return (f"run.use_gpu=true needs {num_workers} GPU(s) (one per worker), and this machine "
+                f"has {have} visible to Ray (no GPU, or a driver/CUDA problem)")
+    if autoscaler_gpus is not None and autoscaler_gpus >= num_workers:
+        return None  # the autoscaler may start GPU nodes: the run waits for them
+    scale = ("the cluster has no autoscaler config" if autoscaler_gpus is None else
+             f"its autoscaler can provide at most {autoscaler_gpus} GPU(s)")
+    return (f"run.use_gpu=true needs {num_workers} GPU(s) (one per worker), and the cluster's "
+            f"live nodes offer {have} ({len(node_gpus)} node(s)); {scale}, so none will be added")
+
+
+def check_resources(cfg: TrainConfig, joined: bool) -> None:
+    """UserError naming what the run asks for and the cluster lacks (before anything starts)."""
+    if not cfg.run.use_gpu:
+        return
+    nodes = [n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")]
+    joined = joined or len(nodes) > 1
+    try:  # the autoscaler's limits (Ray's internal state API; absent on a local instance)
+        from ray._private.state import state
+
+        limits = state.get_max_resources_from_cluster_config() if joined else None
+    except Exception:  # noqa: BLE001 (an internal API: no config is the safe reading)
+        limits = None
+    problem = missing_gpus(True, cfg.run.num_workers, nodes, joined,
+                           None if limits is None else int(limits.get("GPU", 0)),
+                           torch.cuda.is_available())
+    if problem:
+        raise UserError(f"{problem}: set run.use_gpu=false, or run where GPUs are")
 
 
 def _train_factory(spec: DecodeSpec, plan: Plan, run_dir: str, resume_epoch: Callable[[str], int],
@@ -257,6 +308,7 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: Sequence =
     local = cfg.run.num_workers == 0  # the one place the mode is chosen
     session_type = LocalSession if local else RaySession
     init_ray(ray_address, train_cpus=cfg.run.num_workers * cfg.run.cpus_per_worker)
+    check_resources(cfg, joined=bool(ray_address or os.environ.get("RAY_ADDRESS")))
     index, meta = load_manifest(cfg.data.manifest)
     d = cfg.data
     rows = split_rows(meta.split, meta.pid, meta.camera, val_ids=d.val_ids,
