@@ -168,6 +168,7 @@ def _fit(opts: AlphaOptions, base: dict, forced: dict, manifests: dict, prints: 
                         tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                         name=name, storage=storage, fit=opts.fit, figures={"cam_queries": 0})
     init_ray(opts.ray_address, quiet=True)
+    stop.install()  # ray.init replaced the SIGTERM handler with a plain sys.exit
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # fit's last report (test metrics) carries best_val/mAP, not val/mAP; ASHA ignores it.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"

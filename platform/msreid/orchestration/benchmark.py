@@ -238,6 +238,7 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
         if opts.resume is not None:  # exactly the recorded settings, or refuse (nothing changed yet)
             check_resume_settings(client, experiment_id, name, settings)
         init_ray(opts.ray_address, quiet=True)  # before the parent run: no RUNNING run if Ray fails
+        stop.install()  # ray.init replaced the SIGTERM handler with a plain sys.exit
         parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints, settings)
         try:
             storage = opts.storage_path or default_storage_path()

@@ -53,9 +53,22 @@ class StopState:
         if self.signal_name:
             raise Interrupted(self.signal_name)
 
+    def install(self) -> dict:
+        """Point the stop signals at this state's handler; returns the previous handlers.
+
+        Called again on entering Tune's loop: ``ray.init`` replaces the SIGTERM handler
+        with one that calls ``sys.exit`` (which would skip closing the runs).
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        handler = _handler(self)
+        return {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
+
     @contextlib.contextmanager
     def tune_loop(self) -> Iterator[None]:
         """Mark the span of ``Tuner.fit()``: a first signal then asks Tune to stop gracefully."""
+        self.install()
+        self.check()
         self.in_tune = True
         try:
             yield
@@ -86,7 +99,7 @@ def stop_signals() -> Iterator[StopState]:
         return
     before_env = os.environ.get("TUNE_DISABLE_SIGINT_HANDLER")
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # SIGINT comes here, like SIGTERM and SIGHUP
-    previous = {sig: signal.signal(sig, _handler(state)) for sig in STOP_SIGNALS}
+    previous = state.install()
     try:
         yield state
     finally:
