@@ -53,3 +53,39 @@ def test_close_interrupted_kills_unfinished_children_and_the_parent(tmp_path):
     assert status == {parent: "KILLED", done: "FINISHED", busy: "KILLED"}
     tags = client.get_run(parent).data.tags
     assert tags["msreid.interrupted"] == "SIGHUP" and tags[runs.TAG_NOTE] == "resume with --resume b"
+
+
+@pytest.mark.timeout(120)
+def test_run_benchmark_interrupted_in_tune_closes_parent_and_children_without_tables(
+        tmp_path, monkeypatch):
+    """Without Ray: SIGTERM arrives while the (stand-in) Tune loop runs a trial."""
+    from msreid.orchestration import benchmark
+    from msreid.orchestration.datasets import synthetic_manifest
+    from msreid.tracking import runs
+    from test_orchestration_benchmark import options
+
+    manifest = synthetic_manifest({"ids": 4, "cameras": 2, "tuples_per_id": 3, "height": 16,
+                                   "width": 32}, root=tmp_path / "cache")
+
+    def tune_hit_by_sigterm(suite, trials, ctx, storage, name, opts):
+        client = runs.client_for(ctx.tracking_uri)
+        child, _ = runs.get_or_create_child(client, ctx.experiment_id, ctx.parent_run_id,
+                                            trials[0].key, run_name="busy")
+        os.kill(os.getpid(), signal.SIGTERM)  # Tune's handler (below) ends its loop
+        return [], []
+
+    previous = signal.signal(signal.SIGUSR1, lambda *a: None)  # stands for Tune's handler
+    monkeypatch.setattr(benchmark, "init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(benchmark, "run_tune", tune_hit_by_sigterm)
+    opts = options(tmp_path, manifest, name="cut")
+    try:
+        with pytest.raises(interrupts.Interrupted, match=r"after 0 of 6 trials.*--resume cut"):
+            benchmark.run_benchmark(opts)
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    client = runs.client_for(opts.tracking_uri)
+    exp = client.get_experiment_by_name("t").experiment_id
+    (parent,) = runs.find_runs(client, exp, {runs.TAG_KIND: "benchmark"})
+    assert parent.info.status == "KILLED" and "--resume cut" in parent.data.tags[runs.TAG_NOTE]
+    assert [c.info.status for c in runs.children(client, exp, parent.info.run_id)] == ["KILLED"]
+    assert not [a for a in client.list_artifacts(parent.info.run_id) if a.path == "tables"]
