@@ -113,7 +113,7 @@ def test_trial_runs_compare_as_cells(bench):
     for kid in kids:
         cell, score = EXPECTED[kid.info.run_name]
         tags, run_id = kid.data.tags, kid.info.run_id
-        assert tags["msreid.cell"] == cell
+        assert tags["msreid.cell"] == cell and tags["msreid.units"] == "percent"
         assert tags["mlflow.note.content"].startswith(f"**Cell** {cell}")
         assert re.fullmatch(r"[0-9a-f]{40}", tags["mlflow.source.git.commit"])
         assert tags["mlflow.user"] and tags["mlflow.source.type"] == "LOCAL"

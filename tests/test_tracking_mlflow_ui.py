@@ -207,3 +207,14 @@ def test_benchmark_flags_register_and_system_metrics():
     assert (args.register, args.system_metrics) == (True, True)
     args = script.build_parser().parse_args([])
     assert (args.register, args.system_metrics) == (False, False)
+
+
+def test_old_runs_in_fractions_read_as_percent(store):
+    uri, exp, client = store
+    old, _ = runs.get_or_create_parent(client, exp, "old")  # logged before msreid.units existed
+    runs.log_metrics(client, old, {"test/mAP": 0.25, "best_epoch": 3})
+    new, _ = runs.get_or_create_parent(client, exp, "new")
+    runs.set_tags(client, new, {runs.TAG_UNITS: "percent"})
+    runs.log_metrics(client, new, {"test/mAP": 25.0, "best_epoch": 3})
+    assert runs.stored_in_percent(client.get_run(old)) == {"test/mAP": 25.0, "best_epoch": 3.0}
+    assert runs.stored_in_percent(client.get_run(new)) == {"test/mAP": 25.0, "best_epoch": 3.0}

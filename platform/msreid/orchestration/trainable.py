@@ -179,6 +179,7 @@ def _trial_tags(ctx: TrialContext, config: dict, key: str) -> dict[str, str]:
     tags = {**ctx.context_tags,
             runs.TAG_BENCHMARK: ctx.benchmark, runs.TAG_CELLS: json.dumps(trial.get("cells", [])),
             runs.TAG_SEED: str(trial["seed"]), "msreid.dataset": trial["dataset"],
+            runs.TAG_UNITS: "percent",
             "msreid.tune_trial_id": tune.get_context().get_trial_id() or "",
             "msreid.selection": "test/* = test set, checkpoint selected by best val/mAP"}
     if searched:
@@ -193,7 +194,7 @@ def _reuse_finished(client, run_id: str) -> dict | None:
     """Final metrics of a child run that already FINISHED (driver died after it), else None."""
     run = client.get_run(run_id)
     if run.info.status == "FINISHED" and "test/mAP" in run.data.metrics:
-        return comparison.from_percent(dict(run.data.metrics))
+        return comparison.from_percent(runs.stored_in_percent(run))
     return None
 
 

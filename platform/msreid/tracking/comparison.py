@@ -71,6 +71,7 @@ def log_trial_result(client: MlflowClient, experiment_id: str, run_id: str, run_
         model_id = entities.log_checkpoint_model(client, experiment_id, run_id, run_name,
                                                  str(checkpoint), params)
     final = final_metrics(metrics)
+    client.set_tag(run_id, runs.TAG_UNITS, "percent")
     digest = (dataset.name, dataset.digest) if dataset is not None else None
     runs.log_final_metrics(client, run_id, final, model_id=model_id, dataset=digest)
     if artifacts_dir:

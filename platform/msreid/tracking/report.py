@@ -74,7 +74,7 @@ def rebuild(client, experiment_id: str, parent):
             continue
         cells = tuple(tuple(c) for c in json.loads(tags.get(runs.TAG_CELLS, "[]")))
         results.append(TrialResult(cells=cells, seed=int(tags[runs.TAG_SEED]),
-                                   metrics=dict(child.data.metrics)))
+                                   metrics=runs.stored_in_percent(child)))
     return suite, assemble_suite(suite, results)
 
 

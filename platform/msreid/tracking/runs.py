@@ -29,6 +29,7 @@ TAG_CELL = "msreid.cell"            # readable key of the run's (first) cell, fo
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_NOTE = "mlflow.note.content"    # the run's description in the UI
+TAG_UNITS = "msreid.units"          # "percent": retrieval metrics in %; absent: fractions (older runs)
 TAG_GIT_COMMIT = "mlflow.source.git.commit"
 TAG_GIT_DIRTY = "mlflow.source.git.dirty"
 CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
@@ -196,6 +197,13 @@ def in_percent(metrics: dict[str, Any], digits: int = 4) -> dict[str, float]:
             continue
         out[key] = round(100.0 * value, digits) if is_percent_metric(key) else float(value)
     return out
+
+
+def stored_in_percent(run) -> dict[str, float]:
+    """A run's metrics with retrieval metrics in %, whether it logged % (tag ``msreid.units``) or,
+    like runs logged before it existed, fractions."""
+    metrics = dict(run.data.metrics)
+    return metrics if run.data.tags.get(TAG_UNITS) == "percent" else in_percent(metrics)
 
 
 def log_final_metrics(client: MlflowClient, run_id: str, metrics: dict[str, float],
