@@ -240,3 +240,11 @@ def save_screenshots(page, folder: Path, base: str, out) -> None:
     page.frame_locator("iframe").get_by_text("ΔmAP").first.wait_for(timeout=60_000)
     time.sleep(1)
     page.screenshot(path=str(folder / "mlflow_table.png"))
+
+
+def test_without_a_browser_the_skip_says_how_to_install(monkeypatch):
+    import mlflow_browser
+
+    monkeypatch.setattr(mlflow_browser, "CHROMIUM", "/nonexistent/chromium")
+    reason = mlflow_browser.missing_browser()
+    assert "apt-get install -y chromium" in reason and "pip install -e '.[test]'" in reason
