@@ -61,7 +61,7 @@ def test_flat_dict_round_trip_and_replace_dotted():
     assert config_from_dict(flat) == cfg
     changed = replace_dotted(cfg, {"loss.alpha": 0.5, "data.K": 2, "data.batch_size": 16})
     assert (changed.loss.alpha, changed.data.K, changed.data.batch_size) == (0.5, 2, 16)
-    assert cfg.loss.alpha is None  # frozen original untouched
+    assert cfg.loss.alpha == 0.001  # frozen original untouched
 
 
 def test_defaults_build_without_a_file():

@@ -81,13 +81,24 @@ def test_hsc_needs_two_streams_and_is_float32_under_autocast():
 
 def test_official_score_coherence_by_hand():
     # sample 1: cos([1,0],[1,1]) = 1/sqrt2 -> 1 - 0.707107 = 0.292893; sample 2: parallel -> 0
-    # 0.001 * (0.292893 + 0) = 2.92893e-4 (sum over the batch, not mean)
+    # sum over the batch: 0.292893 (no 0.001 inside: that is alpha's job); mean: 0.146447
     s1 = t([[1.0, 0.0], [0.0, 2.0]])
     s2 = t([[1.0, 1.0], [0.0, 3.0]])
-    assert official_score_coherence([s1, s2]).item() == pytest.approx(2.92893e-4, rel=1e-5)
-    # a third stream takes no part (official code: RGB and NIR only)
+    assert official_score_coherence([s1, s2]).item() == pytest.approx(0.292893, rel=1e-5)
+    assert official_score_coherence([s1, s2], "mean").item() == pytest.approx(0.146447, rel=1e-5)
+    # a third stream takes no part (the authors' trainer: RGB and NIR only)
     assert official_score_coherence([s1, s2, t([[5.0, -1.0], [2.0, 2.0]])]).item() == \
-        pytest.approx(2.92893e-4, rel=1e-5)
+        pytest.approx(0.292893, rel=1e-5)
+
+
+def test_hsc_reduction_sum_is_batch_size_times_mean():
+    # per sample 0.5 (see test_hsc_by_hand_m2_m3) and 0 (one-hot agreement): sum 0.5, mean 0.25
+    s1 = t([[0.0, LN3], [50.0, 0.0]])
+    s2 = t([[0.0, 0.0], [50.0, 0.0]])
+    assert heterogeneous_score_coherence([s1, s2], "sum").item() == pytest.approx(0.5, abs=1e-6)
+    assert heterogeneous_score_coherence([s1, s2], "mean").item() == pytest.approx(0.25, abs=1e-6)
+    with pytest.raises(ValueError, match="hsc_reduction"):
+        heterogeneous_score_coherence([s1, s2], "max")
 
 
 def _class_dependent_cams():
@@ -204,9 +215,9 @@ def test_compute_losses_msn_official_and_triplet():
     out = _hand_output()
     y = torch.tensor([1])
     assert set(compute_losses(out, y, **ABLATIONS["msn"])) == {"loss", "id"}
-    # official hsc: cos([0, ln3], [0, 0]) = 0 (eps-guarded zero vector) -> 0.001 * (1 - 0)
-    got = compute_losses(out, y, hsc_alpha=1.0, hsc_variant="official", triplet_margin=0.3)
-    assert got["hsc"].item() == pytest.approx(0.001, abs=1e-7)
+    # official hsc: cos([0, ln3], [0, 0]) = 0 (eps-guarded zero vector) -> 1 - 0 = 1, x alpha 0.001
+    got = compute_losses(out, y, hsc_alpha=0.001, hsc_variant="official", triplet_margin=0.3)
+    assert got["hsc"].item() == pytest.approx(1.0, abs=1e-7)
     # one sample: no valid triplet -> 0 per stream
     assert got["triplet"].item() == 0.0
     assert got["loss"].item() == pytest.approx(0.980829 + 0.001, abs=1e-6)

@@ -61,7 +61,8 @@ def test_sum_embedding_is_sum_of_stream_features():
     torch.testing.assert_close(emb, feats[0] + feats[1] + feats[2])
 
 
-@pytest.mark.parametrize("embedding,dim", [("sum", 96), ("concat", 288), ("cam_weighted", 96)])
+@pytest.mark.parametrize("embedding,dim", [("sum", 96), ("concat", 288), ("cam_weighted", 96),
+                                           ("cam_official", 96)])
 @pytest.mark.parametrize("missing", ["drop", "zero"])
 def test_missing_spectrum_shape_and_independence(embedding, dim, missing):
     model = build_model("test_resnet", SPECTRA, num_classes=4, embedding=embedding,

@@ -83,8 +83,12 @@ class ModelConfig:
     pretrained_file: str = _f("", "local .pth/.safetensors backbone weights ('' = none)")
     last_stride_1: bool = _f(False, "stride 1 in the last ResNet stage (strong baseline)")
     neck: str = _f("none", "none | bnneck (validated by msreid.models)")
-    embedding: str = _f("sum", "how stream features are fused for retrieval: sum | concat "
-                               "(validated by msreid.models)")
+    head: str = _f("paper", "paper: a bias-free classifier per stream whose weights give the "
+                            "CAMs | official: one shared classifier with bias, CAMs from a "
+                            "1x1 conv per stream (the authors' code)", ("paper", "official"))
+    embedding: str = _f("sum", "how stream features are fused for retrieval: sum (paper, MSN) "
+                               "| concat | cam_official (the authors' CAM weighting) | "
+                               "cam_weighted (msreid's own CAM weighting); docs/MODELS.md")
     embed_at: str = _f("before_neck", "embed features before or after the neck")
 
 
@@ -94,12 +98,18 @@ class LossConfig:
 
     ablation: str = _f("hamnet", "one_stream | msn | msn+hsc | msn+caid | hamnet | "
                                  "hamnet_official (msreid.losses.ABLATIONS)")
-    alpha: float | None = _f(None, "weight of L_hsc (eq. 6); null = the ablation's value "
-                                   "(0.001, the paper's)")
+    alpha: float | None = _f(None, "the one weight of L_hsc (eq. 6) in every ablation and "
+                                   "form; null = 0.001 (the paper's)")
     triplet: bool = _f(False, "add the batch-hard triplet loss (use with batch_mode=pk)")
     margin: float = _f(0.3, "triplet margin")
     label_smoothing: float = _f(0.0, "label smoothing of the ID losses")
-    hsc_variant: str | None = _f(None, "paper | official; null = the ablation's")
+    hsc_variant: str | None = _f(None, "paper (eq. 5) | official (1 - cosine of logits); "
+                                       "null = the ablation's")
+    hsc_reduction: str | None = _f(None, "how L_hsc is reduced over the batch, which the paper "
+                                         "does not say: mean | sum (the authors' code); null = "
+                                         "the ablation's (mean, hamnet_official: sum)")
+    caid_variant: str | None = _f(None, "paper (eqs. 7-12) | official (fused score of "
+                                        "sigmoid-map sums); null = the ablation's")
 
 
 @dataclass(frozen=True)
@@ -110,6 +120,9 @@ class OptimConfig:
     lr: float = _f(3.5e-4, "base learning rate, reached at the end of the warm-up")
     warmup_epochs: int = _f(10, "epochs of linear warm-up")
     warmup_lr: float = _f(3.5e-5, "learning rate at epoch 0 of the warm-up")
+    schedule_offset: int = _f(0, "epochs the schedule runs ahead: epoch e trains at the rate "
+                                 "of e + offset; 1 = the authors' code, which steps its "
+                                 "scheduler at the start of each epoch")
     milestones: tuple[int, ...] = _f((40, 70), "epochs at which the rate is multiplied by gamma")
     gamma: float = _f(0.1, "decay factor at each milestone")
     epochs: int = _f(120, "epochs in total")
@@ -354,8 +367,16 @@ def _check_ablation(cfg: TrainConfig) -> None:
     if name not in ABLATIONS:
         raise UserError(f"loss.ablation={name!r} is not valid: use one of "
                         f"{', '.join(ABLATIONS)}")
-    if cfg.loss.hsc_variant not in (None, "paper", "official"):
-        raise UserError(f"loss.hsc_variant={cfg.loss.hsc_variant!r}: use paper or official")
+    for key, value, valid in (("hsc_variant", cfg.loss.hsc_variant, ("paper", "official")),
+                              ("hsc_reduction", cfg.loss.hsc_reduction, ("mean", "sum")),
+                              ("caid_variant", cfg.loss.caid_variant, ("paper", "official"))):
+        if value not in (None, *valid):
+            raise UserError(f"loss.{key}={value!r}: use {' or '.join(valid)} (or null for the "
+                            "ablation's)")
+    if cfg.loss.alpha is not None and cfg.loss.alpha < 0:
+        raise UserError(f"loss.alpha={cfg.loss.alpha} must be >= 0")
+    if cfg.optim.schedule_offset < 0:
+        raise UserError(f"optim.schedule_offset={cfg.optim.schedule_offset} must be >= 0")
     n = len(cfg.data.spectra)
     if name == "one_stream" and n != 1:
         raise UserError(f"loss.ablation=one_stream trains one spectrum: set data.spectra to "
@@ -370,10 +391,14 @@ def loss_kwargs(cfg: LossConfig) -> dict[str, Any]:
     from msreid.losses import ABLATIONS
 
     kwargs = dict(ABLATIONS[cfg.ablation])
-    if cfg.alpha is not None and "hsc_alpha" in kwargs:
+    if cfg.alpha is not None and "hsc_alpha" in kwargs:  # alpha alone weights L_hsc
         kwargs["hsc_alpha"] = cfg.alpha
     if cfg.hsc_variant is not None and "hsc_alpha" in kwargs:
         kwargs["hsc_variant"] = cfg.hsc_variant
+    if cfg.hsc_reduction is not None and "hsc_alpha" in kwargs:
+        kwargs["hsc_reduction"] = cfg.hsc_reduction
+    if cfg.caid_variant is not None and kwargs.get("caid"):
+        kwargs["caid_variant"] = cfg.caid_variant
     if cfg.triplet:
         kwargs["triplet_margin"] = cfg.margin
     kwargs["label_smoothing"] = cfg.label_smoothing

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from msreid.models.cams import class_aware_weights
+from msreid.models.cams import class_aware_weights, official_fusion_weights
 
 HSC_VARIANTS = ("paper", "official")
-PAPER_ALPHA = 0.001
-"""The paper's weight of L_hsc, given right below eq. 6."""
+HSC_REDUCTIONS = ("mean", "sum")
+CAID_VARIANTS = ("paper", "official")
+TRIPLET_ON = ("pooled", "necked")
+PAPER_ALPHA = 0.001  # eq. 6: "alpha is a hyper-parameter setting as 0.001"
 
 ABLATIONS: dict[str, dict] = {
     "one_stream": {},  # L_id on a single spectrum: build the model with one spectrum
@@ -27,12 +29,18 @@ ABLATIONS: dict[str, dict] = {
     "msn+hsc": {"hsc_alpha": PAPER_ALPHA},  # "+ L_hsc": L_hc (eq. 6)
     "msn+caid": {"caid": True},  # "+ L_caid"
     "hamnet": {"hsc_alpha": PAPER_ALPHA, "caid": True},  # "+ L_hsc + L_caid" (eq. 13)
-    # The official code's training objective: cosine L_hsc (0.001 inside the
-    # term, so alpha = 1) plus the triplet loss of its bag-of-tricks baseline.
-    "hamnet_official": {"hsc_alpha": 1.0, "hsc_variant": "official", "caid": True,
-                        "triplet_margin": 0.3},
+    # The authors' released objective (docs/MODELS.md): cosine L_hsc summed over
+    # the batch with the same alpha, the fused score of sigmoid-map sums with ID
+    # + triplet losses, triplet losses on the BN-necked stream features.
+    "hamnet_official": {"hsc_alpha": PAPER_ALPHA, "hsc_variant": "official",
+                        "hsc_reduction": "sum", "caid": True, "caid_variant": "official",
+                        "triplet_margin": 0.3, "triplet_on": "necked"},
 }
-"""Named loss configurations: keyword arguments of :func:`compute_losses`."""
+"""Named loss configurations: keyword arguments of :func:`compute_losses`.
+
+alpha (``hsc_alpha``) is the one weight of the L_hsc term in every entry: no
+term carries a constant of its own.
+"""
 
 
 def id_loss(scores: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -49,34 +57,43 @@ def multi_stream_id_loss(scores: Sequence[Tensor], labels: Tensor,
     return sum(id_loss(s, labels, label_smoothing) for s in scores)  # eq. 4
 
 
-def heterogeneous_score_coherence(scores: Sequence[Tensor]) -> Tensor:
-    """L_hsc (paper): per sample 1 - sum_i prod_j p^j_i, mean over the batch.
+def _reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    if reduction not in HSC_REDUCTIONS:
+        raise ValueError(f"hsc_reduction must be one of {HSC_REDUCTIONS}, got {reduction!r}")
+    return per_sample.mean() if reduction == "mean" else per_sample.sum()
 
-    scores: m >= 2 tensors S^j [B, C]. Computed in float32 (also under
-    autocast) and in log space: sum_i prod_j p^j_i = exp(logsumexp_i sum_j log p^j_i).
+
+def heterogeneous_score_coherence(scores: Sequence[Tensor], reduction: str = "mean") -> Tensor:
+    """L_hsc (paper): per sample 1 - sum_i prod_j p^j_i, reduced over the batch.
+
+    scores: m >= 2 tensors S^j [B, C]. The paper does not say how eq. 5 is
+    reduced over the batch: ``reduction="mean"`` (msreid's default) or ``"sum"``
+    (what the authors' code does with its own form). Computed in float32 (also
+    under autocast) and in log space: sum_i prod_j p^j_i = exp(logsumexp_i sum_j log p^j_i).
     """
     if len(scores) < 2:
         raise ValueError(f"heterogeneous_score_coherence needs >= 2 streams, got {len(scores)}")
     with torch.autocast(device_type=scores[0].device.type, enabled=False):
         log_p = torch.stack([F.log_softmax(s.float(), dim=1) for s in scores])  # eq. 2, [m,B,C]
         agreement = torch.logsumexp(log_p.sum(dim=0), dim=1).exp()  # sum_i prod_j p^j_i, [B]
-        return (1.0 - agreement).mean()  # eq. 5
+        return _reduce(1.0 - agreement, reduction)  # eq. 5
 
 
-def official_score_coherence(scores: Sequence[Tensor]) -> Tensor:
-    """The official code's L_hsc: 0.001 * sum_b (1 - cos(S^1_b, S^2_b)).
+def official_score_coherence(scores: Sequence[Tensor], reduction: str = "sum") -> Tensor:
+    """The authors' L_hsc form: 1 - cos(S^1_b, S^2_b) per sample, summed over the batch.
 
-    scores: m >= 2 tensors [B, C]; only the first two streams (RGB, NIR in the
-    official code) take part. The official code writes ``0.001 * (32 - sum(...))``
-    with the batch size 32 hard-coded; here the sum runs over the actual batch,
-    so it equals the official value at batch 32 and stays >= 0 at any batch.
-    The 0.001 is inside this term: use alpha = 1 with it to match the official code.
+    scores: m >= 2 tensors [B, C] (logits, not probabilities); only the first
+    two streams (RGB, NIR in the authors' trainer) take part. Their trainer
+    writes ``0.001 * (32 - sum of products of L2-normalised logits)`` with the
+    batch size 32 hard-coded; here the sum runs over the actual batch (equal
+    at batch 32, never negative at others) and the 0.001 is NOT inside: it is
+    alpha, as for every other form of the term.
     """
     if len(scores) < 2:
         raise ValueError(f"official_score_coherence needs >= 2 streams, got {len(scores)}")
     with torch.autocast(device_type=scores[0].device.type, enabled=False):
         cos = F.cosine_similarity(scores[0].float(), scores[1].float(), dim=1, eps=1e-12)
-        return 0.001 * (1.0 - cos).sum()
+        return _reduce(1.0 - cos, reduction)
 
 
 def fuse_class_activation_maps(cams: Sequence[Tensor]) -> Tensor:
@@ -94,6 +111,17 @@ def class_aware_id_loss(cams: Sequence[Tensor], labels: Tensor,
     """
     fused_scores = fuse_class_activation_maps(cams).mean(dim=(2, 3))  # GAP -> S' [B, C]
     return F.cross_entropy(fused_scores, labels, label_smoothing=label_smoothing)  # eq. 12
+
+
+def official_fused_scores(cams: Sequence[Tensor]) -> Tensor:
+    """The authors' fused score S'_c = g_c sum_j w^j_c a^j_c [B, C] (see official_fusion_weights).
+
+    It replaces eqs. 9-12's GAP(M') in their trainer: ID and triplet losses are
+    applied to it directly (a weighted sum of sigmoid-map sums, all positive).
+    """
+    w, g = official_fusion_weights(cams)
+    sums = torch.sigmoid(torch.stack([c.float() for c in cams])).sum(dim=(3, 4))  # a^j_c
+    return g * (w * sums).sum(dim=0)
 
 
 def triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.3) -> Tensor:
@@ -119,20 +147,31 @@ def triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.3) -> Ten
     return F.relu(d_ap - d_an + margin)[valid].mean()
 
 
+def _check_choices(**given: str) -> None:
+    allowed = {"hsc_variant": HSC_VARIANTS, "hsc_reduction": HSC_REDUCTIONS,
+               "caid_variant": CAID_VARIANTS, "triplet_on": TRIPLET_ON}
+    for name, value in given.items():
+        if value not in allowed[name]:
+            raise ValueError(f"{name} must be one of {allowed[name]}, got {value!r}")
+
+
 def compute_losses(out, labels: Tensor, *, hsc_alpha: float | None = None, caid: bool = False,
                    triplet_margin: float | None = None, label_smoothing: float = 0.0,
-                   hsc_variant: str = "paper") -> dict[str, Tensor]:
+                   hsc_variant: str = "paper", hsc_reduction: str = "mean",
+                   caid_variant: str = "paper", triplet_on: str = "pooled") -> dict[str, Tensor]:
     """All requested terms and their total, ready for logging.
 
     out: a ``StreamOutput`` (features m x [B, d], scores m x [B, C], cams
-    m x [B, C, h, w] or None); labels: [B]. Returns {"loss", "id", and when
-    requested "hsc", "caid", "triplet"}: L = L_msid + alpha L_hsc + L_caid
-    (+ triplet). "hsc" is the unweighted term; with hsc_variant="official" it
-    already holds the official 0.001. Triplet: sum over streams of the
-    batch-hard loss on each stream's pooled feature (before the neck).
+    m x [B, C, h, w] or None, necked m x [B, d] or None); labels: [B]. Returns
+    {"loss", "id", and when requested "hsc", "caid", "triplet"}:
+    L = L_msid + alpha L_hsc + L_caid (+ triplet); "hsc" is the unweighted term.
+    caid_variant="official": L_caid is the ID loss of :func:`official_fused_scores`
+    and, with a triplet margin, the triplet loss on those scores joins "triplet".
+    Triplet: sum over streams of the batch-hard loss on each stream's pooled
+    feature (triplet_on="pooled") or BN-necked feature ("necked").
     """
-    if hsc_variant not in HSC_VARIANTS:
-        raise ValueError(f"hsc_variant must be one of {HSC_VARIANTS}, got {hsc_variant!r}")
+    _check_choices(hsc_variant=hsc_variant, hsc_reduction=hsc_reduction,
+                   caid_variant=caid_variant, triplet_on=triplet_on)
     terms = {"id": multi_stream_id_loss(out.scores, labels, label_smoothing)}  # eq. 4
     total = terms["id"]
     if hsc_alpha is not None:
@@ -141,15 +180,29 @@ def compute_losses(out, labels: Tensor, *, hsc_alpha: float | None = None, caid:
                              "drop hsc_alpha for a one-stream model")
         hsc = (heterogeneous_score_coherence if hsc_variant == "paper"
                else official_score_coherence)
-        terms["hsc"] = hsc(out.scores)
+        terms["hsc"] = hsc(out.scores, hsc_reduction)
         total = total + hsc_alpha * terms["hsc"]  # eq. 6
+    fused = None
     if caid:
         if out.cams is None:
             raise ValueError("caid=True needs class activation maps: call "
                              "model(images, return_cams=True)")
-        terms["caid"] = class_aware_id_loss(out.cams, labels, label_smoothing)
+        if caid_variant == "paper":
+            terms["caid"] = class_aware_id_loss(out.cams, labels, label_smoothing)  # eq. 12
+        else:
+            fused = official_fused_scores(out.cams)
+            terms["caid"] = id_loss(fused, labels, label_smoothing)
         total = total + terms["caid"]  # eq. 13
     if triplet_margin is not None:
-        terms["triplet"] = sum(triplet_loss(f, labels, triplet_margin) for f in out.features)
+        feats = out.features if triplet_on == "pooled" else _necked(out)
+        feats = list(feats) + ([fused] if fused is not None else [])
+        terms["triplet"] = sum(triplet_loss(f, labels, triplet_margin) for f in feats)
         total = total + terms["triplet"]
     return {"loss": total, **terms}
+
+
+def _necked(out) -> list[Tensor]:
+    necked = getattr(out, "necked", None)
+    if necked is None:
+        raise ValueError("triplet_on='necked' needs the BN-necked features (StreamOutput.necked)")
+    return necked

@@ -13,10 +13,11 @@ from msreid.models.backbones import (
     read_state_dict,
     resolve_backbone,
 )
-from msreid.models.cams import class_aware_weights
+from msreid.models.cams import class_aware_weights, official_fusion_weights, official_stream_weights
 from msreid.models.multistream import (
     EMBED_AT,
     EMBEDDINGS,
+    HEADS,
     MISSING,
     NECKS,
     MultiStreamNet,
@@ -27,6 +28,7 @@ from msreid.models.multistream import (
 
 __all__ = [
     "BACKBONES", "BackboneSpec", "LoadReport", "load_backbone_file", "read_state_dict",
-    "resolve_backbone", "EMBED_AT", "EMBEDDINGS", "MISSING", "NECKS", "MultiStreamNet",
-    "Stream", "StreamOutput", "build_model", "class_aware_weights",
+    "resolve_backbone", "EMBED_AT", "EMBEDDINGS", "HEADS", "MISSING", "NECKS", "MultiStreamNet",
+    "Stream", "StreamOutput", "build_model", "class_aware_weights", "official_fusion_weights",
+    "official_stream_weights",
 ]

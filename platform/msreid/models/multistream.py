@@ -1,11 +1,16 @@
-"""MultiStreamNet: one independent timm backbone + classifier per spectrum (MSN / HAMNet).
+"""MultiStreamNet: one independent timm backbone per spectrum (MSN / HAMNet).
 
 Per stream j: feature map F^j [B, d, h, w] -> pooled feature f^j = GAP(F^j)
-[B, d] -> optional BN-neck -> class scores S^j = W^j f^j [B, C]. The class
-activation maps M^j = W^j F^j [B, C, h, w] are computed only when asked; the
-classifier has no bias, so GAP(M^j) = S^j exactly (eq. 1). With a BN-neck the
-neck's per-channel affine map is applied to every location of F^j before W^j,
-which keeps the equality.
+[B, d] -> optional BN-neck -> class scores S^j [B, C]. Two heads:
+
+* ``head="paper"`` (default): a bias-free classifier W^j per stream, S^j = W^j f^j,
+  and the class activation maps M^j = W^j F^j [B, C, h, w] (computed only when
+  asked), so GAP(M^j) = S^j exactly (eq. 1). With a BN-neck the neck's
+  per-channel affine map is applied to every location of F^j before W^j,
+  which keeps the equality.
+* ``head="official"`` (the authors' released code): ONE classifier with bias
+  shared by all streams on the BN-necked features, S^j = W n^j + b, and CAMs
+  from a separate bias-free 1x1 convolution per stream on F^j (not from W).
 
 One-stream models are this class with one spectrum; MSN and HAMNet are the
 same network trained with different losses (msreid.losses).
@@ -21,10 +26,14 @@ from torch import Tensor, nn
 
 from msreid.errors import UserError
 from msreid.models.backbones import create_backbone, resolve_backbone
-from msreid.models.cams import class_aware_weights
+from msreid.models.cams import class_aware_weights, official_stream_weights
 
 NECKS = ("none", "bnneck")
-EMBEDDINGS = ("sum", "concat", "cam_weighted")
+HEADS = ("paper", "official")
+# cam_weighted is msreid's own rule (in neither the paper nor the authors' code);
+# cam_official is the authors' test feature (docs/MODELS.md, "Test-time embedding").
+EMBEDDINGS = ("sum", "concat", "cam_weighted", "cam_official")
+CAM_EMBEDDINGS = ("cam_weighted", "cam_official")
 EMBED_AT = ("before_neck", "after_neck")
 MISSING = ("drop", "zero")
 
@@ -35,20 +44,32 @@ class StreamOutput(NamedTuple):
     features: list[Tensor]  # pooled feature f^j [B, d], before the neck
     scores: list[Tensor]  # class scores S^j [B, C]
     cams: list[Tensor] | None  # CAMs M^j [B, C, h, w] when return_cams=True, else None
+    necked: list[Tensor] | None = None  # f^j after the neck [B, d] (= features without neck)
 
 
 class Stream(nn.Module):
-    """One spectrum's branch: backbone, optional BN-neck, bias-free classifier."""
+    """One spectrum's branch: backbone, optional BN-neck, and its head part.
 
-    def __init__(self, backbone: nn.Module, num_classes: int, neck: str) -> None:
+    head="paper": a bias-free classifier (its weights also give the CAMs);
+    head="official": a bias-free 1x1 convolution giving the CAMs, and the
+    scores come from the network's shared classifier passed to ``forward``.
+    """
+
+    def __init__(self, backbone: nn.Module, num_classes: int, neck: str,
+                 head: str = "paper") -> None:
         super().__init__()
         self.backbone = backbone
         d = backbone.num_features
+        self.feature_dim = d
         self.neck = nn.BatchNorm1d(d) if neck == "bnneck" else None
         if self.neck is not None:
             self.neck.bias.requires_grad_(False)  # BNNeck (Luo et al. 2019): no shift learnt
-        self.classifier = nn.Linear(d, num_classes, bias=False)
-        nn.init.normal_(self.classifier.weight, std=0.001)  # random init (paper)
+        self.classifier = self.cam_conv = None
+        if head == "paper":
+            self.classifier = nn.Linear(d, num_classes, bias=False)
+            nn.init.normal_(self.classifier.weight, std=0.001)  # random init (paper)
+        else:  # torch's default init, as the authors' nn.Conv2d
+            self.cam_conv = nn.Conv2d(d, num_classes, kernel_size=1, bias=False)
 
     def feature_map(self, x: Tensor) -> Tensor:
         """F^j [B, d, h, w] from the backbone (ViT patch tokens reshaped to their grid)."""
@@ -75,12 +96,17 @@ class Stream(nn.Module):
         scale = bn.weight / torch.sqrt(var + bn.eps)
         return scale, bn.bias - mean * scale
 
-    def forward(self, x: Tensor, return_cam: bool = False
+    def forward(self, x: Tensor, return_cam: bool = False, shared: nn.Module | None = None
                 ) -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
-        """x [B, 3, H, W] -> (f [B, d], neck(f) [B, d], S [B, C], M [B, C, h, w] or None)."""
+        """x [B, 3, H, W] -> (f [B, d], neck(f) [B, d], S [B, C], M [B, C, h, w] or None).
+
+        shared: the network's shared classifier (head="official" only).
+        """
         fmap = self.feature_map(x)
         pooled = fmap.mean(dim=(2, 3))
         after = self.neck(pooled) if self.neck is not None else pooled
+        if self.cam_conv is not None:  # official head: S = W n + b, M = conv1x1(F)
+            return pooled, after, shared(after), self.cam_conv(fmap) if return_cam else None
         scores = self.classifier(after)  # S = W GAP(F) (= GAP(M), eq. 1)
         cam = None
         if return_cam:
@@ -100,7 +126,12 @@ class MultiStreamNet(nn.Module):
         self.spectra: tuple[str, ...] = tuple(streams)
         self.num_classes = num_classes
         self.streams = nn.ModuleDict(streams)
-        self.feature_dim: int = next(iter(streams.values())).classifier.in_features
+        first = next(iter(streams.values()))
+        self.feature_dim: int = first.feature_dim
+        self.head = "paper" if first.classifier is not None else "official"
+        # official head: one classifier with bias for all streams (torch's default init)
+        self.shared_classifier = (nn.Linear(self.feature_dim, num_classes)
+                                  if self.head == "official" else None)
         self.embedding = embedding
         self.embed_at = embed_at
 
@@ -112,13 +143,14 @@ class MultiStreamNet(nn.Module):
     def forward(self, images: Mapping[str, Tensor], return_cams: bool = False) -> StreamOutput:
         """images[s]: [B, 3, H, W] for every s in ``spectra``. CAMs only when return_cams."""
         self._check_keys(images, self.spectra)
-        feats, scores, cams = [], [], []
+        feats, scores, cams, necked = [], [], [], []
         for s in self.spectra:
-            f, _, sc, cam = self.streams[s](images[s], return_cams)
+            f, after, sc, cam = self.streams[s](images[s], return_cams, self.shared_classifier)
             feats.append(f)
+            necked.append(after)
             scores.append(sc)
             cams.append(cam)
-        return StreamOutput(feats, scores, cams if return_cams else None)
+        return StreamOutput(feats, scores, cams if return_cams else None, necked)
 
     def embed(self, images: Mapping[str, Tensor], spectra: Sequence[str] | None = None,
               missing: str = "drop") -> Tensor:
@@ -141,30 +173,34 @@ class MultiStreamNet(nn.Module):
         cams = []
         for s in run:
             x = images[s] if s in use else torch.zeros_like(ref)
-            f, after, _, cam = self.streams[s](x, self.embedding == "cam_weighted")
+            f, after, _, cam = self.streams[s](x, self.embedding in CAM_EMBEDDINGS,
+                                               self.shared_classifier)
             per_stream[s] = after if self.embed_at == "after_neck" else f
             cams.append(cam)
         return self._combine(per_stream, cams, ref)
 
     def _combine(self, per_stream: dict[str, Tensor], cams: list[Tensor | None],
                  ref: Tensor) -> Tensor:
-        """Sum, concatenation (zeros for streams not run) or class-aware weighted sum."""
+        """Sum, concatenation (zeros for streams not run) or a CAM-weighted sum."""
         feats = list(per_stream.values())
         if self.embedding == "concat":
             zero = feats[0].new_zeros(feats[0].shape)
             return torch.cat([per_stream.get(s, zero) for s in self.spectra], dim=1)
-        if self.embedding == "cam_weighted":
-            w = self.cam_weights(cams)  # [B, m_run]
+        if self.embedding in CAM_EMBEDDINGS:
+            w = (self.cam_weights(cams) if self.embedding == "cam_weighted"
+                 else official_stream_weights(cams))  # [B, m_run]
             return sum(w[:, j, None] * f for j, f in enumerate(feats))
         return sum(feats)  # the paper's MSN rule
 
     @staticmethod
     def cam_weights(cams: Sequence[Tensor]) -> Tensor:
-        """Per-sample stream weights [B, m] for the cam_weighted embedding.
+        """Per-sample stream weights [B, m] for the cam_weighted embedding (msreid's own rule).
 
         alpha^j_c of eqs. 7-10 averaged over classes with the fused prediction
         p' = softmax(GAP(M')) (eq. 11): w^j = sum_c p'_c alpha^j_c. Test
         identities are unseen, so the expectation over classes replaces a label.
+        Neither the paper nor the authors' code defines this; their code's
+        rule is ``embedding="cam_official"`` (msreid.models.cams.official_stream_weights).
         cams: m x [B, C, h, w].
         """
         alpha = class_aware_weights(cams)  # [m, B, C]
@@ -183,16 +219,18 @@ def build_model(backbone: str, spectra: Sequence[str], num_classes: int, *,
                 pretrained: bool = False, pretrained_file: str | None = None,
                 last_stride_1: bool = False, neck: str = "none", embedding: str = "sum",
                 embed_at: str = "before_neck", input_size: tuple[int, int] | None = None,
-                **timm_kwargs: Any) -> MultiStreamNet:
+                head: str = "paper", **timm_kwargs: Any) -> MultiStreamNet:
     """A MultiStreamNet with one ``backbone`` per spectrum, no parameters shared.
 
     backbone: a name of BACKBONES or any timm model name; spectra: e.g.
     ("rgb", "nir", "tir"); input_size: (H, W), only used by ViTs to size their
-    position embedding (default: the backbone's). Extra keyword arguments
-    (drop_path_rate, ...) go to timm.create_model.
+    position embedding (default: the backbone's); head: "paper" or "official"
+    (see the module docstring). Extra keyword arguments (drop_path_rate, ...)
+    go to timm.create_model.
     """
     spec = resolve_backbone(backbone)
     _check_choice("neck", neck, NECKS)
+    _check_choice("head", head, HEADS)
     _check_choice("embedding", embedding, EMBEDDINGS)
     _check_choice("embed_at", embed_at, EMBED_AT)
     if not spectra or len(set(spectra)) != len(spectra):
@@ -204,7 +242,7 @@ def build_model(backbone: str, spectra: Sequence[str], num_classes: int, *,
         s: Stream(create_backbone(spec, size, pretrained=pretrained,
                                   pretrained_file=pretrained_file,
                                   last_stride_1=last_stride_1, **timm_kwargs),
-                  num_classes, neck)
+                  num_classes, neck, head)
         for s in spectra
     }
     return MultiStreamNet(streams, num_classes, embedding=embedding, embed_at=embed_at)

@@ -63,7 +63,11 @@ class TrainJob:
 
 
 def lr_at(epoch: int, o: OptimConfig) -> float:
-    """Learning rate of ``epoch`` (0-based): linear warm-up, then x gamma at each milestone."""
+    """Learning rate of ``epoch`` (0-based): linear warm-up, then x gamma at each milestone.
+
+    ``o.schedule_offset`` shifts the schedule: epoch e trains at the rate of e + offset.
+    """
+    epoch = epoch + o.schedule_offset
     if epoch < o.warmup_epochs:
         return o.warmup_lr + (o.lr - o.warmup_lr) * epoch / o.warmup_epochs
     return o.lr * o.gamma ** sum(epoch >= m for m in o.milestones)
