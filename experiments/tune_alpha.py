@@ -22,7 +22,7 @@ FLAGS = {
     "data": {"metavar": "[DATASET=]MANIFEST",
              "help": "the manifest to tune on (default: the synthetic RGBNT100-shaped one)"},
     "config": {"help": "training preset (experiments/presets/)"},
-    "ablation": {"help": "loss.ablation with L_hsc: hamnet or msn+hsc"},
+    "ablation": {"help": "loss.ablation with L_hsc: hamnet, msn+hsc or hamnet_official"},
     "overrides": {"flag": "--set", "metavar": "KEY=VALUE",
                   "help": "config override for every trial, e.g. --set optim.epochs=6"},
     "tracking_uri": {"help": "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "

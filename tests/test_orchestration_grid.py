@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from msreid.config import config_from_dict, config_to_dict, load_config
 from msreid.errors import UserError
 from msreid.grid import (
     expand_cells,
@@ -40,13 +41,14 @@ def test_paper_suite_merges_shared_cells():
     suite = load_suite(GRIDS / "paper.yaml")
     trials = expand_trials(suite)
     # Distinct configurations: 20 (T2) + 35 (T3) + 8 (T5) - 4 shared with T2/T3
-    # (baseline and full model on both datasets) = 59, times 3 seeds = 177.
-    assert len(trials) == 59 * 3
+    # (baseline and full model on both datasets) + 6 (test-feature comparison, own
+    # trials) = 65, times 3 seeds = 195.
+    assert len(trials) == 65 * 3
     shared = [t for t in trials if len(t.cells) == 2]
     assert len(shared) == 4 * 3
     assert {c[0] for t in shared for c in t.cells} == {"table2", "table3", "table5"}
-    # Only the RGBNT100 manifest given: Table 3 (35) + its Table 5 column (4 - 2 shared).
-    assert len(expand_trials(suite, datasets={"rgbnt100"})) == (35 + 2) * 3
+    # Only the RGBNT100 manifest given: Table 3 (35) + its Table 5 column (4 - 2 shared) + 6.
+    assert len(expand_trials(suite, datasets={"rgbnt100"})) == (35 + 2 + 6) * 3
 
 
 def test_smoke_suite():
@@ -102,10 +104,18 @@ def test_restrict_suite_to_the_given_data():
     suite = load_suite(GRIDS / "paper.yaml")
     only, notes = restrict_suite(suite, {"rgbnt100"})
     # Table 2 (RGBN300) dropped; Table 5 keeps its RGBNT100 column only.
-    assert [t.name for t in only.tables] == ["table3", "table5"]
+    assert [t.name for t in only.tables] == ["table3", "table5", "embedding"]
     assert [c.name for c in only.table("table5").columns] == ["RGBNT100"]
     assert notes == ["table2 skipped: no data for rgbn300",
                      "table5: cells on rgbn300 left out (no data)"]
-    assert len(expand_trials(only)) == (35 + 2) * 3
+    assert len(expand_trials(only)) == (35 + 2 + 6) * 3
     same, notes = restrict_suite(suite, {"rgbnt100", "rgbn300"})
     assert same == suite and notes == []
+
+
+def test_embedding_table_compares_the_three_test_features_as_columns():
+    table = load_table(GRIDS / "embedding_rgbnt100.yaml")
+    assert [c.set["model.embedding"] for c in table.columns] == ["sum", "cam_official", "cam_weighted"]
+    for cell in expand_cells(table):  # every cell is a valid training config
+        flat = {**config_to_dict(load_config(None)), **cell.overrides, "data.manifest": "x"}
+        config_from_dict(flat)

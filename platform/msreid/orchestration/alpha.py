@@ -85,7 +85,7 @@ def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
                         f"(the preset {preset} has {cfg.data.val_ids})")
     if "hsc_alpha" not in ABLATIONS.get(opts.ablation, {}):
         raise UserError(f"--ablation {opts.ablation} has no L_hsc term, so alpha does nothing: "
-                        "use hamnet or msn+hsc")
+                        "use hamnet, msn+hsc or hamnet_official")
     if not 0 < opts.low < opts.high:
         raise UserError(f"alpha range [{opts.low}, {opts.high}]: need 0 < low < high")
     return base, forced
