@@ -24,8 +24,13 @@ import numpy as np
 import torch
 
 from msreid.data.synth import SynthSpec, generate
-from msreid.losses import (PAPER_ALPHA, compute_losses, heterogeneous_score_coherence,
-                           multi_stream_id_loss, official_score_coherence)
+from msreid.losses import (
+    PAPER_ALPHA,
+    compute_losses,
+    heterogeneous_score_coherence,
+    multi_stream_id_loss,
+    official_score_coherence,
+)
 from msreid.models import build_model
 
 FORMS = {"paper": heterogeneous_score_coherence, "official": official_score_coherence}

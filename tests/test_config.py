@@ -134,3 +134,39 @@ def test_corrupt_weights_file_fails_at_config_time(tmp_path):
         load_config(None, [f"model.pretrained_file={tmp_path / 'w.safetensors'}"])
     with pytest.raises(UserError, match="does not exist"):
         config_from_dict({"model.pretrained_file": str(tmp_path / "none.pth")})
+
+
+def test_run_selection_final_ignores_val_ids_and_final_test_is_opt_in():
+    from msreid.config import effective_val_ids
+
+    cfg = load_config(PRESETS / "paper.yaml")
+    assert (cfg.run.selection, cfg.run.log_final_test) == ("validation", False)
+    assert effective_val_ids(cfg) == 0.1
+    final = load_config(PRESETS / "paper.yaml", ["run.selection=final"])
+    assert effective_val_ids(final) == 0.0 and final.data.val_ids == 0.1
+    with pytest.raises(UserError, match="run.selection"):
+        load_config(PRESETS / "paper.yaml", ["run.selection=best_test"])
+
+
+def test_paper_suite_reports_under_the_final_protocol():
+    from msreid.grid import expand_trials, load_suite
+
+    suite = load_suite(PRESETS.parent / "grids" / "paper.yaml")
+    assert suite.set["run.selection"] == "final"
+    assert all(t.overrides["run.selection"] == "final" for t in expand_trials(suite))
+
+
+def test_tune_alpha_refuses_the_final_protocol():
+    from msreid.orchestration.alpha import AlphaOptions, base_config
+
+    with pytest.raises(UserError, match="run.selection must be validation"):
+        base_config(AlphaOptions(overrides=("run.selection=final",)))
+
+
+def test_train_cli_shows_final_test_only_when_logged():
+    from msreid.train.cli import format_metrics
+
+    plain = format_metrics({"test/mAP": 0.5, "best_epoch": 3}, "final")
+    assert plain.splitlines()[0].split() == ["metric", "test", "(final)"]
+    both = format_metrics({"test/mAP": 0.5, "final_test/mAP": 0.4})
+    assert "final_test (last)" in both.splitlines()[0] and "0.4000" in both

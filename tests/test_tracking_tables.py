@@ -1,11 +1,21 @@
 """Table assembly: mean +- std over seeds beside the paper's numbers, hand-computed."""
 
 import math
+from pathlib import Path
 
 import pytest
 
-from msreid.grid import Check, Level, Suite, TableSpec
-from msreid.tracking.tables import TrialResult, assemble_table, run_checks, to_csv, to_html, to_markdown
+from msreid.grid import Check, Level, Suite, TableSpec, expand_cells, load_suite
+from msreid.tracking.tables import (
+    TrialResult,
+    assemble_suite,
+    assemble_table,
+    run_checks,
+    suite_markdown,
+    to_csv,
+    to_html,
+    to_markdown,
+)
 
 TABLE = TableSpec(
     name="table3", title="T3", paper_table="table3", metrics=("mAP", "R1"),
@@ -50,8 +60,38 @@ def test_renderings():
     assert "| RNT | R50 | 1 | 61.0 | 60.5 | +0.5 | n/a | 82.6 | n/a |" in md
     assert "<td>44.0 ± 4.0</td>" in to_html(TABLE, frame)
     csv = to_csv(frame).splitlines()
-    assert csv[0].startswith("Modality,Backbone,seeds,mAP,mAP_std,mAP_paper,mAP_diff")
-    assert csv[1].startswith("RGB,R50,3,44.0000,4.0000,41.0000,3.0000")
+    assert csv[0].startswith("Modality,Backbone,seeds,backbone,selection,mAP,mAP_std,mAP_paper,mAP_diff")
+    assert csv[1].startswith("RGB,R50,3,?,validation,44.0000,4.0000,41.0000,3.0000")
+
+
+def test_caption_states_protocol_backbone_and_seeds_as_trained():
+    smoke = {"model.backbone": "test_resnet", "run.selection": "validation"}
+    runs = [r.__class__(r.cells, r.seed, r.metrics, smoke) for r in results()]
+    md = to_markdown(TABLE, assemble_table(TABLE, runs))
+    assert md.splitlines()[0] == (
+        "**T3; checkpoint selected on validation ids held out of the train ids; backbone trained: "
+        "test_resnet; 1-3 seeds per cell**")
+    assert "ResNet50" not in md and "five backbones" not in md
+    final = [r.__class__(r.cells, r.seed, r.metrics, {"model.backbone": "resnet50",
+                                                      "run.selection": "final"})
+             for r in results() if r.seed == 0]
+    html = to_html(TABLE, assemble_table(TABLE, final))
+    assert ("<h3>T3; trained on all train ids, final checkpoint (the paper&#x27;s protocol); "
+            "backbone trained: resnet50; 1 seed per cell</h3>") in html
+    assert to_markdown(TABLE, assemble_table(TABLE, [])).startswith("**T3; no finished trials**")
+
+
+def test_smoke_suite_titles_never_name_the_papers_backbones():
+    suite = load_suite(Path(__file__).resolve().parents[1] / "experiments" / "grids" / "smoke.yaml")
+    trained = {"model.backbone": "test_resnet", "run.selection": "validation"}
+    runs = [TrialResult(cells=(c.id,), seed=0, metrics={"test/mAP": 0.5, "test/R1": 0.6},
+                        config=trained) for t in suite.tables for c in expand_cells(t, suite.set)]
+    text = suite_markdown(suite, assemble_suite(suite, runs))
+    captions = [line for line in text.splitlines() if line.startswith("**")]
+    assert len(captions) == 2
+    for line in captions:
+        assert "backbone trained: test_resnet; 1 seed per cell" in line
+        assert "ResNet50" not in line and "five backbones" not in line
 
 
 def test_checks():

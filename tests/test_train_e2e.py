@@ -68,7 +68,7 @@ def _reference_test_map(checkpoint_dir: str, manifest: str) -> float:
     return evaluate_features(f[q], f[g], ids[q], ids[g], cams[q], cams[g]).mAP
 
 
-LOCAL = ("data.batch_mode=pk", "data.P=2", "data.K=4", "loss.triplet=true")
+LOCAL = ("data.batch_mode=pk", "data.P=2", "data.K=4", "loss.triplet=true", "run.log_final_test=true")
 
 
 class Recorder:
@@ -156,6 +156,27 @@ def test_two_worker_ddp_pk_run(ray_session, manifest, tmp_path):
     out = fit(cfg, storage_path=str(tmp_path), name="ddp")
     assert np.isfinite(out.metrics["test/mAP"]) and "train/triplet" in out.history[0]
     assert Path(out.checkpoint_path, "best_model.pt").exists()
+    assert not any(k.startswith("final_test/") for k in out.metrics)  # only when asked
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_selection_final_trains_on_all_train_ids_with_the_authors_model(ray_session, manifest,
+                                                                        tmp_path):
+    """run.selection=final: no validation, all 6 train ids, the last epoch tested once; here with
+    the authors' head, objective and test feature (official.yaml's model and loss choices)."""
+    cfg = _cfg(manifest, "run.selection=final", "model.head=official", "model.neck=bnneck",
+               "model.embedding=cam_official", "model.embed_at=after_neck", "model.last_stride_1=true",
+               "loss.ablation=hamnet_official", "data.batch_mode=pk", "data.P=2", "data.K=4",
+               "optim.schedule_offset=1")
+    out = fit(cfg, storage_path=str(tmp_path), name="final")
+    assert not any(k.startswith("val/") for h in out.history for k in h)
+    assert out.metrics["best_epoch"] == 1 and np.isfinite(out.metrics["test/mAP"])
+    assert not any(k.startswith(("final_test/", "best_val/")) for k in out.metrics)
+    model, _ = load_model(out.checkpoint_path, "best")
+    assert model.num_classes == 6 and model.head == "official"  # data.val_ids=2 was ignored
+    epochs = [h for h in out.history if "train/loss" in h]
+    assert {"train/hsc", "train/caid", "train/triplet"} <= set(epochs[0])
 
 
 @dataclass(frozen=True)

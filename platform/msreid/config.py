@@ -27,6 +27,7 @@ import yaml
 from msreid import SPECTRA
 from msreid.errors import UserError
 
+SELECTIONS = ("validation", "final")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -140,6 +141,15 @@ class RunOptions:
                                      "CPUs for Ray Data on small machines (docs/RAY.md)")
     seed: int = _f(0, "seeds the model init, the validation split, the batch order and the "
                       "augmentation; the same seed gives the same run")
+    selection: str = _f("validation", "validation: train on the train ids minus data.val_ids and "
+                                      "test the checkpoint with the best validation mAP (for new "
+                                      "research) | final: train on ALL train ids with the fixed "
+                                      "schedule and test the final checkpoint once (the protocol "
+                                      "of published numbers; data.val_ids is ignored)",
+                        SELECTIONS)
+    log_final_test: bool = _f(False, "also test the last epoch's model and log it as "
+                                     "final_test/* beside the selected one's test/* (off: the "
+                                     "pair invites choosing on the test set by hand)")
     eval_every: int = _f(5, "validate every N epochs (and at the last epoch)")
     test_curve_every: int = _f(0, "also evaluate the TEST set every N epochs, reported as "
                                   "test_curve/*, never used for selection (0 = off)")
@@ -384,6 +394,11 @@ def _check_ablation(cfg: TrainConfig) -> None:
     if name != "one_stream" and n == 1:
         raise UserError(f"loss.ablation={name} needs >= 2 spectra, data.spectra="
                         f"{list(cfg.data.spectra)}: use loss.ablation=one_stream")
+
+
+def effective_val_ids(cfg: TrainConfig) -> float:
+    """The validation ids actually held out: data.val_ids, or 0 under run.selection=final."""
+    return 0.0 if cfg.run.selection == "final" else cfg.data.val_ids
 
 
 def loss_kwargs(cfg: LossConfig) -> dict[str, Any]:

@@ -80,9 +80,10 @@ def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
               "loss.ablation": opts.ablation}
     base = config_to_dict(load_config(preset, list(opts.overrides)))
     cfg = config_from_dict({**base, **forced, "data.manifest": "x"})
-    if cfg.data.val_ids <= 0:
-        raise UserError("tune_alpha selects alpha on validation mAP: data.val_ids must be > 0 "
-                        f"(the preset {preset} has {cfg.data.val_ids})")
+    if cfg.run.selection != "validation" or cfg.data.val_ids <= 0:
+        raise UserError("tune_alpha selects alpha on validation mAP: run.selection must be "
+                        f"validation and data.val_ids > 0 (the preset {preset} has "
+                        f"{cfg.run.selection}, {cfg.data.val_ids})")
     if "hsc_alpha" not in ABLATIONS.get(opts.ablation, {}):
         raise UserError(f"--ablation {opts.ablation} has no L_hsc term, so alpha does nothing: "
                         "use hamnet, msn+hsc or hamnet_official")

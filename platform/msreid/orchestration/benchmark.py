@@ -334,9 +334,12 @@ def run_tune(suite: grid.Suite, trials: list[grid.TrialSpec], ctx: TrialContext,
         if res.error is not None:
             errors.append(f"{trial['label']}: {type(res.error).__name__}: {res.error}"[:2000])
         if res.metrics and "test/mAP" in res.metrics:
+            searched = {k: v for k, v in res.config.items() if k != "trial"}
+            flat = {**ctx.base_config, **trial["overrides"], **searched, **ctx.force}  # as trained
             results.append(tables.TrialResult(cells=tuple(tuple(c) for c in trial["cells"]),
                                               seed=int(trial["seed"]),
-                                              metrics=runs.in_percent(res.metrics)))
+                                              metrics=runs.in_percent(res.metrics),
+                                              config=tables.trained_as(flat)))
     return results, errors
 
 

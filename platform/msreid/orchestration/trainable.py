@@ -181,7 +181,8 @@ def _trial_tags(ctx: TrialContext, config: dict, key: str) -> dict[str, str]:
             runs.TAG_SEED: str(trial["seed"]), "msreid.dataset": trial["dataset"],
             runs.TAG_UNITS: "percent",
             "msreid.tune_trial_id": tune.get_context().get_trial_id() or "",
-            "msreid.selection": "test/* = test set, checkpoint selected by best val/mAP"}
+            "msreid.selection": "test/* = test set, checkpoint chosen by params.run.selection "
+                                "(validation: best val/mAP; final: the last epoch)"}
     if searched:
         tags["msreid.searched"] = json.dumps(searched, sort_keys=True)
     fingerprint = ctx.fingerprints.get(trial["dataset"])

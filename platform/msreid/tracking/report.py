@@ -73,8 +73,10 @@ def rebuild(client, experiment_id: str, parent):
         if child.info.status != "FINISHED" or "test/mAP" not in child.data.metrics:
             continue
         cells = tuple(tuple(c) for c in json.loads(tags.get(runs.TAG_CELLS, "[]")))
+        params = child.data.params  # the trial's config as trained (strings)
+        config = tables.trained_as(params)
         results.append(TrialResult(cells=cells, seed=int(tags[runs.TAG_SEED]),
-                                   metrics=runs.stored_in_percent(child)))
+                                   metrics=runs.stored_in_percent(child), config=config))
     return suite, assemble_suite(suite, results)
 
 

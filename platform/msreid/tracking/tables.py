@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import html
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
@@ -19,16 +19,31 @@ from msreid.grid import CellId, Suite, TableSpec, expand_cells
 from msreid.tracking.paper import paper_value
 
 METRIC_PREFIX = "test/"
-"""Table cells are the test-set metrics of the validation-selected checkpoint."""
+"""Table cells are the test-set metrics of the checkpoint the trial's run.selection chose."""
+
+PROTOCOLS = {
+    "validation": "checkpoint selected on validation ids held out of the train ids",
+    "final": "trained on all train ids, final checkpoint (the paper's protocol)",
+}
+"""How each run.selection is named in table titles."""
+
+TITLE_KEYS = ("model.backbone", "run.selection")
+"""The flat config keys a TrialResult carries (what the titles report)."""
 
 
 @dataclass(frozen=True)
 class TrialResult:
-    """What one finished trial contributes to the tables (metrics in %)."""
+    """What one finished trial contributes to the tables (metrics in %).
+
+    config: the trial's flat config values the titles report (``model.backbone``,
+    ``run.selection``), as trained; missing keys read as unknown (backbone) or
+    ``validation`` (the only protocol of runs logged before it existed).
+    """
 
     cells: tuple[CellId, ...]
     seed: int
     metrics: dict[str, float]
+    config: dict[str, str] = field(default_factory=dict)
 
 
 def cell_values(cell_id: CellId, metric: str, results: list[TrialResult]) -> list[float]:
@@ -41,16 +56,30 @@ def cell_values(cell_id: CellId, metric: str, results: list[TrialResult]) -> lis
     return values
 
 
+def trained_as(flat: dict) -> dict[str, str]:
+    """The config values a TrialResult carries for the titles, from a flat trial config."""
+    return {k: str(flat[k]) for k in TITLE_KEYS if k in flat}
+
+
+def cell_trained(cell_id: CellId, results: list[TrialResult]) -> tuple[str, str]:
+    """(backbone, selection) the cell's trials ran with; ``", "``-joined when they differ."""
+    mine = [r.config for r in results if cell_id in r.cells]
+    backbone = sorted({str(c.get("model.backbone", "?")) for c in mine})
+    selection = sorted({str(c.get("run.selection", "validation")) for c in mine})
+    return ", ".join(backbone), ", ".join(selection)
+
+
 def assemble_table(table: TableSpec, results: list[TrialResult],
                    suite_set: dict | None = None) -> pd.DataFrame:
-    """One line per cell: labels, ``seeds``, then per metric ``<m>``, ``<m>_std``,
-    ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %.
+    """One line per cell: labels, ``seeds``, ``backbone`` and ``selection`` as trained, then
+    per metric ``<m>``, ``<m>_std``, ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %.
 
     ``std`` is the sample standard deviation over seeds (ddof=1; NaN for one seed).
     """
     lines = []
     for cell in expand_cells(table, suite_set):
         line: dict = {table.row_label: cell.id[1], table.column_label: cell.id[2]}
+        line["backbone"], line["selection"] = cell_trained(cell.id, results)
         seeds = 0
         for metric in table.metrics:
             values = cell_values(cell.id, metric, results)
@@ -64,7 +93,7 @@ def assemble_table(table: TableSpec, results: list[TrialResult],
         line["seeds"] = seeds
         lines.append(line)
     frame = pd.DataFrame(lines)
-    order = [table.row_label, table.column_label, "seeds"] + [
+    order = [table.row_label, table.column_label, "seeds", "backbone", "selection"] + [
         f"{m}{s}" for m in table.metrics for s in ("", "_std", "_paper", "_diff")]
     return frame[order]
 
@@ -87,11 +116,39 @@ def display_frame(table: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _values(column: pd.Series) -> list[str]:
+    """Distinct non-empty values of comma-joined cells, in first-seen order."""
+    seen: list[str] = []
+    for text in column:
+        for value in str(text).split(", "):
+            if value and value not in seen:
+                seen.append(value)
+    return seen
+
+
+def caption(table: TableSpec, frame: pd.DataFrame) -> str:
+    """The table's title plus what the numbers are: protocol, backbone(s) trained, seeds.
+
+    Read from the trials (``frame``), not from the grid: a suite that swaps the
+    backbones (smoke) or the protocol (paper) is described as it ran.
+    """
+    if frame.empty or not frame["backbone"].astype(bool).any():
+        return f"{table.title}; no finished trials"
+    protocols = "; ".join(PROTOCOLS.get(s, s) for s in _values(frame["selection"]))
+    backbones = _values(frame["backbone"])
+    seeds = sorted({int(n) for n in frame["seeds"] if n > 0}) or [0]
+    count = f"{seeds[0]}" if len(seeds) == 1 else f"{seeds[0]}-{seeds[-1]}"
+    noun = "backbone" if len(backbones) == 1 else "backbones"
+    plural = "" if seeds == [1] else "s"
+    return (f"{table.title}; {protocols}; {noun} trained: {', '.join(backbones)}; "
+            f"{count} seed{plural} per cell")
+
+
 def to_markdown(table: TableSpec, frame: pd.DataFrame) -> str:
-    """A GitHub-markdown table with the table's title as a bold caption line."""
+    """A GitHub-markdown table with its caption (:func:`caption`) as a bold line."""
     shown = display_frame(table, frame)
     header = [str(c) for c in shown.columns]
-    lines = [f"**{table.title}**", "",
+    lines = [f"**{caption(table, frame)}**", "",
              "| " + " | ".join(header) + " |",
              "|" + "|".join("---" for _ in header) + "|"]
     for row in shown.itertuples(index=False):
@@ -103,7 +160,7 @@ def to_html(table: TableSpec, frame: pd.DataFrame) -> str:
     """A standalone UTF-8 HTML page: caption + table (the charset is declared: '±' and 'Δ' would
     otherwise show as mojibake in the MLflow artifact viewer)."""
     body = display_frame(table, frame).to_html(index=False, border=1)
-    title = html.escape(table.title)
+    title = html.escape(caption(table, frame))
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
             f"<body>\n<h3>{title}</h3>\n{body}\n</body></html>\n")
 

@@ -3,7 +3,8 @@
 Reads a YAML preset (experiments/presets/*.yaml), applies section.key=value
 overrides, checks everything before Ray starts, trains on run.num_workers DDP
 workers, prints one line per epoch, then the final metrics: test/* is the
-model selected by validation mAP, final_test/* the last epoch's model.
+selected model (best validation mAP, or the final one with run.selection=final),
+final_test/* the last epoch's model when run.log_final_test=true.
 
   msreid train --config experiments/presets/smoke.yaml data.manifest=runs/synth/manifest
 
@@ -58,13 +59,16 @@ def default_name(config_path: str, flat: dict) -> str:
     return f"{Path(config_path).stem}-{digest}"
 
 
-def format_metrics(metrics: dict) -> str:
-    """The final table: one row per metric, selected (test/) and last-epoch (final_test/)."""
+def format_metrics(metrics: dict, selection: str = "validation") -> str:
+    """The final table: one row per metric, the selected model (test/) and, when logged, the last
+    epoch's (final_test/)."""
     names = ("mAP", "R1", "R5", "R10", "mINP")
-    lines = [f"{'metric':<8}{'test (best val)':>18}{'final_test (last)':>20}"]
+    last = "final_test/mAP" in metrics
+    head = "test (best val)" if selection == "validation" else "test (final)"
+    lines = [f"{'metric':<8}{head:>18}" + (f"{'final_test (last)':>20}" if last else "")]
     for n in names:
-        lines.append(f"{n:<8}{metrics.get('test/' + n, float('nan')):>18.4f}"
-                     f"{metrics.get('final_test/' + n, float('nan')):>20.4f}")
+        lines.append(f"{n:<8}{metrics.get('test/' + n, float('nan')):>18.4f}" + (
+            f"{metrics.get('final_test/' + n, float('nan')):>20.4f}" if last else ""))
     extra = {k: v for k, v in metrics.items() if not k.startswith(("test/", "final_test/"))}
     lines += [f"{k}: {v}" for k, v in extra.items()]
     return "\n".join(lines)
@@ -78,6 +82,6 @@ def main(args: argparse.Namespace) -> int:
     print(f"msreid train: run {name} in {args.storage}", file=sys.stderr, flush=True)
     out = fit(cfg, storage_path=args.storage, name=name, callbacks=[ProgressPrinter()],
               max_failures=args.max_failures)
-    print(format_metrics(out.metrics))
+    print(format_metrics(out.metrics, cfg.run.selection))
     print(f"checkpoint and artifacts: {out.checkpoint_path}")
     return 0

@@ -30,7 +30,7 @@ import torch
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from msreid.config import TrainConfig, check_against_manifest
+from msreid.config import TrainConfig, check_against_manifest, effective_val_ids
 from msreid.data.schema import manifest_info, verify_manifest
 from msreid.data.transforms import AugmentParams
 from msreid.errors import UserError
@@ -47,7 +47,7 @@ from msreid.train.session import KEEP_CHECKPOINTS, LocalSession, RaySession
 class TrainOutcome:
     """What a finished run hands back (read from its final checkpoint)."""
 
-    metrics: dict[str, float]  # final: test/* (best-by-val model), final_test/* (last epoch), ...
+    metrics: dict[str, float]  # final: test/* (selected model), final_test/* if asked, ...
     history: list[dict]  # one dict per epoch as reported, then the final metrics
     checkpoint_path: str  # final checkpoint dir: best_model.pt (selected), model.pt (last)
     artifacts_dir: str  # where cmc.csv, missing_modality.csv, per_challenge.csv, ranking.json are
@@ -85,7 +85,7 @@ def plan_epochs(cfg: TrainConfig, rows: SplitRows, world: int) -> Plan:
     d = cfg.data
     if d.batch_mode == "pk" and d.P > rows.num_classes:
         raise UserError(f"data.P={d.P} but only {rows.num_classes} train ids remain after "
-                        f"data.val_ids={d.val_ids}: lower data.P or data.val_ids")
+                        f"data.val_ids={effective_val_ids(cfg)}: lower data.P or data.val_ids")
     parts, epochs, steps, per_worker = [], [], [], []
     for e in range(cfg.optim.epochs):
         pos = epoch_plan(rows.train_labels, mode=d.batch_mode, batch_size=d.batch_size, p=d.P,
@@ -115,7 +115,7 @@ def _has_valid_query(meta: RowMeta, query: np.ndarray, gallery: np.ndarray) -> b
 
 def check_validation(cfg: TrainConfig, meta: RowMeta, rows: SplitRows) -> bool:
     """True when validation runs; UserError when it cannot (no query has a match)."""
-    if cfg.data.val_ids <= 0:
+    if effective_val_ids(cfg) <= 0:  # selection=final, or validation switched off
         return False
     if not _has_valid_query(meta, rows.val_query, rows.val_gallery):
         raise UserError(f"data.val_ids={cfg.data.val_ids}: no validation query has a match in "
@@ -311,7 +311,7 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: Sequence =
     check_resources(cfg, joined=bool(ray_address or os.environ.get("RAY_ADDRESS")))
     index, meta = load_manifest(cfg.data.manifest)
     d = cfg.data
-    rows = split_rows(meta.split, meta.pid, meta.camera, val_ids=d.val_ids,
+    rows = split_rows(meta.split, meta.pid, meta.camera, val_ids=effective_val_ids(cfg),
                       per_camera=d.val_query_per_camera, seed=cfg.run.seed)
     validate = check_validation(cfg, meta, rows)
     if rows.test_query.size == 0 or rows.test_gallery.size == 0:

@@ -4,9 +4,10 @@ Stages, top to bottom (``train_func``): session and seeds, model (DDP through
 the session), optimiser + warm-up / multi-step schedule, restore from the
 last checkpoint, then per epoch: train on this worker's shard, reduce the loss
 terms across ranks, validate (rank 0), checkpoint (rank 0) and report. At the
-end rank 0 evaluates the test set once with the best-by-validation model
-(``test/*``) and once with the last epoch's (``final_test/*``) and writes the
-artifacts into the final checkpoint.
+end rank 0 evaluates the test set once with the selected model (``test/*``:
+best by validation, or the last epoch's under ``run.selection=final``), with
+the last epoch's too (``final_test/*``) only when ``run.log_final_test`` asks,
+and writes the artifacts into the final checkpoint.
 
 The loop never tests which mode it runs in: ``msreid.train.session`` hides it.
 """
@@ -334,7 +335,9 @@ def final_test(t: Training) -> None:
         return
     cfg, job, p = t.cfg, t.job, t.progress
     last_epoch = cfg.optim.epochs - 1
-    final = evaluate(t, "test", "final_test/")  # the last epoch's weights
+    final = {}  # the last epoch's weights beside the selected ones only when asked (run.log_final_test)
+    if cfg.run.log_final_test and p.best_state is not None:
+        final = evaluate(t, "test", "final_test/")
     files = _checkpoint_files(t, last_epoch)
     if p.best_state is not None:
         t.raw.load_state_dict(p.best_state)
