@@ -204,6 +204,9 @@ def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, man
     assert {"tables/table3.md", "tables/table3.csv", "tables/table3.html",
             "tables/table5.md"} <= arts
     assert report_markdown(uri, out.parent_run_id, capsys) == out.markdown
+    # The captions state what the trials ran: protocol, backbone, seeds (the same from MLflow).
+    assert "validation ids held out of the train ids; backbone trained: test_resnet; 2 seeds" \
+        in out.markdown.splitlines()[0]
 
 
 @pytest.mark.timeout(120)
