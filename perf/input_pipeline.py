@@ -124,7 +124,7 @@ def ray_rate(loaded, size, batch: int, n: int, warmup: int, per_task: int) -> fl
     spec = DecodeSpec(index, ("rgb", "nir", "tir"), size,
                       AugmentParams(flip_prob=0.5, pad=10, erase_prob=0.5), 0)
     ds = train_dataset(spec, rows.train[pos], rows.train_labels[pos], epochs, steps,
-                       batches_per_task=per_task)
+                       steps * batch, batches_per_task=per_task)
 
     def consume(b) -> int:
         for s in spec.spectra:

@@ -75,13 +75,14 @@ def test_pk_batches_hold_across_two_split_consumers(loaded):
     index, meta = loaded
     rows = split_rows(meta.split, meta.pid, meta.camera, val_ids=0, per_camera=1, seed=0)
     p, k = 3, 2
-    plans = [epoch_plan(rows.train_labels, mode="pk", batch_size=6, p=p, k=k, seed=0, epoch=e,
-                        world_size=2) for e in range(2)]
+    plans = [epoch_plan(rows.train_labels, mode="pk", batch_size=6, p=p, k=k, seed=0, epoch=e)
+             for e in range(2)]
+    plans = [x[:len(x) // 2 * 2] for x in plans]  # whole batches, an even number per epoch
     pos = np.concatenate(plans)
     epochs = np.concatenate([np.full(len(x), e) for e, x in enumerate(plans)])
     steps = np.concatenate([np.arange(len(x)) for x in plans])
     spec = DecodeSpec(index, ("rgb", "nir", "tir"), (16, 32), AugmentParams(pad=2), 0)
-    ds = train_dataset(spec, rows.train[pos], rows.train_labels[pos], epochs, steps)
+    ds = train_dataset(spec, rows.train[pos], rows.train_labels[pos], epochs, steps, steps * p * k)
     shards = ds.streaming_split(2, equal=True)
     got: list[list] = [[], []]
     threads = [threading.Thread(target=_consume, args=(s, g)) for s, g in zip(shards, got)]
@@ -98,3 +99,34 @@ def test_pk_batches_hold_across_two_split_consumers(loaded):
             assert shape == (6, 3, 16, 32)
     seen = sorted((e, s) for worker in got for e, s, *_ in worker)
     assert seen == sorted(zip(epochs.tolist(), steps.tolist()))  # every batch exactly once
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_decoded_tuples_are_the_same_in_a_batch_of_16_or_two_shares_of_8(loaded):
+    """The decode UDF draws each tuple's augmentation from its plan position, not its batch."""
+    import ray
+
+    from msreid.train.pipeline import DecodeSpec, _decode_plan_rows, decode_tuples
+
+    index, meta = loaded
+    rows = split_rows(meta.split, meta.pid, meta.camera, val_ids=0, per_camera=1, seed=0)
+    plan = epoch_plan(rows.train_labels, mode="uniform", batch_size=16, p=0, k=0, seed=3,
+                      epoch=1)[:2]  # two global batches of 16
+    spec = DecodeSpec(index, ("rgb", "nir"), (16, 32), AugmentParams(pad=3, erase_prob=0.5), 9)
+
+    def decode(shares: np.ndarray, steps: list[int], starts: list[int]) -> dict:
+        arrays = (rows.train[shares], rows.train_labels[shares], np.ones(len(shares), np.int64),
+                  np.asarray(steps), np.asarray(starts))
+        refs = tuple(ray.put(a) for a in arrays)
+        return _decode_plan_rows({"id": np.arange(len(shares))}, spec, refs)
+
+    whole = decode(plan, [0, 1], [0, 16])
+    halves = decode(np.concatenate([plan[:, :8], plan[:, 8:]]), [0, 1, 0, 1], [0, 16, 8, 24])
+    for name in ("rgb", "nir", "rows"):
+        for step in (0, 1):
+            joined = np.concatenate([halves[name][step], halves[name][2 + step]])
+            assert np.array_equal(whole[name][step], joined), (name, step)
+    # the augmentation did something: the plain decode differs
+    plain = DecodeSpec(index, ("rgb", "nir"), (16, 32), None, 9)
+    assert not np.array_equal(decode_tuples(plain, rows.train[plan[0]])[:, 0], whole["rgb"][0])

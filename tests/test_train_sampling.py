@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from msreid.errors import UserError
-from msreid.train.sampling import epoch_plan, pk_plan, split_rows, uniform_plan
+from msreid.train.sampling import (epoch_plan, pk_plan, share_positions, share_size, split_rows,
+                                   uniform_plan, worker_share)
 
 
 def _check_pk(batch, labels, p, k):
@@ -39,15 +40,47 @@ def test_uniform_plan_is_a_permutation_minus_the_remainder():
     assert set(plan.ravel().tolist()) <= set(range(10))
 
 
-def test_epoch_plans_reshuffle_per_epoch_are_reproducible_and_split_evenly():
+def test_epoch_plans_reshuffle_per_epoch_and_are_reproducible():
     labels = np.repeat(np.arange(6), 5)
     kw = dict(mode="pk", batch_size=6, p=3, k=2, seed=5)
-    e0 = epoch_plan(labels, epoch=0, world_size=2, **kw)
-    assert e0.shape[0] % 2 == 0 and e0.shape[0] >= 2
-    assert np.array_equal(e0, epoch_plan(labels, epoch=0, world_size=2, **kw))
-    assert not np.array_equal(e0, epoch_plan(labels, epoch=1, world_size=2, **kw)[: len(e0)])
-    u = epoch_plan(labels, mode="uniform", batch_size=4, p=0, k=0, seed=5, epoch=0, world_size=3)
-    assert u.shape == (6, 4)  # 30 // 4 = 7 batches, cut to a multiple of 3
+    e0 = epoch_plan(labels, epoch=0, **kw)
+    assert e0.shape[1] == 6 and e0.shape[0] >= 2
+    assert np.array_equal(e0, epoch_plan(labels, epoch=0, **kw))
+    assert not np.array_equal(e0, epoch_plan(labels, epoch=1, **kw)[: len(e0)])
+
+
+def test_uniform_epoch_plan_is_the_documented_permutation_whatever_the_workers():
+    # the rule by hand: permutation of generator (seed, epoch, 0), cut into rows of the global batch
+    perm = np.random.default_rng([5, 3, 0]).permutation(30)
+    plan = epoch_plan(np.zeros(30, np.int64), mode="uniform", batch_size=8, p=0, k=0, seed=5,
+                      epoch=3)
+    assert np.array_equal(plan, perm[:24].reshape(3, 8))  # 30 // 8 = 3 global batches
+    with pytest.raises(TypeError):  # the plan does not know the number of workers
+        epoch_plan(np.zeros(30, np.int64), mode="uniform", batch_size=8, p=0, k=0, seed=5,
+                   epoch=3, world_size=2)
+
+
+def test_worker_shares_are_contiguous_equal_cuts_of_each_global_batch():
+    plan = np.array([[10, 11, 12, 13, 14, 15], [20, 21, 22, 23, 24, 25]])
+    assert worker_share(plan, 0, 1).tolist() == plan.tolist()
+    assert worker_share(plan, 0, 2).tolist() == [[10, 11, 12], [20, 21, 22]]
+    assert worker_share(plan, 1, 2).tolist() == [[13, 14, 15], [23, 24, 25]]
+    assert worker_share(plan, 2, 3).tolist() == [[14, 15], [24, 25]]
+    # positions in the epoch's plan [2, 6]: step s, rank r of w, share b -> s*6 + r*b + j
+    assert share_positions(1, 1, 3, 2).tolist() == [9, 10, 11]
+    assert share_positions(0, 2, 2, 3).tolist() == [4, 5]
+    assert share_positions(1, 0, 6, 1).tolist() == [6, 7, 8, 9, 10, 11]
+    with pytest.raises(ValueError):
+        worker_share(plan, 0, 4)
+
+
+def test_share_size_and_the_indivisible_batch_error():
+    assert share_size("uniform", 16, 0, 0, 2) == 8
+    assert share_size("pk", 99, 4, 4, 4) == 4  # P x K = 16 is the global batch
+    with pytest.raises(UserError, match=r"data.batch_size=30 .*run.num_workers=4"):
+        share_size("uniform", 30, 0, 0, 4)
+    with pytest.raises(UserError, match=r"data.P x data.K = 3 x 3 = 9 .*run.num_workers=2"):
+        share_size("pk", 16, 3, 3, 2)
 
 
 def _toy_manifest():

@@ -11,10 +11,12 @@ from msreid.data.transforms import (
     apply,
     augment,
     draw,
+    draw_each,
     normalize,
     resize,
     stack_tuples,
 )
+from msreid.train.sampling import sample_rngs
 
 
 def _random_batch(n=6, s=3, h=16, w=12, seed=0):
@@ -25,7 +27,7 @@ def test_identical_spectra_stay_identical_after_augmentation():
     base = _random_batch(n=8, s=1)
     batch = np.repeat(base, 3, axis=1)  # the three spectra of every tuple are the same image
     params = AugmentParams(flip_prob=0.5, pad=3, erase_prob=1.0)
-    out = augment(batch, np.random.default_rng(1), params)
+    out = augment(batch, [np.random.default_rng([1, i]) for i in range(8)], params)
     assert not np.array_equal(out, batch)  # something happened
     assert np.array_equal(out[:, 0], out[:, 1]) and np.array_equal(out[:, 0], out[:, 2])
 
@@ -78,7 +80,7 @@ def test_draws_are_deterministic_and_boxes_stay_inside():
 
 def test_no_augmentation_is_the_identity():
     batch = _random_batch()
-    out = augment(batch, np.random.default_rng(0), AugmentParams(flip_prob=0.0, pad=0))
+    out = augment(batch, sample_rngs(0, 0, np.arange(6)), AugmentParams(flip_prob=0.0, pad=0))
     assert np.array_equal(out, batch)
 
 
@@ -98,3 +100,21 @@ def test_normalize_by_hand():
     y = normalize(x, mean=(0.0, 0.2, 0.5), std=(1.0, 0.1, 0.25))
     # channel 0: 0/255 - 0 = 0; channel 1: (0.2 - 0.2) / 0.1 = 0; channel 2: (1 - 0.5) / 0.25 = 2
     assert torch.allclose(y[0, :, 0, 0], torch.tensor([0.0, 0.0, 2.0]), atol=1e-6)
+
+
+def test_a_tuple_gets_the_same_augmentation_in_a_batch_of_16_or_in_two_shares_of_8():
+    params = AugmentParams(flip_prob=0.5, pad=4, erase_prob=0.5)
+    batch = _random_batch(n=16, s=2, h=20, w=10, seed=4)
+    whole = augment(batch, sample_rngs(7, 2, np.arange(16)), params)
+    first = augment(batch[:8], sample_rngs(7, 2, np.arange(8)), params)
+    second = augment(batch[8:], sample_rngs(7, 2, np.arange(8, 16)), params)
+    assert np.array_equal(whole, np.concatenate([first, second]))
+    # tuple 11's draws are those of generator (seed 7, epoch 2, stream 1, position 11) alone
+    alone = draw(np.random.default_rng([7, 2, 1, 11]), 1, (20, 10), params)
+    d = draw_each(sample_rngs(7, 2, np.arange(16)), (20, 10), params)
+    assert d.flip[11] == alone.flip[0] and np.array_equal(d.crop[11], alone.crop[0])
+    assert np.array_equal(d.erase[11], alone.erase[0])
+    assert np.array_equal(whole[11], apply(batch[11:12], alone, params)[0])
+    # and the draws differ between positions and epochs (something is random)
+    assert len({(bool(f), *c) for f, c in zip(d.flip, d.crop)}) > 8
+    assert not np.array_equal(whole, augment(batch, sample_rngs(7, 3, np.arange(16)), params))

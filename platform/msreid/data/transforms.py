@@ -9,12 +9,14 @@ Layout: a batch of tuples is ``uint8 [N, S, 3, H, W]`` (N tuples, S spectra).
 Augmentation stays in uint8 (4x less data through Ray's object store than
 float32); ``normalize`` turns a ``[B, 3, H, W]`` uint8 tensor into floats on
 the training device. Every random draw comes from a ``numpy.random.Generator``
-passed in, so a batch's augmentation is a function of its seed.
+passed in, one per tuple for training (``augment``), so a tuple's augmentation
+is a function of its own seed, whatever batch or worker it is decoded in.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -84,6 +86,18 @@ def draw(rng: np.random.Generator, n: int, size: tuple[int, int],
     return TupleDraw(flip=flip, crop=crop, erase=erase)
 
 
+def draw_each(rngs: Sequence[np.random.Generator], size: tuple[int, int],
+              params: AugmentParams) -> TupleDraw:
+    """``draw`` for one tuple per generator: tuple i's draws come from ``rngs[i]`` alone."""
+    if not rngs:
+        return TupleDraw(flip=np.zeros(0, bool), crop=np.zeros((0, 2), np.int64),
+                         erase=np.zeros((0, 4), np.int64))
+    each = [draw(rng, 1, size, params) for rng in rngs]
+    return TupleDraw(flip=np.concatenate([d.flip for d in each]),
+                     crop=np.concatenate([d.crop for d in each]),
+                     erase=np.concatenate([d.erase for d in each]))
+
+
 def _draw_erase(rng: np.random.Generator, n: int, h: int, w: int,
                 params: AugmentParams, attempts: int = 100) -> np.ndarray:
     """Random erasing boxes (Zhong et al. 2020): up to 100 attempts per tuple, first fit wins.
@@ -135,9 +149,12 @@ def apply(batch: np.ndarray, d: TupleDraw, params: AugmentParams) -> np.ndarray:
     return out
 
 
-def augment(batch: np.ndarray, rng: np.random.Generator, params: AugmentParams) -> np.ndarray:
-    """``apply(batch, draw(...))``: one draw per tuple, shared by its spectra. uint8 [N, S, 3, H, W]."""
-    return apply(batch, draw(rng, batch.shape[0], batch.shape[-2:], params), params)
+def augment(batch: np.ndarray, rngs: Sequence[np.random.Generator],
+            params: AugmentParams) -> np.ndarray:
+    """Augment uint8 ``[N, S, 3, H, W]``: tuple i drawn from ``rngs[i]``, shared by its spectra."""
+    if len(rngs) != batch.shape[0]:
+        raise ValueError(f"{len(rngs)} generators for {batch.shape[0]} tuples")
+    return apply(batch, draw_each(rngs, batch.shape[-2:], params), params)
 
 
 def normalize(images: torch.Tensor, mean: tuple[float, float, float],

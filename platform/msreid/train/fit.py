@@ -61,6 +61,7 @@ class Plan:
     labels: np.ndarray  # [R, B]
     epochs: np.ndarray  # [R]
     steps: np.ndarray  # [R]
+    starts: np.ndarray  # [R] position of each row's first tuple in its epoch's plan
     steps_per_worker: list[int]  # per epoch
 
 
@@ -89,7 +90,8 @@ def plan_epochs(cfg: TrainConfig, rows: SplitRows, world: int) -> Plan:
     parts, epochs, steps, per_worker = [], [], [], []
     for e in range(cfg.optim.epochs):
         pos = epoch_plan(rows.train_labels, mode=d.batch_mode, batch_size=d.batch_size, p=d.P,
-                         k=d.K, seed=cfg.run.seed, epoch=e, world_size=world)
+                         k=d.K, seed=cfg.run.seed, epoch=e)
+        pos = pos[:(len(pos) // world) * world]
         if pos.shape[0] == 0:
             raise UserError(f"epoch {e} has no full batch for {world} worker(s): "
                             f"{rows.train.size} train tuples, data.batch_size={d.batch_size}; "
@@ -101,7 +103,7 @@ def plan_epochs(cfg: TrainConfig, rows: SplitRows, world: int) -> Plan:
     pos = np.concatenate(parts)
     return Plan(rows=rows.train[pos], labels=rows.train_labels[pos],
                 epochs=np.concatenate(epochs), steps=np.concatenate(steps),
-                steps_per_worker=per_worker)
+                starts=np.concatenate(steps) * pos.shape[1], steps_per_worker=per_worker)
 
 
 def _has_valid_query(meta: RowMeta, query: np.ndarray, gallery: np.ndarray) -> bool:
@@ -204,7 +206,8 @@ def _train_factory(spec: DecodeSpec, plan: Plan, run_dir: str, resume_epoch: Cal
     def make() -> ray.data.Dataset:
         keep = plan.epochs >= resume_epoch(run_dir)
         return train_dataset(spec, plan.rows[keep], plan.labels[keep], plan.epochs[keep],
-                             plan.steps[keep], batches_per_task=cfg.data.batches_per_task,
+                             plan.steps[keep], plan.starts[keep],
+                             batches_per_task=cfg.data.batches_per_task,
                              num_decode_workers=cfg.data.num_decode_workers)
 
     return make

@@ -10,7 +10,8 @@
    P x K (and uniform) batching with one code path.
 3. ``train_dataset``: one row per batch, ``map_batches`` tasks fetch the
    batch's rows from the Arrow blocks, decode the JPEGs, cut the spectra,
-   resize and augment (one draw per tuple, ``msreid.data.transforms``), and
+   resize and augment (one draw per tuple, keyed by its position in the
+   epoch's plan: ``sampling.sample_rngs``), and
    emit ``uint8 [B, 3, H, W]`` per spectrum. The trainer splits it across
    workers (``DataConfig(datasets_to_split=["train"])``); each worker reads
    its shard with ``iter_torch_batches(batch_size=1)``.
@@ -23,7 +24,7 @@ training worker normalises them on its device (``transforms.normalize``).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +34,7 @@ from msreid import SPECTRA
 from msreid.data.decode import decode_row
 from msreid.data.schema import manifest_files, resolve_filesystem
 from msreid.data.transforms import AugmentParams, augment, stack_tuples
-from msreid.train.sampling import RowMeta
+from msreid.train.sampling import RowMeta, sample_rngs
 
 META_COLUMNS = ["split", "pid", "camera", "scene", "challenge"]
 DECODE_COLUMNS = ["blobs"] + [f"{s}_{k}" for s in SPECTRA for k in ("src", "box")]
@@ -111,30 +112,31 @@ def fetch_rows(index: ManifestIndex, rows: np.ndarray) -> list[dict]:
 
 
 def decode_tuples(spec: DecodeSpec, rows: np.ndarray,
-                  rng: np.random.Generator | None = None) -> np.ndarray:
-    """Rows -> uint8 ``[N, S, 3, H, W]``, augmented with ``rng`` when spec.augment is set."""
+                  rngs: Sequence[np.random.Generator] | None = None) -> np.ndarray:
+    """Rows -> uint8 ``[N, S, 3, H, W]``; tuple i augmented from ``rngs[i]`` when spec.augment is set."""
     decoded = [decode_row(r, spec.spectra) for r in fetch_rows(spec.index, rows)]
     x = stack_tuples(decoded, spec.spectra, spec.size)
     if spec.augment is not None:
-        x = augment(x, rng, spec.augment)
+        x = augment(x, rngs, spec.augment)
     return x
 
 
 def _decode_plan_rows(batch: dict[str, np.ndarray], spec: DecodeSpec,
                       refs: tuple[Any, ...]) -> dict[str, np.ndarray]:
-    """map_batches UDF: plan row ids ``batch["id"] [n]`` -> n whole training batches.
+    """map_batches UDF: plan row ids ``batch["id"] [n]`` -> n decoded (shares of) batches.
 
-    Output: "epoch", "step" [n]; "rows", "labels" [n, B]; one uint8 [n, B, 3, H, W]
-    column per spectrum. Augmentation is seeded by (seed, epoch, step) alone, so
-    it does not depend on which task or worker decodes the batch.
+    Output: "epoch", "step" [n]; "rows", "labels" [n, b]; one uint8 [n, b, 3, H, W]
+    column per spectrum. Tuple j of plan row i is augmented from (seed, epoch,
+    starts[i] + j), its position in the epoch's plan (``sampling.sample_rngs``):
+    the same whichever task, worker or share decodes it.
     """
-    plan, labels, epochs, steps = ray.get(list(refs))  # nested refs: not auto-resolved
+    plan, labels, epochs, steps, starts = ray.get(list(refs))  # nested refs: not auto-resolved
     ids = np.asarray(batch["id"], dtype=np.int64)
     out: dict[str, list] = {k: [] for k in ("epoch", "step", "rows", "labels", *spec.spectra)}
     for i in ids:
         e, s = int(epochs[i]), int(steps[i])
-        rng = np.random.default_rng([spec.seed, e, 1, s])
-        x = decode_tuples(spec, plan[i], rng)
+        rngs = sample_rngs(spec.seed, e, starts[i] + np.arange(plan.shape[1]))
+        x = decode_tuples(spec, plan[i], rngs)
         for j, name in enumerate(spec.spectra):
             out[name].append(x[:, j])
         out["epoch"].append(e)
@@ -163,9 +165,11 @@ def _concurrency(num_decode_workers: int) -> int | None:
 
 
 def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
-                  epochs: np.ndarray, steps: np.ndarray, *, batches_per_task: int = 8,
-                  num_decode_workers: int = 0) -> ray.data.Dataset:
-    """A dataset with one row per training batch (``plan[i]``: manifest rows ``[B]``).
+                  epochs: np.ndarray, steps: np.ndarray, starts: np.ndarray, *,
+                  batches_per_task: int = 8, num_decode_workers: int = 0) -> ray.data.Dataset:
+    """A dataset with one row per (share of a) training batch (``plan[i]``: manifest rows ``[b]``).
+
+    ``starts[i]``: the position of ``plan[i][0]`` in its epoch's plan (augmentation key).
 
     Rows come out in plan order (preserve_order), so a single worker sees the
     same sequence every time; with several workers the trainer's streaming
@@ -174,7 +178,7 @@ def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
     overhead as on decoding (perf/input_pipeline.py: 8 per task ~2x faster).
     """
     n = int(plan.shape[0])
-    refs = [ray.put(np.ascontiguousarray(a)) for a in (plan, labels, epochs, steps)]
+    refs = [ray.put(np.ascontiguousarray(a)) for a in (plan, labels, epochs, steps, starts)]
     ds = ray.data.from_items([{"id": i} for i in range(n)],
                              override_num_blocks=max(1, -(-n // batches_per_task)))
     _quiet_ordered(ds)

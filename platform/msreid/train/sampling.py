@@ -1,11 +1,15 @@
 """Which tuples go into which batch: validation carve-out and per-epoch batch plans (numpy).
 
-A *plan* is an int array ``[num_batches, batch_size]`` of manifest row
-indices, one row per batch. Ray Data has no identity-balanced sampler, so the
-training dataset is a dataset of plans: each row is one whole batch, decoded
-downstream (``msreid.train.pipeline``). Every plan is a function of
-``(seed, epoch)`` only, so a run resumed at epoch e sees the same batches as
-an uninterrupted one.
+A *plan* is an int array ``[num_batches, global_batch]`` of positions, one
+row per optimiser step over ALL workers (``data.batch_size``, or P x K in
+identity-balanced mode, is the global batch). Every plan is a function of
+``(seed, epoch)`` only: the same batches whatever the number of workers, and
+a run resumed at epoch e sees the same batches as an uninterrupted one.
+Worker r of W takes the contiguous share ``[r*B/W, (r+1)*B/W)`` of each batch
+(``worker_share``), and each tuple's augmentation is drawn from its position
+in the plan (``sample_rngs``), so cutting a batch into shares changes nothing.
+Ray Data has no identity-balanced sampler: the training dataset has one row
+per share, decoded downstream (``msreid.train.pipeline``).
 """
 
 from __future__ import annotations
@@ -51,8 +55,18 @@ class SplitRows:
 
 
 def epoch_rng(seed: int, epoch: int, stream: int = 0) -> np.random.Generator:
-    """The generator of one epoch: independent streams for batch order (0) and augmentation (1)."""
+    """The generator of one epoch's batch order (stream 0; augmentation uses ``sample_rngs``)."""
     return np.random.default_rng([seed, epoch, stream])
+
+
+def sample_rngs(seed: int, epoch: int, positions: np.ndarray) -> list[np.random.Generator]:
+    """One augmentation generator per tuple, keyed by its position in the epoch's plan.
+
+    Position ``step * global_batch + j`` of the epoch's plan ``[nb, global_batch]``:
+    a tuple's augmentation depends on (seed, epoch, position) only, never on
+    the worker, the decode task or how the batch was cut into shares.
+    """
+    return [np.random.default_rng([seed, epoch, 1, int(p)]) for p in np.asarray(positions)]
 
 
 def uniform_plan(num_rows: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
@@ -93,17 +107,49 @@ def pk_plan(labels: np.ndarray, p: int, k: int, rng: np.random.Generator) -> np.
 
 
 def epoch_plan(labels: np.ndarray, *, mode: str, batch_size: int, p: int, k: int,
-               seed: int, epoch: int, world_size: int = 1) -> np.ndarray:
-    """The batches of one epoch as positions into ``labels``: ``[nb, batch_size]``.
+               seed: int, epoch: int) -> np.ndarray:
+    """The global batches of one epoch as positions into ``labels``: ``[nb, global_batch]``.
 
-    nb is cut to a multiple of world_size so every DDP worker runs the same
-    number of steps; batch b goes to worker b % world_size.
+    A function of (labels, mode, batch sizes, seed, epoch) only: the same
+    batches whatever the number of workers (``worker_share`` cuts them).
     """
     rng = epoch_rng(seed, epoch)
-    plan = (pk_plan(labels, p, k, rng) if mode == "pk"
+    return (pk_plan(labels, p, k, rng) if mode == "pk"
             else uniform_plan(labels.size, batch_size, rng))
-    nb = (plan.shape[0] // world_size) * world_size
-    return plan[:nb]
+
+
+def global_batch_size(mode: str, batch_size: int, p: int, k: int) -> int:
+    """Tuples per optimiser step over all workers: P x K in identity-balanced mode."""
+    return p * k if mode == "pk" else batch_size
+
+
+def share_size(mode: str, batch_size: int, p: int, k: int, world: int) -> int:
+    """Tuples per worker per step: the global batch / ``world``; UserError unless it divides."""
+    total = global_batch_size(mode, batch_size, p, k)
+    if world < 1 or total % world:
+        what = (f"data.P x data.K = {p} x {k} = {total}" if mode == "pk"
+                else f"data.batch_size={total}")
+        raise UserError(f"{what} is the global batch (all workers together) and does not "
+                        f"divide by run.num_workers={world}: each worker takes an equal share. "
+                        f"Use a global batch that is a multiple of {world}, or another number "
+                        "of workers")
+    return total // world
+
+
+def worker_share(plan: np.ndarray, rank: int, world: int) -> np.ndarray:
+    """Worker ``rank``'s contiguous share of every batch: ``plan[:, rank*b:(rank+1)*b]``, b = B/world.
+
+    Returns ``[nb, b]``; the shares of ranks 0..world-1 side by side are ``plan``.
+    """
+    b = plan.shape[1] // world
+    if b * world != plan.shape[1]:
+        raise ValueError(f"batch of {plan.shape[1]} does not divide by world={world}")
+    return plan[:, rank * b:(rank + 1) * b]
+
+
+def share_positions(step: int, rank: int, share: int, world: int) -> np.ndarray:
+    """Positions in the epoch's plan of worker ``rank``'s share of batch ``step``: ``[share]``."""
+    return step * share * world + rank * share + np.arange(share)
 
 
 def _num_val_ids(val_ids: float, n_ids: int) -> int:
