@@ -8,6 +8,7 @@ import pytest
 
 from msreid.config import (
     TrainConfig,
+    changed_settings,
     check_against_manifest,
     config_from_dict,
     config_to_dict,
@@ -170,3 +171,33 @@ def test_train_cli_shows_final_test_only_when_logged():
     assert plain.splitlines()[0].split() == ["metric", "test", "(final)"]
     both = format_metrics({"test/mAP": 0.5, "final_test/mAP": 0.4})
     assert "final_test (last)" in both.splitlines()[0] and "0.4000" in both
+
+
+@pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", "true"),
+                                             ("false", "false")])
+def test_sync_bn_takes_auto_true_false(value, expected):
+    assert load_config(PRESETS / "paper.yaml", [f"model.sync_bn={value}"]).model.sync_bn == expected
+    with pytest.raises(UserError, match=r"model.sync_bn='sometimes' is not valid: use one of "
+                                        r"auto, true, false"):
+        load_config(PRESETS / "paper.yaml", ["model.sync_bn=sometimes"])
+
+
+def test_the_global_batch_must_divide_by_the_workers():
+    assert load_config(PRESETS / "paper.yaml", ["run.num_workers=4"]).data.batch_size == 16
+    with pytest.raises(UserError, match=r"data.batch_size=16 .*global batch.*"
+                                        r"run.num_workers=3"):
+        load_config(PRESETS / "paper.yaml", ["run.num_workers=3"])
+    with pytest.raises(UserError, match=r"data.P x data.K = 8 x 4 = 32 .*run.num_workers=5"):
+        load_config(PRESETS / "official.yaml", ["run.num_workers=5"])
+
+
+def test_changed_settings_ignore_neutral_fields_and_fill_defaults():
+    old = config_to_dict(load_config(PRESETS / "smoke.yaml"))
+    new = config_to_dict(load_config(PRESETS / "smoke.yaml", [
+        "run.num_workers=2", "data.prefetch_batches=7", "data.batches_per_task=3",
+        "run.checkpoint_every=4", "data.num_decode_workers=2"]))
+    assert changed_settings(old, new) == ["run.num_workers: 0 -> 2"]
+    del old["model.sync_bn"]  # a config written before the field existed: its default
+    assert changed_settings(old, new) == ["run.num_workers: 0 -> 2"]
+    new["data.image_size"] = [32, 64]
+    assert changed_settings(old, new)[0].startswith("data.image_size: ")

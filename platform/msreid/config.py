@@ -15,6 +15,7 @@ spectra) are in ``check_config`` and ``check_against_manifest``.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import types
 import typing
@@ -26,14 +27,17 @@ import yaml
 
 from msreid import SPECTRA
 from msreid.errors import UserError
+from msreid.train.sampling import share_size
 
 SELECTIONS = ("validation", "final")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def _f(default: Any, help: str, choices: Sequence[Any] | None = None) -> Any:
-    meta: dict[str, Any] = {"help": help}
+def _f(default: Any, help: str, choices: Sequence[Any] | None = None,
+       neutral: bool = False) -> Any:
+    """A config field; ``neutral``: it cannot change any number the run reports (reuse check)."""
+    meta: dict[str, Any] = {"help": help, "neutral": neutral}
     if choices is not None:
         meta["choices"] = tuple(choices)
     return field(default=default, metadata=meta)
@@ -52,8 +56,10 @@ class DataConfig:
     batch_mode: str = _f("uniform", "uniform: shuffled batches of batch_size tuples (paper); "
                                     "pk: P ids x K tuples per batch (official code, triplet)",
                          ("uniform", "pk"))
-    batch_size: int = _f(16, "tuples per batch per worker; must equal P*K in pk mode")
-    P: int = _f(8, "identities per batch in pk mode")
+    batch_size: int = _f(16, "the GLOBAL batch: tuples per optimiser step over all workers "
+                             "(each worker takes batch_size / num_workers); must equal P*K "
+                             "in pk mode")
+    P: int = _f(8, "identities per (global) batch in pk mode")
     K: int = _f(4, "tuples per identity in pk mode (drawn with replacement when an id has fewer)")
     flip_prob: float = _f(0.5, "probability of a horizontal flip (same flip for every spectrum)")
     pad: int = _f(10, "zero padding before the random crop back to image_size (0 = no crop)")
@@ -67,10 +73,12 @@ class DataConfig:
                              "last epoch's model is then the selected one)")
     val_query_per_camera: int = _f(1, "validation queries per (id, camera); the rest of the "
                                       "validation ids' tuples form the validation gallery")
-    num_decode_workers: int = _f(0, "max parallel Ray Data decode tasks (0 = Ray decides)")
+    num_decode_workers: int = _f(0, "max parallel Ray Data decode tasks (0 = Ray decides)",
+                                 neutral=True)
     batches_per_task: int = _f(8, "training batches decoded per Ray Data task (amortises the "
-                                  "per-task overhead; lower it for very large batches)")
-    prefetch_batches: int = _f(2, "batches each training worker prefetches")
+                                  "per-task overhead; lower it for very large batches)",
+                               neutral=True)
+    prefetch_batches: int = _f(2, "batches each training worker prefetches", neutral=True)
     eval_batch_size: int = _f(64, "tuples per batch when extracting features")
 
 
@@ -91,6 +99,8 @@ class ModelConfig:
                                "| concat | cam_official (the authors' CAM weighting) | "
                                "cam_weighted (msreid's own CAM weighting); docs/MODELS.md")
     embed_at: str = _f("before_neck", "embed features before or after the neck")
+    sync_bn: str = _f("auto", "BatchNorm statistics over the global batch: auto (on when "
+                              "run.num_workers > 1) | true | false", ("auto", "true", "false"))
 
 
 @dataclass(frozen=True)
@@ -156,7 +166,8 @@ class RunOptions:
     precision: str = _f("fp32", "fp32 | bf16 | fp16 autocast (GPU; bf16 also on CPU)",
                         ("fp32", "bf16", "fp16"))
     channels_last: bool = _f(True, "channels-last memory format on GPU (ignored on CPU)")
-    checkpoint_every: int = _f(1, "write a checkpoint every N epochs (and at each validation)")
+    checkpoint_every: int = _f(1, "write a checkpoint every N epochs (and at each validation)",
+                               neutral=True)
     missing_modality: bool = _f(True, "at the end, evaluate every subset of the spectra "
                                       "(missing-modality table)")
     per_challenge: bool = _f(True, "at the end, evaluate per challenge tag when the manifest "
@@ -230,8 +241,10 @@ def _build_section(name: str, cls: type, values: Mapping[str, Any]) -> Any:
         if key not in fields:
             raise UserError(f"unknown config key {name}.{key}: valid keys of {name} are "
                             f"{', '.join(fields)}")
-        v = _coerce(f"{name}.{key}", value, hints[key])
         choices = fields[key].metadata.get("choices")
+        if isinstance(value, bool) and choices is not None and "true" in choices:
+            value = "true" if value else "false"  # YAML reads `true` as a bool
+        v = _coerce(f"{name}.{key}", value, hints[key])
         if choices is not None and v not in choices:
             raise UserError(f"{name}.{key}={v!r} is not valid: use one of "
                             f"{', '.join(map(str, choices))}")
@@ -263,6 +276,24 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
     for name in SECTIONS:
         for key, value in dataclasses.asdict(getattr(cfg, name)).items():
             out[f"{name}.{key}"] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
+    """``"key: old -> new"`` for every setting of two flat configs that differs.
+
+    Fields marked neutral (they cannot change a reported number: decode
+    parallelism, prefetching, checkpoint cadence) are left out. A key missing
+    on one side (a config written before the field existed) takes its default.
+    """
+    defaults = config_to_dict(TrainConfig())
+    neutral = {f"{name}.{f.name}" for name, cls in SECTIONS.items()
+               for f in dataclasses.fields(cls) if f.metadata.get("neutral")}
+    out = []
+    for key in sorted(set(defaults) | set(old) | set(new)):
+        a, b = old.get(key, defaults.get(key)), new.get(key, defaults.get(key))
+        if key not in neutral and json.dumps(a) != json.dumps(b):
+            out.append(f"{key}: {a!r} -> {b!r}")
     return out
 
 
@@ -358,6 +389,7 @@ def check_config(cfg: TrainConfig) -> None:
     if r.num_workers < 0 or r.cpus_per_worker <= 0:
         raise UserError(f"run.num_workers={r.num_workers} must be >= 0 and "
                         f"run.cpus_per_worker={r.cpus_per_worker} > 0")
+    share_size(d.batch_mode, d.batch_size, d.P, d.K, max(1, r.num_workers))  # equal shares
     if any(b <= a for a, b in zip(o.milestones, o.milestones[1:])):
         raise UserError(f"optim.milestones={list(o.milestones)} must increase")
     _check_ablation(cfg)
