@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned to the builds available offline on our machines.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: benchmark test cluster-test venv ui clean-venv
+.PHONY: benchmark readme-tables test cluster-test venv ui clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,12 @@ venv: $(VENV)/.installed
 
 benchmark: $(VENV)/.installed
 	$(BIN)/python experiments/full_benchmark.py $(ARGS)
+
+# The smoke benchmark, then its printed tables into README.md (between the smoke-tables markers).
+readme-tables: $(VENV)/.installed
+	mkdir -p runs
+	$(BIN)/python experiments/full_benchmark.py $(ARGS) | tee runs/smoke_benchmark.txt
+	$(BIN)/python experiments/update_readme.py runs/smoke_benchmark.txt
 
 test: $(VENV)/.installed
 	$(BIN)/ruff check platform tests experiments perf
