@@ -127,3 +127,17 @@ def test_no_validation_and_too_many_validation_ids():
     assert rows.val_query.size == 0 and rows.num_classes == 10 and rows.train.size == 60
     with pytest.raises(UserError, match="data.val_ids"):
         split_rows(split, pid, camera, val_ids=10, per_camera=1, seed=0)
+
+
+def test_fit_plan_shares_carry_their_plan_positions():
+    from msreid.train.fit import Plan
+
+    rows = np.arange(24).reshape(3, 8)  # epoch 0: steps 0, 1; epoch 1: step 0; global batch 8
+    plan = Plan(rows=rows, labels=rows % 4, epochs=np.array([0, 0, 1]), steps=np.array([0, 1, 0]),
+                steps_per_epoch=[2, 1])
+    share = plan.share(1, 2)  # rank 1 of 2: the second half of every batch
+    assert share["rows"].tolist() == [[4, 5, 6, 7], [12, 13, 14, 15], [20, 21, 22, 23]]
+    assert share["starts"].tolist() == [4, 12, 4]  # step * 8 + rank * 4
+    resumed = plan.share(0, 1, first_epoch=1)  # one worker, resumed at epoch 1
+    assert resumed["rows"].tolist() == [list(range(16, 24))] and resumed["starts"].tolist() == [0]
+    assert resumed["epochs"].tolist() == [1] and resumed["labels"].tolist() == [[0, 1, 2, 3] * 2]

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from msreid.errors import UserError
 from msreid.models.backbones import create_backbone, resolve_backbone
 from msreid.models.cams import class_aware_weights, official_stream_weights
+from msreid.models.sync_batchnorm import batch_moments
 
 NECKS = ("none", "bnneck")
 HEADS = ("paper", "official")
@@ -87,10 +88,14 @@ class Stream(nn.Module):
         return y
 
     def neck_affine(self, pooled: Tensor) -> tuple[Tensor, Tensor]:
-        """(scale, shift) [d] such that neck(f) = scale * f + shift for this batch."""
+        """(scale, shift) [d] such that neck(f) = scale * f + shift for this batch.
+
+        In training the batch moments are the neck's own: the global batch's
+        when the neck is a synced BatchNorm (``sync_batchnorm.batch_moments``).
+        """
         bn = self.neck
         if bn.training or bn.running_mean is None:
-            mean, var = pooled.mean(0), pooled.var(0, unbiased=False)
+            mean, var = batch_moments(bn, pooled)
         else:
             mean, var = bn.running_mean, bn.running_var
         scale = bn.weight / torch.sqrt(var + bn.eps)

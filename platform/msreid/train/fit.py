@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -30,7 +31,13 @@ import torch
 from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 
-from msreid.config import TrainConfig, check_against_manifest, effective_val_ids
+from msreid.config import (
+    TrainConfig,
+    changed_settings,
+    check_against_manifest,
+    config_to_dict,
+    effective_val_ids,
+)
 from msreid.data.schema import manifest_info, verify_manifest
 from msreid.data.transforms import AugmentParams
 from msreid.errors import UserError
@@ -39,8 +46,9 @@ from msreid.train import checkpoint as ck
 from msreid.train import loop
 from msreid.train.loop import QueryGallery, TrainJob
 from msreid.train.pipeline import DecodeSpec, eval_dataset, load_manifest, train_dataset
-from msreid.train.sampling import RowMeta, SplitRows, epoch_plan, split_rows
-from msreid.train.session import KEEP_CHECKPOINTS, LocalSession, RaySession
+from msreid.train.sampling import RowMeta, SplitRows, epoch_plan, split_rows, worker_share
+from msreid.train.session import (KEEP_CHECKPOINTS, LocalSession, RaySession,
+                                  latest_run_checkpoint, read_json)
 
 
 @dataclass(frozen=True)
@@ -55,14 +63,26 @@ class TrainOutcome:
 
 @dataclass(frozen=True)
 class Plan:
-    """Every batch of every epoch: manifest rows, labels, epoch and step of each batch."""
+    """Every global batch of every epoch: manifest rows, labels, epoch and step of each."""
 
-    rows: np.ndarray  # [R, B]
+    rows: np.ndarray  # [R, B] (B = the global batch)
     labels: np.ndarray  # [R, B]
     epochs: np.ndarray  # [R]
     steps: np.ndarray  # [R]
-    starts: np.ndarray  # [R] position of each row's first tuple in its epoch's plan
-    steps_per_worker: list[int]  # per epoch
+    steps_per_epoch: list[int]
+
+    def share(self, rank: int, world: int, first_epoch: int = 0) -> dict[str, np.ndarray]:
+        """Worker ``rank``'s contiguous share of every batch from ``first_epoch`` on.
+
+        "rows", "labels" ``[R', B/world]``, "epochs", "steps" ``[R']`` and
+        "starts": the position of each share's first tuple in its epoch's plan.
+        """
+        keep = self.epochs >= first_epoch
+        b = self.rows.shape[1] // world
+        return {"rows": worker_share(self.rows[keep], rank, world),
+                "labels": worker_share(self.labels[keep], rank, world),
+                "epochs": self.epochs[keep], "steps": self.steps[keep],
+                "starts": self.steps[keep] * self.rows.shape[1] + rank * b}
 
 
 def resolve_spectra_and_size(cfg: TrainConfig) -> tuple[tuple[str, ...], tuple[int, int]]:
@@ -81,29 +101,30 @@ def resolve_spectra_and_size(cfg: TrainConfig) -> tuple[tuple[str, ...], tuple[i
     return spectra, tuple(cfg.data.image_size or spec.input_size)
 
 
-def plan_epochs(cfg: TrainConfig, rows: SplitRows, world: int) -> Plan:
-    """Batches of all epochs from (seed, epoch); UserError when an epoch would be empty."""
+def plan_epochs(cfg: TrainConfig, rows: SplitRows) -> Plan:
+    """Global batches of all epochs from (seed, epoch); UserError when an epoch would be empty.
+
+    Independent of the number of workers: each worker trains its share of every batch.
+    """
     d = cfg.data
     if d.batch_mode == "pk" and d.P > rows.num_classes:
         raise UserError(f"data.P={d.P} but only {rows.num_classes} train ids remain after "
                         f"data.val_ids={effective_val_ids(cfg)}: lower data.P or data.val_ids")
-    parts, epochs, steps, per_worker = [], [], [], []
+    parts, epochs, steps = [], [], []
     for e in range(cfg.optim.epochs):
         pos = epoch_plan(rows.train_labels, mode=d.batch_mode, batch_size=d.batch_size, p=d.P,
                          k=d.K, seed=cfg.run.seed, epoch=e)
-        pos = pos[:(len(pos) // world) * world]
         if pos.shape[0] == 0:
-            raise UserError(f"epoch {e} has no full batch for {world} worker(s): "
-                            f"{rows.train.size} train tuples, data.batch_size={d.batch_size}; "
-                            "lower the batch size or the number of workers")
+            raise UserError(f"epoch {e} has no full batch: {rows.train.size} train tuples, "
+                            f"global batch {pos.shape[1]} (data.batch_size, or P x K); lower "
+                            "the batch size")
         parts.append(pos)
         epochs.append(np.full(len(pos), e))
         steps.append(np.arange(len(pos)))
-        per_worker.append(len(pos) // world)
     pos = np.concatenate(parts)
     return Plan(rows=rows.train[pos], labels=rows.train_labels[pos],
                 epochs=np.concatenate(epochs), steps=np.concatenate(steps),
-                starts=np.concatenate(steps) * pos.shape[1], steps_per_worker=per_worker)
+                steps_per_epoch=[len(p) for p in parts])
 
 
 def _has_valid_query(meta: RowMeta, query: np.ndarray, gallery: np.ndarray) -> bool:
@@ -199,14 +220,21 @@ def check_resources(cfg: TrainConfig, joined: bool) -> None:
         raise UserError(f"{problem}: set run.use_gpu=false, or run where GPUs are")
 
 
-def _train_factory(spec: DecodeSpec, plan: Plan, run_dir: str, resume_epoch: Callable[[str], int],
+def _train_factory(spec: DecodeSpec, plan: Plan, rank: int, world: int, run_dir: str,
+                   resume_epoch: Callable[[str], int],
                    cfg: TrainConfig) -> Callable[[], ray.data.Dataset]:
-    """Called at every (worker-group) start: a resumed run skips the epochs already trained."""
+    """Worker ``rank``'s training dataset: its share of every batch, in plan order.
+
+    Called at every (worker-group) start: a resumed run skips the epochs
+    already trained. One unsplit dataset per rank, not a streaming split of
+    one dataset: which rows a worker trains never depends on Ray Data's block
+    order or on which worker asked first.
+    """
 
     def make() -> ray.data.Dataset:
-        keep = plan.epochs >= resume_epoch(run_dir)
-        return train_dataset(spec, plan.rows[keep], plan.labels[keep], plan.epochs[keep],
-                             plan.steps[keep], plan.starts[keep],
+        share = plan.share(rank, world, resume_epoch(run_dir))
+        return train_dataset(spec, share["rows"], share["labels"], share["epochs"],
+                             share["steps"], share["starts"],
                              batches_per_task=cfg.data.batches_per_task,
                              num_decode_workers=cfg.data.num_decode_workers)
 
@@ -217,7 +245,7 @@ def _job(spectra, size, meta: RowMeta, rows: SplitRows, validate: bool, plan: Pl
          run_dir: str, epoch_hooks: Sequence[Callable[[int, int], None]]) -> TrainJob:
     return TrainJob(
         spectra=tuple(spectra), size=tuple(size), num_classes=rows.num_classes,
-        steps_per_worker=tuple(plan.steps_per_worker), run_dir=run_dir, labels=meta,
+        steps_per_epoch=tuple(plan.steps_per_epoch), run_dir=run_dir, labels=meta,
         val=QueryGallery(rows.val_query, rows.val_gallery) if validate else None,
         test=QueryGallery(rows.test_query, rows.test_gallery), epoch_hooks=tuple(epoch_hooks))
 
@@ -243,7 +271,7 @@ def _trainer(cfg: TrainConfig, job: TrainJob, datasets: dict, storage_path: str,
         scaling_config=ScalingConfig(num_workers=r.num_workers, use_gpu=r.use_gpu,
                                      resources_per_worker=resources),
         run_config=run_config, torch_config=TorchConfig(backend="nccl" if r.use_gpu else "gloo"),
-        datasets=datasets, dataset_config=DataConfig(datasets_to_split=["train"],
+        datasets=datasets, dataset_config=DataConfig(datasets_to_split=[],
                                                      execution_options=_ordered_ingest()))
 
 
@@ -271,14 +299,16 @@ def _outcome(checkpoint: ray.train.Checkpoint | None, where: str) -> TrainOutcom
 
 def _datasets(cfg: TrainConfig, index, spectra, size, rows: SplitRows, validate: bool,
               plan: Plan, run_dir: str, resume_epoch: Callable[[str], int]) -> dict[str, Any]:
-    """"train" (a factory: see _train_factory), "test" and, when validating, "val"."""
+    """"train_<rank>" per worker (factories: see _train_factory), "test" and maybe "val"."""
     d = cfg.data
     train_spec = DecodeSpec(index, spectra, size, _augment(cfg), cfg.run.seed)
     eval_spec = DecodeSpec(index, spectra, size, None, cfg.run.seed)
     evals = {"test": np.concatenate([rows.test_query, rows.test_gallery])}
     if validate:
         evals["val"] = np.concatenate([rows.val_query, rows.val_gallery])
-    return {"train": _train_factory(train_spec, plan, run_dir, resume_epoch, cfg),
+    world = max(1, cfg.run.num_workers)
+    return {**{f"train_{r}": _train_factory(train_spec, plan, r, world, run_dir, resume_epoch, cfg)
+               for r in range(world)},
             **{k: eval_dataset(eval_spec, v, batch_size=d.eval_batch_size,
                                num_decode_workers=d.num_decode_workers)
                for k, v in evals.items()}}
@@ -291,6 +321,32 @@ def _run_dir(storage_path: str, name: str, local: bool) -> str:
         raise UserError(f"storage_path={storage_path}: local mode (run.num_workers=0) "
                         "writes checkpoints itself and needs a local directory")
     return f"{storage_path.rstrip('/')}/{name}"
+
+
+def check_reuse(cfg: TrainConfig, run_dir: str) -> None:
+    """Continue or return a run already in ``run_dir`` only when its settings are ``cfg``'s.
+
+    Compares the config stored in the latest checkpoint with ``cfg`` on every
+    setting that can change a number (``config.changed_settings``); the worker
+    count is one of them. UserError when they differ; otherwise says on the
+    console whether the finished run is reused or an unfinished one resumed.
+    """
+    where = latest_run_checkpoint(run_dir)
+    old = read_json(where, ck.CONFIG_FILE)
+    if old is None:
+        return
+    changed = changed_settings(old, config_to_dict(cfg))
+    if changed:
+        raise UserError(f"{run_dir} already holds a run with other settings "
+                        f"({'; '.join(changed)}): its numbers are not this config's. Give "
+                        "the run another name (msreid train --name NAME) or delete that "
+                        "directory")
+    if read_json(where, ck.FINAL_METRICS_FILE) is not None:
+        print(f"msreid: reusing the finished run in {where} (every setting that can change "
+              "its numbers matches); nothing is trained", file=sys.stderr, flush=True)
+    else:
+        print(f"msreid: resuming the unfinished run in {run_dir} from {where}",
+              file=sys.stderr, flush=True)
 
 
 def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: Sequence = (),
@@ -319,8 +375,9 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: Sequence =
     validate = check_validation(cfg, meta, rows)
     if rows.test_query.size == 0 or rows.test_gallery.size == 0:
         raise UserError(f"manifest {d.manifest} has no query or gallery rows to test on")
-    plan = plan_epochs(cfg, rows, max(1, cfg.run.num_workers))
+    plan = plan_epochs(cfg, rows)
     run_dir = _run_dir(storage_path, name, local)
+    check_reuse(cfg, run_dir)
     job = _job(spectra, size, meta, rows, validate, plan, run_dir, epoch_hooks)
     datasets = _datasets(cfg, index, spectra, size, rows, validate, plan, run_dir,
                          session_type.resume_epoch)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -29,8 +30,10 @@ from msreid.config import OptimConfig, TrainConfig, config_to_dict, loss_kwargs
 from msreid.data.transforms import normalize
 from msreid.losses import compute_losses
 from msreid.models import MultiStreamNet
+from msreid.models.sync_batchnorm import convert_sync_batchnorm
 from msreid.train import checkpoint as ck
 from msreid.train import evaluate as ev
+from msreid.train.distributed import gather_outputs, sync_bn_wanted
 from msreid.train.sampling import RowMeta
 from msreid.train.session import RaySession, Session
 
@@ -54,7 +57,7 @@ class TrainJob:
     spectra: tuple[str, ...]
     size: tuple[int, int]  # (H, W)
     num_classes: int
-    steps_per_worker: tuple[int, ...]  # per epoch
+    steps_per_epoch: tuple[int, ...]  # global batches per epoch (every worker takes a share)
     run_dir: str
     labels: RowMeta  # of every manifest row
     val: QueryGallery | None  # None: validation off
@@ -126,12 +129,28 @@ def _seed_everything(seed: int) -> None:
     random.seed(seed)
 
 
+def _deterministic(device: torch.device) -> None:
+    """GPU: deterministic cuDNN / cuBLAS kernels (CPU kernels are, at a fixed thread count).
+
+    Costs little for the convolutions used here; ops without a deterministic
+    CUDA kernel warn instead of failing (docs/TRAINING.md, "Determinism").
+    """
+    if device.type != "cuda":
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def _build(cfg: TrainConfig, job: TrainJob, session: Session) -> Training:
     """Model, optimiser, schedule and grad scaler, in the order the seeds expect."""
     raw = ck.model_from_config(cfg.model, job.spectra, job.num_classes, job.size,
                                pretrained=True)
     if cfg.run.channels_last and session.device.type == "cuda":
         raw = raw.to(memory_format=torch.channels_last)
+    if sync_bn_wanted(cfg.model.sync_bn, session.world):  # before DDP and the optimiser
+        raw = convert_sync_batchnorm(raw, session.device.type)
     model = session.prepare_model(raw)
     opt, sched = build_optimizer(model, cfg.optim)
     scaler = torch.amp.GradScaler(session.device.type, enabled=(
@@ -174,29 +193,42 @@ def _batch_images(batch: dict, t: Training) -> dict[str, torch.Tensor]:
                          t.cfg.data.std).contiguous(memory_format=fmt) for s in t.job.spectra}
 
 
+def _check_order(batch: dict, epoch: int, step: int, rank: int) -> None:
+    """Raise unless this worker's next share is the one of (epoch, step): no order may leak."""
+    got = (int(batch["epoch"][0]), int(batch["step"][0]))
+    if got != (epoch, step):
+        raise RuntimeError(f"worker {rank} got the share of (epoch, step) {got} where "
+                           f"{(epoch, step)} was due: the input order is not the plan's")
+
+
 def train_epoch(t: Training, batches: Iterator[dict], epoch: int) -> dict[str, float]:
-    """This worker's optimiser steps of ``epoch``; returns loss sums, tuples and seconds."""
+    """This worker's share of every step of ``epoch``; returns loss sums, tuples and seconds.
+
+    The model's outputs and the labels are gathered over the workers before
+    the losses (``msreid.train.distributed``): every worker evaluates the loss
+    of the whole global batch, as one worker would.
+    """
     t.model.train()
     cfg = t.cfg
     kwargs = loss_kwargs(cfg.loss)
     sums = {term: 0.0 for term in LOSS_TERMS}
     seen, start = 0, time.perf_counter()
-    for _ in range(t.job.steps_per_worker[epoch]):
+    for step in range(t.job.steps_per_epoch[epoch]):
         batch = next(batches)
-        if int(batch["epoch"][0]) != epoch:
-            log.warning("batch of epoch %d consumed in epoch %d", int(batch["epoch"][0]), epoch)
+        _check_order(batch, epoch, step, t.session.rank)
         images = _batch_images(batch, t)
-        if cfg.data.batch_mode == "pk":
-            check_pk(batch["labels"][0], cfg.data.P, cfg.data.K)
         labels = batch["labels"][0].to(t.device, non_blocking=True)
         with _autocast(t):
             out = t.model(images, return_cams=bool(kwargs.get("caid")))
-            terms = compute_losses(out, labels, **kwargs)
+            out_all, labels_all = gather_outputs(out, labels)  # the global batch
+            if cfg.data.batch_mode == "pk":
+                check_pk(labels_all, cfg.data.P, cfg.data.K)
+            terms = compute_losses(out_all, labels_all, **kwargs)
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(terms["loss"]).backward()
         t.scaler.step(t.optimizer)
         t.scaler.update()
-        n = labels.numel()
+        n = labels.numel()  # this worker's share: every worker holds the global loss
         for term, v in terms.items():
             sums[term] += float(v.detach()) * n
         seen += n
@@ -306,7 +338,7 @@ def _validate(t: Training, epoch: int, metrics: dict) -> bool:
 def run_epochs(t: Training) -> None:
     """Epochs ``progress.start_epoch .. epochs-1``: train, reduce, validate, checkpoint, report."""
     cfg, session = t.cfg, t.session
-    shard = session.dataset_shard("train")
+    shard = session.dataset_shard(f"train_{session.rank}")  # this rank's shares, plan order
     batches = iter(shard.iter_torch_batches(
         batch_size=1, prefetch_batches=cfg.data.prefetch_batches, device="cpu",
         pin_memory=t.device.type == "cuda"))
@@ -367,6 +399,7 @@ def final_test(t: Training) -> None:
 def train(cfg: TrainConfig, job: TrainJob, session: Session) -> None:
     """Train ``cfg`` (or resume it) in ``session`` and test once at the end."""
     _seed_everything(cfg.run.seed)
+    _deterministic(session.device)
     t = _build(cfg, job, session)
     t.progress = _restore(session.latest_checkpoint(), t)
     if t.progress.final_metrics is not None:  # re-run of a finished run: nothing left to do

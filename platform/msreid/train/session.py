@@ -169,3 +169,32 @@ class LocalSession:
         if found is None:
             return 0
         return int(ck.load_json(found, ck.META_FILE)["epoch"]) + 1
+
+
+def read_json(directory: str | None, name: str) -> Any:
+    """JSON file ``name`` in ``directory`` (local path or URI); None when absent or unreadable."""
+    if directory is None:
+        return None
+    fs, path = resolve_filesystem(directory)
+    try:
+        with fs.open_input_stream(f"{path}/{name}") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def latest_run_checkpoint(run_dir: str) -> str | None:
+    """The checkpoint a new ``fit`` in ``run_dir`` would continue from, in either mode.
+
+    Ray's latest (from its checkpoint-manager snapshot), else the newest whole
+    checkpoint a local session wrote; None when the directory holds no run.
+    """
+    snapshot = read_json(run_dir, SNAPSHOT_FILE)
+    try:
+        return f"{run_dir.rstrip('/')}/{snapshot['latest_checkpoint_result']['checkpoint_dir_name']}"
+    except (KeyError, TypeError):
+        pass
+    if "://" in run_dir:
+        return None
+    found = ck.newest_intact(ck.local_checkpoints(run_dir))
+    return str(found) if found else None
