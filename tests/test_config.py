@@ -8,6 +8,7 @@ import pytest
 
 from msreid.config import (
     TrainConfig,
+    batch_params,
     changed_settings,
     check_against_manifest,
     config_from_dict,
@@ -201,3 +202,12 @@ def test_changed_settings_ignore_neutral_fields_and_fill_defaults():
     assert changed_settings(old, new) == ["run.num_workers: 0 -> 2"]
     new["data.image_size"] = [32, 64]
     assert changed_settings(old, new)[0].startswith("data.image_size: ")
+
+
+def test_batch_params_are_the_global_batch_and_each_workers_share():
+    assert batch_params(load_config(PRESETS / "paper.yaml", ["run.num_workers=2"])) == {
+        "global_batch": 16, "worker_batch": 8}
+    assert batch_params(load_config(PRESETS / "official.yaml", ["run.num_workers=4"])) == {
+        "global_batch": 32, "worker_batch": 8}
+    assert batch_params(load_config(PRESETS / "smoke.yaml")) == {  # local mode: one process
+        "global_batch": 16, "worker_batch": 16}

@@ -27,7 +27,7 @@ import yaml
 
 from msreid import SPECTRA
 from msreid.errors import UserError
-from msreid.train.sampling import share_size
+from msreid.train.sampling import global_batch_size, share_size
 
 SELECTIONS = ("validation", "final")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -277,6 +277,17 @@ def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
         for key, value in dataclasses.asdict(getattr(cfg, name)).items():
             out[f"{name}.{key}"] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def batch_params(cfg: TrainConfig) -> dict[str, int]:
+    """``global_batch`` (data.batch_size, or P x K) and ``worker_batch`` (its share per worker).
+
+    Logged beside the config's params; the worker count of local mode (0) is 1.
+    """
+    d = cfg.data
+    workers = max(1, cfg.run.num_workers)
+    return {"global_batch": global_batch_size(d.batch_mode, d.batch_size, d.P, d.K),
+            "worker_batch": share_size(d.batch_mode, d.batch_size, d.P, d.K, workers)}
 
 
 def changed_settings(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:

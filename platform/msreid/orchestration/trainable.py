@@ -30,7 +30,7 @@ from ray import tune
 from ray.train import UserCallback
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from msreid.config import TrainConfig, config_from_dict, config_to_dict
+from msreid.config import TrainConfig, batch_params, config_from_dict, config_to_dict
 from msreid.data.schema import manifest_info
 from msreid.errors import UserError
 from msreid.tracking import comparison, entities, runs
@@ -243,7 +243,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         return
     node_ip = ray.util.get_node_ip_address()
     _record_node(client, run_id, node_ip)
-    runs.log_params(client, run_id, config_to_dict(cfg))
+    runs.log_params(client, run_id, {**config_to_dict(cfg), **batch_params(cfg)})
     fit = import_callable(ctx.fit)
     callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
     try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself

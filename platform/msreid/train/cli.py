@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ray.train import UserCallback
 
-from msreid.config import config_to_dict, load_config
+from msreid.config import batch_params, config_to_dict, load_config
 
 
 class ProgressPrinter(UserCallback):
@@ -79,7 +79,9 @@ def main(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.overrides)
     name = args.name or default_name(args.config, config_to_dict(cfg))
-    print(f"msreid train: run {name} in {args.storage}", file=sys.stderr, flush=True)
+    batch = batch_params(cfg)
+    print(f"msreid train: run {name} in {args.storage}; global batch {batch['global_batch']}, "
+          f"{batch['worker_batch']} per worker", file=sys.stderr, flush=True)
     out = fit(cfg, storage_path=args.storage, name=name, callbacks=[ProgressPrinter()],
               max_failures=args.max_failures)
     print(format_metrics(out.metrics, cfg.run.selection))
