@@ -200,8 +200,7 @@ def test_zero_one_and_two_workers_give_the_same_numbers(run_of, mode):
 @pytest.mark.timeout(240)
 def test_a_finished_run_is_reused_only_with_the_same_settings(local_run, manifest, capsys):
     storage = str(Path(local_run.checkpoint_path).parents[1])
-    with pytest.raises(UserError, match=r"other settings \(run.cpus_per_worker: 1.0 -> 0.5; "
-                                        r"run.num_workers: 0 -> 2\)"):
+    with pytest.raises(UserError, match=r"other settings \(run.num_workers: 0 -> 2\)"):
         fit(_mode_cfg(manifest, "pk", 2), storage_path=storage, name="local")
     again = fit(_mode_cfg(manifest, "pk", 0), storage_path=storage, name="local")
     assert again.metrics == local_run.metrics
