@@ -4,17 +4,16 @@
    any pyarrow URI) into Arrow blocks in the object store; a tiny task per
    block returns its split / pid / camera / scene / challenge columns, so the
    driver can plan batches without ever holding the JPEG bytes.
-2. Plans (``msreid.train.sampling``): every batch of every epoch as manifest
-   row indices, computed from (seed, epoch) only. Ray Data has no
-   identity-balanced sampler; a dataset whose rows are whole batches gives
-   P x K (and uniform) batching with one code path.
-3. ``train_dataset``: one row per batch, ``map_batches`` tasks fetch the
-   batch's rows from the Arrow blocks, decode the JPEGs, cut the spectra,
+2. Plans (``msreid.train.sampling``): every global batch of every epoch as
+   manifest row indices, computed from (seed, epoch) only. Ray Data has no
+   identity-balanced sampler; a dataset whose rows are whole (shares of)
+   batches gives P x K (and uniform) batching with one code path.
+3. ``train_dataset``: one row per share of a batch, ``map_batches`` tasks
+   fetch its rows from the Arrow blocks, decode the JPEGs, cut the spectra,
    resize and augment (one draw per tuple, keyed by its position in the
-   epoch's plan: ``sampling.sample_rngs``), and
-   emit ``uint8 [B, 3, H, W]`` per spectrum. The trainer splits it across
-   workers (``DataConfig(datasets_to_split=["train"])``); each worker reads
-   its shard with ``iter_torch_batches(batch_size=1)``.
+   epoch's plan: ``sampling.sample_rngs``), and emit ``uint8 [b, 3, H, W]``
+   per spectrum. Each worker gets its own such dataset (``train_<rank>``,
+   unsplit) and reads it with ``iter_torch_batches(batch_size=1)``.
 4. ``eval_dataset``: one row per tuple (no augmentation), for features.
 
 Images stay uint8 through the object store (4x less than float32); the
@@ -171,9 +170,8 @@ def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
 
     ``starts[i]``: the position of ``plan[i][0]`` in its epoch's plan (augmentation key).
 
-    Rows come out in plan order (preserve_order), so a single worker sees the
-    same sequence every time; with several workers the trainer's streaming
-    split hands each its share of whole batches. Each decode task handles
+    Rows come out in plan order (preserve_order), so the worker reading it
+    sees the same sequence every time. Each decode task handles
     ``batches_per_task`` batches: one batch per task spends as much on task
     overhead as on decoding (perf/input_pipeline.py: 8 per task ~2x faster).
     """
