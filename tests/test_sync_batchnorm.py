@@ -18,8 +18,12 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from msreid.models.sync_batchnorm import (CpuSyncBatchNorm, CpuSyncBatchNormAct, batch_moments,
-                                          convert_sync_batchnorm)
+from msreid.models.sync_batchnorm import (
+    CpuSyncBatchNorm,
+    CpuSyncBatchNormAct,
+    batch_moments,
+    convert_sync_batchnorm,
+)
 
 EPS = 1e-5
 # global batch [N, C, *]; rank 0 takes the first `cut` samples, rank 1 the rest

@@ -6,8 +6,15 @@ import numpy as np
 import pytest
 
 from msreid.errors import UserError
-from msreid.train.sampling import (epoch_plan, pk_plan, share_positions, share_size, split_rows,
-                                   uniform_plan, worker_share)
+from msreid.train.sampling import (
+    epoch_plan,
+    pk_plan,
+    share_positions,
+    share_size,
+    split_rows,
+    uniform_plan,
+    worker_share,
+)
 
 
 def _check_pk(batch, labels, p, k):

@@ -89,6 +89,7 @@ def test_make_readme_tables_runs_the_benchmark_then_the_script():
     res = subprocess.run(["make", "-n", "readme-tables", "VENV=/nonexistent"], cwd=ROOT,
                          capture_output=True, text=True, timeout=60)
     lines = res.stdout.splitlines()
-    bench = [i for i, l in enumerate(lines) if "experiments/full_benchmark.py" in l and "tee" in l]
-    update = [i for i, l in enumerate(lines) if "experiments/update_readme.py" in l]
+    bench = [i for i, line in enumerate(lines)
+             if "experiments/full_benchmark.py" in line and "tee" in line]
+    update = [i for i, line in enumerate(lines) if "experiments/update_readme.py" in line]
     assert bench and update and bench[0] < update[0], res.stdout

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor
 
 from msreid.models import StreamOutput
@@ -44,11 +43,34 @@ def sync_bn_wanted(setting: str, world: int) -> bool:
     return setting == "true"
 
 
+class _GatherShares(torch.autograd.Function):
+    """All-gather of equal shares; backward: the summed gradient of this worker's rows.
+
+    Forward ``[b, ...] -> [W * b, ...]`` in rank order. Every worker's loss
+    depends on every share, so the gradient of worker w's rows is the sum over
+    workers of their gradient w.r.t. those rows: one all-reduce of the
+    ``[W * b, ...]`` gradient, then this worker's slice.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:
+        parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+        dist.all_gather(parts, x.contiguous())
+        ctx.rank, ctx.share = dist.get_rank(), x.shape[0]
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:
+        total = grad.contiguous().clone()
+        dist.all_reduce(total)
+        return total[ctx.rank * ctx.share:(ctx.rank + 1) * ctx.share]
+
+
 def gather_tensor(x: Tensor) -> Tensor:
     """Every worker's ``x [b, ...]`` concatenated in rank order ``[W * b, ...]``, differentiable."""
     if world_size() == 1:
         return x
-    return torch.cat(dist_fn.all_gather(x), dim=0)
+    return _GatherShares.apply(x)
 
 
 def gather_labels(labels: Tensor) -> Tensor:

@@ -47,8 +47,7 @@ from msreid.train import loop
 from msreid.train.loop import QueryGallery, TrainJob
 from msreid.train.pipeline import DecodeSpec, eval_dataset, load_manifest, train_dataset
 from msreid.train.sampling import RowMeta, SplitRows, epoch_plan, split_rows, worker_share
-from msreid.train.session import (KEEP_CHECKPOINTS, LocalSession, RaySession,
-                                  latest_run_checkpoint, read_json)
+from msreid.train.session import KEEP_CHECKPOINTS, LocalSession, RaySession, latest_run_checkpoint, read_json
 
 
 @dataclass(frozen=True)
