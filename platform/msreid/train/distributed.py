@@ -82,10 +82,18 @@ def gather_labels(labels: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def _gather_field(value):
+    """None, a tensor ``[b, ...]`` or a list of them (one per stream), gathered alike."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return gather_tensor(value)
+    return [gather_tensor(t) for t in value]
+
+
 def gather_outputs(out: StreamOutput, labels: Tensor) -> tuple[StreamOutput, Tensor]:
     """The model's outputs and the labels of the whole global batch (see the module docstring)."""
     if world_size() == 1:
         return out, labels
-    fields = {name: None if value is None else [gather_tensor(t) for t in value]
-              for name, value in out._asdict().items()}  # every field: m x [b, ...] or None
+    fields = {name: _gather_field(value) for name, value in out._asdict().items()}
     return StreamOutput(**fields), gather_labels(labels)
