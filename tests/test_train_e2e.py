@@ -191,7 +191,6 @@ def test_zero_one_and_two_workers_give_the_same_numbers(run_of, mode):
             assert got[e]["train/loss"] == pytest.approx(ref[e]["train/loss"], rel=1e-4), (w, e)
             assert got[e]["val/mAP"] == pytest.approx(ref[e]["val/mAP"], abs=1e-3), (w, e)
         assert runs[w].metrics["test/mAP"] == pytest.approx(runs[0].metrics["test/mAP"], abs=1e-3)
-        assert not any(k.startswith("final_test/") for k in runs[w].metrics)  # only when asked
     if mode == "pk":  # triplet mining saw both ids of the global batch on 2 workers too
         assert all(h["train/triplet"] > 0 for h in _epochs(runs[2]))
 
