@@ -16,9 +16,7 @@ See docs/BENCHMARK.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 
 # What the options' one-line help cannot say: flag names, repeat forms, defaults taken from the data.
 FLAGS = {
@@ -58,37 +56,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from msreid.cli_options import options_from_args
-    from msreid.data.synth import synth_spec_from_json
-    from msreid.errors import UserError
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
-    from msreid.orchestration.interrupts import Interrupted
+    from msreid.orchestration.script import run_script
 
     args = build_parser().parse_args(argv)
-    try:  # --synth is checked before anything is created (mlflow.db included)
-        synth_overrides = synth_spec_from_json(args.synth)
-    except UserError as exc:
-        print(f"full_benchmark: error: {exc}", file=sys.stderr)
-        return 2
-    opts = options_from_args(BenchmarkOptions, args,
-                             preset=args.preset or ("paper" if args.data else "smoke"),
-                             synth=synth_overrides, verbose=0 if args.quiet else 1)
-    start = time.time()
-    try:
-        out = run_benchmark(opts)
-    except UserError as exc:
-        print(f"full_benchmark: error: {exc}", file=sys.stderr)
-        return 2
-    except Interrupted as exc:  # SIGINT/SIGTERM/SIGHUP: runs closed as KILLED, how to resume
-        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-            print(f"full_benchmark: {exc}", file=sys.stderr)
-        return exc.exit_code
+    done = run_script("full_benchmark", args, BenchmarkOptions, run_benchmark,
+                      preset=args.preset or ("paper" if args.data else "smoke"))
+    if done.exit_code:
+        return done.exit_code
+    out, opts = done.outcome, done.options
     print("\n" + out.markdown)
     for ok, message in out.checks:
         print(("check: " if ok else "CHECK FAILED: ") + message)
     for error in out.errors:
         print(f"trial failed: {error}", file=sys.stderr)
-    print(f"\nwall time {time.time() - start:.0f} s; MLflow: {out.tracking_uri}, experiment "
+    print(f"\nwall time {done.seconds:.0f} s; MLflow: {out.tracking_uri}, experiment "
           f"{opts.experiment!r}, parent run {out.parent_run_id}; rebuild the tables with\n"
           f"  msreid report --experiment {opts.experiment} --run {out.parent_run_id}"
           + (f" --tracking-uri {out.tracking_uri}" if args.tracking_uri else ""))

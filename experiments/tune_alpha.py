@@ -13,9 +13,7 @@ See docs/BENCHMARK.md.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import sys
-import time
 
 # What the options' one-line help cannot say: flag names, repeat forms, longer help.
 FLAGS = {
@@ -47,32 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from msreid.cli_options import options_from_args
-    from msreid.data.synth import synth_spec_from_json
-    from msreid.errors import UserError
     from msreid.orchestration.alpha import AlphaOptions, run_alpha_search
-    from msreid.orchestration.interrupts import Interrupted
+    from msreid.orchestration.script import run_script
 
     args = build_parser().parse_args(argv)
-    try:  # --synth is checked before anything is created (mlflow.db included)
-        synth_overrides = synth_spec_from_json(args.synth)
-    except UserError as exc:
-        print(f"tune_alpha: error: {exc}", file=sys.stderr)
-        return 2
-    opts = options_from_args(AlphaOptions, args, synth=synth_overrides,
-                             verbose=0 if args.quiet else 1)
-    start = time.time()
-    try:
-        out = run_alpha_search(opts)
-    except UserError as exc:
-        print(f"tune_alpha: error: {exc}", file=sys.stderr)
-        return 2
-    except Interrupted as exc:  # SIGINT/SIGTERM/SIGHUP: runs closed as KILLED, how to resume
-        with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone
-            print(f"tune_alpha: {exc}", file=sys.stderr)
-        return exc.exit_code
+    done = run_script("tune_alpha", args, AlphaOptions, run_alpha_search)
+    if done.exit_code:
+        return done.exit_code
+    out, opts = done.outcome, done.options
     print("\n" + out.markdown)
-    print(f"wall time {time.time() - start:.0f} s; MLflow {out.tracking_uri}, experiment "
+    print(f"wall time {done.seconds:.0f} s; MLflow {out.tracking_uri}, experiment "
           f"{opts.experiment!r}, parent run {out.parent_run_id} (alpha/map_vs_alpha.png)")
     return 0
 
