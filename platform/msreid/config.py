@@ -75,6 +75,10 @@ class DataConfig:
                                       "validation ids' tuples form the validation gallery")
     num_decode_workers: int = _f(0, "max parallel Ray Data decode tasks (0 = Ray decides)",
                                  neutral=True)
+    decode_cpus: float = _f(1.0, "logical CPUs each manifest-reading and Ray Data decode task "
+                                 "reserves; 0.5 lets two tasks share a CPU (the smoke suite "
+                                 "fits two trials of 0.5 + 0.5 CPU on 2 cores); must be > 0",
+                           neutral=True)
     batches_per_task: int = _f(8, "training batches decoded per Ray Data task (amortises the "
                                   "per-task overhead; lower it for very large batches)",
                                neutral=True)
@@ -401,6 +405,8 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"run.num_workers={r.num_workers} must be >= 0 and "
                         f"run.cpus_per_worker={r.cpus_per_worker} > 0")
     share_size(d.batch_mode, d.batch_size, d.P, d.K, max(1, r.num_workers))  # equal shares
+    if not d.decode_cpus > 0:  # a 0-CPU task is never limited by a trial's reservation
+        raise UserError(f"data.decode_cpus={d.decode_cpus} must be > 0 (e.g. 0.5 or 1)")
     if any(b <= a for a, b in zip(o.milestones, o.milestones[1:])):
         raise UserError(f"optim.milestones={list(o.milestones)} must increase")
     _check_ablation(cfg)

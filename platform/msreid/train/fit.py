@@ -235,7 +235,8 @@ def _train_factory(spec: DecodeSpec, plan: Plan, rank: int, world: int, run_dir:
         return train_dataset(spec, share["rows"], share["labels"], share["epochs"],
                              share["steps"], share["starts"],
                              batches_per_task=cfg.data.batches_per_task,
-                             num_decode_workers=cfg.data.num_decode_workers)
+                             num_decode_workers=cfg.data.num_decode_workers,
+                             num_cpus=cfg.data.decode_cpus)
 
     return make
 
@@ -309,7 +310,7 @@ def _datasets(cfg: TrainConfig, index, spectra, size, rows: SplitRows, validate:
     return {**{f"train_{r}": _train_factory(train_spec, plan, r, world, run_dir, resume_epoch, cfg)
                for r in range(world)},
             **{k: eval_dataset(eval_spec, v, batch_size=d.eval_batch_size,
-                               num_decode_workers=d.num_decode_workers)
+                               num_decode_workers=d.num_decode_workers, num_cpus=d.decode_cpus)
                for k, v in evals.items()}}
 
 
@@ -367,7 +368,7 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: Sequence =
     session_type = LocalSession if local else RaySession
     init_ray(ray_address, train_cpus=cfg.run.num_workers * cfg.run.cpus_per_worker)
     check_resources(cfg, joined=bool(ray_address or os.environ.get("RAY_ADDRESS")))
-    index, meta = load_manifest(cfg.data.manifest)
+    index, meta = load_manifest(cfg.data.manifest, num_cpus=cfg.data.decode_cpus)
     d = cfg.data
     rows = split_rows(meta.split, meta.pid, meta.camera, val_ids=effective_val_ids(cfg),
                       per_camera=d.val_query_per_camera, seed=cfg.run.seed)

@@ -1,9 +1,9 @@
 """Ray Data input pipeline: Parquet manifest -> decoded, augmented batches per spectrum.
 
-1. ``load_manifest``: Ray Data reads the manifest's part files (local path or
-   any pyarrow URI) into Arrow blocks in the object store; a tiny task per
-   block returns its split / pid / camera / scene / challenge columns, so the
-   driver can plan batches without ever holding the JPEG bytes.
+1. ``load_manifest``: one Ray task per part file (local path or any pyarrow
+   URI) puts it in the object store as an Arrow block and returns its split /
+   pid / camera / scene / challenge columns, so the driver can plan batches
+   without ever holding the JPEG bytes.
 2. Plans (``msreid.train.sampling``): every global batch of every epoch as
    manifest row indices, computed from (seed, epoch) only. Ray Data has no
    identity-balanced sampler; a dataset whose rows are whole (shares of)
@@ -27,6 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import ray
 
 from msreid import SPECTRA
@@ -63,9 +64,15 @@ class DecodeSpec:
     seed: int = 0
 
 
-@ray.remote(num_cpus=0.25)
+@ray.remote(num_returns=2)
+def _read_part(filesystem, path: str) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """One part file as an Arrow block, and its label columns (the driver never gets the blobs)."""
+    table = pq.read_table(path, filesystem=filesystem, columns=META_COLUMNS + DECODE_COLUMNS)
+    return table, _block_meta(table)
+
+
 def _block_meta(table: pa.Table) -> dict[str, np.ndarray]:
-    """The label columns of one block as numpy (no blobs leave the object store)."""
+    """The label columns of one block as numpy."""
     scene = table.column("scene").fill_null(-1).to_numpy()
     return {
         "split": np.asarray(table.column("split").to_pylist(), dtype=object).astype(str),
@@ -76,19 +83,21 @@ def _block_meta(table: pa.Table) -> dict[str, np.ndarray]:
     }
 
 
-def load_manifest(manifest: str) -> tuple[ManifestIndex, RowMeta]:
-    """Read every part file of ``manifest`` with Ray Data into the object store.
+def load_manifest(manifest: str, *, num_cpus: float = 1.0) -> tuple[ManifestIndex, RowMeta]:
+    """Read every part file of ``manifest`` into the object store, one task of ``num_cpus`` each.
 
     Returns the block index and the label columns of all rows (train, query,
     gallery), ordered as the blocks. Call ``msreid.data.schema.manifest_info``
-    first: it validates the schema with a clear error.
+    first: it validates the schema with a clear error. Plain tasks, not
+    ``ray.data.read_parquet``: its file-sampling task always asks for a whole
+    CPU, which never fits a trial's bundle of less than one (a silent hang).
     """
     fs, path = resolve_filesystem(manifest)
     files = manifest_files(path, filesystem=fs)
-    ds = ray.data.read_parquet(files, filesystem=fs).select_columns(META_COLUMNS + DECODE_COLUMNS)
-    _quiet_ordered(ds)  # blocks in file order: global row r = row r of read_manifest()
-    refs = ds.to_arrow_refs()
-    metas = ray.get([_block_meta.remote(r) for r in refs])
+    # one block per file, in file order: global row r = row r of read_manifest()
+    pairs = [_read_part.options(num_cpus=num_cpus).remote(fs, f) for f in files]
+    refs = [table for table, _ in pairs]
+    metas = ray.get([meta for _, meta in pairs])
     counts = [len(m["pid"]) for m in metas]
     meta = RowMeta(**{k: np.concatenate([m[k] for m in metas]) if metas else np.zeros(0)
                       for k in ("split", "pid", "camera", "scene", "challenge")})
@@ -165,7 +174,8 @@ def _concurrency(num_decode_workers: int) -> int | None:
 
 def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
                   epochs: np.ndarray, steps: np.ndarray, starts: np.ndarray, *,
-                  batches_per_task: int = 8, num_decode_workers: int = 0) -> ray.data.Dataset:
+                  batches_per_task: int = 8, num_decode_workers: int = 0,
+                  num_cpus: float = 1.0) -> ray.data.Dataset:
     """A dataset with one row per (share of a) training batch (``plan[i]``: manifest rows ``[b]``).
 
     ``starts[i]``: the position of ``plan[i][0]`` in its epoch's plan (augmentation key).
@@ -174,6 +184,7 @@ def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
     sees the same sequence every time. Each decode task handles
     ``batches_per_task`` batches: one batch per task spends as much on task
     overhead as on decoding (perf/input_pipeline.py: 8 per task ~2x faster).
+    ``num_cpus``: logical CPUs each decode task reserves (``data.decode_cpus``).
     """
     n = int(plan.shape[0])
     refs = [ray.put(np.ascontiguousarray(a)) for a in (plan, labels, epochs, steps, starts)]
@@ -183,11 +194,11 @@ def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
     return ds.map_batches(
         _decode_plan_rows, batch_size=1, batch_format="numpy",
         fn_kwargs={"spec": spec, "refs": tuple(refs)},
-        concurrency=_concurrency(num_decode_workers))
+        concurrency=_concurrency(num_decode_workers), num_cpus=num_cpus)
 
 
 def eval_dataset(spec: DecodeSpec, rows: np.ndarray, *, batch_size: int = 64,
-                 num_decode_workers: int = 0) -> ray.data.Dataset:
+                 num_decode_workers: int = 0, num_cpus: float = 1.0) -> ray.data.Dataset:
     """A dataset with one row per tuple of ``rows`` (no augmentation), in order."""
     rows = np.asarray(rows, dtype=np.int64)
     blocks = max(1, min(int(np.ceil(len(rows) / batch_size)), 2_000))
@@ -195,4 +206,4 @@ def eval_dataset(spec: DecodeSpec, rows: np.ndarray, *, batch_size: int = 64,
     _quiet_ordered(ds)
     return ds.map_batches(_decode_eval_rows, batch_size=batch_size, batch_format="numpy",
                           fn_kwargs={"spec": spec},
-                          concurrency=_concurrency(num_decode_workers))
+                          concurrency=_concurrency(num_decode_workers), num_cpus=num_cpus)
