@@ -82,6 +82,7 @@ def test_defaults_build_without_a_file():
     ("data.spectra=[rgb, uv]", ["data.spectra", "rgb, nir, tir"]),
     ("data.flip_prob=1.5", ["data.flip_prob", "[0, 1]"]),
     ("data.image_size=[64]", ["data.image_size", "2 values"]),
+    ("data.decode_cpus=0", ["data.decode_cpus=0.0", "> 0"]),
     ("noequals", ["noequals", "section.key=value"]),
 ])
 def test_bad_overrides_are_one_user_error_naming_key_and_choices(override, words):

@@ -130,3 +130,39 @@ def test_decoded_tuples_are_the_same_in_a_batch_of_16_or_two_shares_of_8(loaded)
     # the augmentation did something: the plain decode differs
     plain = DecodeSpec(index, ("rgb", "nir"), (16, 32), None, 9)
     assert not np.array_equal(decode_tuples(plain, rows.train[plan[0]])[:, 0], whole["rgb"][0])
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_half_cpu_tasks_run_inside_a_trial_reservation_of_one_cpu(ray_session, manifest):
+    """The smoke suite's trial: 0.5 CPU for the trial, 0.5 for its data tasks (data.decode_cpus).
+
+    A task asking for a whole CPU (e.g. read_parquet's file sampling) never fits there and
+    waits forever: the timeout catches that hang.
+    """
+    import ray
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from msreid.orchestration.trainable import data_in_trial_reservation
+    from msreid.train.pipeline import DecodeSpec, eval_dataset, load_manifest
+
+    @ray.remote(num_cpus=0.5)
+    def trial(path: str) -> tuple[list[int], list[int]]:
+        with data_in_trial_reservation():
+            index, meta = load_manifest(path, num_cpus=0.5)
+            spec = DecodeSpec(index, ("rgb",), (16, 32), None)
+            got = [int(r) for b in eval_dataset(spec, np.arange(4), batch_size=2, num_cpus=0.5)
+                   .iter_batches(batch_size=2) for r in b["rows"]]
+        return meta.pid.tolist(), got
+
+    group = placement_group([{"CPU": 0.5}, {"CPU": 0.5}])
+    ray.get(group.ready(), timeout=60)
+    try:
+        strategy = PlacementGroupSchedulingStrategy(group, placement_group_bundle_index=0,
+                                                    placement_group_capture_child_tasks=True)
+        pids, rows = ray.get(trial.options(scheduling_strategy=strategy).remote(manifest), timeout=150)
+    finally:
+        remove_placement_group(group)
+    assert pids == read_manifest(manifest, columns=["pid"]).column("pid").to_pylist()
+    assert rows == [0, 1, 2, 3]
