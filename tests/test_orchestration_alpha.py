@@ -24,7 +24,7 @@ ray.cloudpickle.register_pickle_by_value(orchestration_fakes)
 def test_tune_alpha_tiny(ray_session, tmp_path, capsys):
     from msreid.orchestration.alpha import AlphaOptions, run_alpha_search
     from msreid.orchestration.datasets import synthetic_manifest
-    from msreid.tracking import runs as R
+    from msreid.tracking import runs
 
     manifest = synthetic_manifest({"ids": 4, "cameras": 2, "tuples_per_id": 3, "height": 16,
                                    "width": 32}, root=tmp_path / "cache")
@@ -52,9 +52,9 @@ def test_tune_alpha_tiny(ray_session, tmp_path, capsys):
             assert row["status"] == "stopped (ASHA)" and row["epochs"] < 4
             assert math.isnan(row["test/mAP"])
     # MLflow: one child per trial under the parent, stopped ones KILLED; the parent's summary.
-    client = R.client_for(uri)
+    client = runs.client_for(uri)
     exp = client.get_experiment_by_name("alpha").experiment_id
-    kids = R.children(client, exp, out.parent_run_id)
+    kids = runs.children(client, exp, out.parent_run_id)
     assert len(kids) == 3
     status = {float(k.data.params["loss.alpha"]): k.info.status for k in kids}
     for row in table.to_dict("records"):

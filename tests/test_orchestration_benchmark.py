@@ -92,11 +92,11 @@ def options(tmp_path, manifest, **kw):
 
 
 def children(uri, parent):
-    from msreid.tracking import runs as R
+    from msreid.tracking import runs
 
-    client = R.client_for(uri)
+    client = runs.client_for(uri)
     exp = client.get_experiment_by_name("t").experiment_id
-    return client, R.children(client, exp, parent)
+    return client, runs.children(client, exp, parent)
 
 
 def report_markdown(uri, parent, capsys) -> str:
@@ -116,13 +116,13 @@ run_benchmark(opts)
 
 
 def _finished(uri, parent_tag):
-    from msreid.tracking import runs as R
+    from msreid.tracking import runs
 
-    client = R.client_for(uri)
+    client = runs.client_for(uri)
     exp = client.get_experiment_by_name("t")
     if exp is None:
         return []
-    return [r for r in R.find_runs(client, exp.experiment_id, {R.TAG_KIND: "trial"})
+    return [r for r in runs.find_runs(client, exp.experiment_id, {runs.TAG_KIND: "trial"})
             if r.info.status == "FINISHED"]
 
 
@@ -167,10 +167,10 @@ def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, man
     assert out.name == "mini-resume" and out.errors == []
     client, kids = children(uri, out.parent_run_id)
     # One parent, one child per trial, none duplicated; all finished.
-    from msreid.tracking import runs as R
+    from msreid.tracking import runs
 
     exp = client.get_experiment_by_name("t").experiment_id
-    assert len(R.find_runs(client, exp, {R.TAG_KIND: "benchmark"})) == 1
+    assert len(runs.find_runs(client, exp, {runs.TAG_KIND: "benchmark"})) == 1
     assert sorted(k.data.tags["msreid.trial_key"] for k in kids) == sorted(t.key for t in trials)
     assert {k.info.status for k in kids} == {"FINISHED"}
     # Finished trials trained once; only the killed one trained twice.
@@ -213,7 +213,7 @@ def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, man
 def test_a_benchmark_that_fails_in_tune_leaves_its_parent_run_failed(tmp_path, manifest, monkeypatch):
     """Without Ray: the Tune step raises after the parent run exists; the parent must end FAILED."""
     from msreid.orchestration import benchmark
-    from msreid.tracking import runs as R
+    from msreid.tracking import runs
 
     def broken_tune(*args, **kwargs):
         raise RuntimeError("the cluster went away")
@@ -223,7 +223,7 @@ def test_a_benchmark_that_fails_in_tune_leaves_its_parent_run_failed(tmp_path, m
     opts = options(tmp_path, manifest, name="breaks")
     with pytest.raises(RuntimeError, match="the cluster went away"):
         benchmark.run_benchmark(opts)
-    client = R.client_for(opts.tracking_uri)
+    client = runs.client_for(opts.tracking_uri)
     exp = client.get_experiment_by_name("t").experiment_id
-    (parent,) = R.find_runs(client, exp, {R.TAG_KIND: "benchmark", R.TAG_BENCHMARK: "breaks"})
+    (parent,) = runs.find_runs(client, exp, {runs.TAG_KIND: "benchmark", runs.TAG_BENCHMARK: "breaks"})
     assert parent.info.status == "FAILED"

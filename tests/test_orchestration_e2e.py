@@ -41,7 +41,7 @@ def test_smoke_grid_end_to_end(ray_session, tmp_path, capsys):
     from msreid.grid import expand_cells, load_suite
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
     from msreid.orchestration.datasets import synthetic_manifest
-    from msreid.tracking import runs as R
+    from msreid.tracking import runs
 
     manifest = synthetic_manifest({"ids": 6, "cameras": 3, "tuples_per_id": 6, "height": 32,
                                    "width": 64}, root=tmp_path / "cache")
@@ -52,10 +52,10 @@ def test_smoke_grid_end_to_end(ray_session, tmp_path, capsys):
         storage_path=str(tmp_path / "results"), verbose=0, figures={"cam_queries": 2}))
     assert out.errors == []
 
-    client = R.client_for(uri)
-    kids = R.children(client, out.experiment_id, out.parent_run_id)
+    client = runs.client_for(uri)
+    kids = runs.children(client, out.experiment_id, out.parent_run_id)
     assert len(kids) == 2 and {k.info.status for k in kids} == {"FINISHED"}
-    by_cell = {tuple(c): k for k in kids for c in json.loads(k.data.tags[R.TAG_CELLS])}
+    by_cell = {tuple(c): k for k in kids for c in json.loads(k.data.tags[runs.TAG_CELLS])}
     suite = load_suite(tmp_path / "suite.yaml")
     expected = [c for t in suite.tables for c in expand_cells(t, suite.set)]
     assert len(expected) == 3 and set(by_cell) == {c.id for c in expected}
@@ -68,7 +68,7 @@ def test_smoke_grid_end_to_end(ray_session, tmp_path, capsys):
             assert row[metric] == pytest.approx(value)  # MLflow and the tables are in %
     fingerprint = manifest_info(manifest).fingerprint
     for kid in kids:
-        assert kid.data.tags[R.TAG_PARENT] == out.parent_run_id
+        assert kid.data.tags[runs.TAG_PARENT] == out.parent_run_id
         assert kid.data.tags["msreid.manifest_fingerprint"] == fingerprint
         assert kid.data.params["data.manifest"] == manifest
         assert {"test/mINP", "best_val/mAP", "best_epoch"} <= set(kid.data.metrics)

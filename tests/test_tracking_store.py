@@ -5,7 +5,7 @@ import socket
 import pytest
 
 from msreid.errors import UserError
-from msreid.tracking import runs as R
+from msreid.tracking import runs
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 
 
@@ -35,25 +35,25 @@ def test_parent_and_children_are_found_again_not_duplicated(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     exp = ensure_experiment(uri, "bench")
     assert ensure_experiment(uri, "bench") == exp
-    client = R.client_for(uri)
-    parent, created = R.get_or_create_parent(client, exp, "smoke-1")
+    client = runs.client_for(uri)
+    parent, created = runs.get_or_create_parent(client, exp, "smoke-1")
     assert created
-    assert R.get_or_create_parent(client, exp, "smoke-1") == (parent, False)
-    assert R.get_or_create_parent(client, exp, "smoke-2")[0] != parent
-    child, created = R.get_or_create_child(client, exp, parent, "k-s0", "cell | seed 0")
+    assert runs.get_or_create_parent(client, exp, "smoke-1") == (parent, False)
+    assert runs.get_or_create_parent(client, exp, "smoke-2")[0] != parent
+    child, created = runs.get_or_create_child(client, exp, parent, "k-s0", "cell | seed 0")
     assert created
-    R.log_params(client, child, {"model.backbone": "x", "model.spectra": ["rgb", "nir"]})
-    R.log_params(client, child, {"model.backbone": "x", "loss.alpha": 0.001})  # re-log skips existing
-    R.log_metrics(client, child, {"test/mAP": 0.5, "bad": float("nan"), "flag": True}, step=3)
+    runs.log_params(client, child, {"model.backbone": "x", "model.spectra": ["rgb", "nir"]})
+    runs.log_params(client, child, {"model.backbone": "x", "loss.alpha": 0.001})  # re-log skips existing
+    runs.log_metrics(client, child, {"test/mAP": 0.5, "bad": float("nan"), "flag": True}, step=3)
     client.set_terminated(child)
-    assert R.get_or_create_child(client, exp, parent, "k-s0", "cell | seed 0") == (child, False)
+    assert runs.get_or_create_child(client, exp, parent, "k-s0", "cell | seed 0") == (child, False)
     run = client.get_run(child)
     assert run.info.status == "FINISHED"  # a finished child stays finished
-    assert run.data.tags[R.TAG_PARENT] == parent
+    assert run.data.tags[runs.TAG_PARENT] == parent
     assert run.data.params == {"model.backbone": "x", "model.spectra": '["rgb", "nir"]',
                                "loss.alpha": "0.001"}
     assert run.data.metrics == {"test/mAP": 0.5}
-    assert [r.info.run_id for r in R.children(client, exp, parent)] == [child]
+    assert [r.info.run_id for r in runs.children(client, exp, parent)] == [child]
 
 
 RACE = """
