@@ -99,12 +99,11 @@ def dataloader_rate(root: Path, size, batch: int, cores: int, n: int, warmup: in
 
 def start_ray(manifest: Path, cores: int):
     """Ray with ``cores`` CPUs (kept for the whole run) and the manifest in its object store."""
-    import ray
 
+    from msreid.train.fit import start_local_ray
     from msreid.train.pipeline import load_manifest
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    ray.init(num_cpus=cores, include_dashboard=False, log_to_driver=False)
+    start_local_ray(cores, log_to_driver=False)
     return load_manifest(str(manifest))
 
 

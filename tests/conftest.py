@@ -16,10 +16,10 @@ def ray_session():
     """
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from msreid.train.fit import start_local_ray
+
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "60")
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+    if not ray.is_initialized():  # as a local run starts it: loopback node, private token
+        start_local_ray(4, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()

@@ -140,8 +140,7 @@ def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, man
     (results / "hang_trials").write_text(trials[-1].key)
     fields = {k: v for k, v in opts.__dict__.items() if k not in ("figures", "synth")}
     fields["fit"] = "orchestration_fakes:fit"  # the subprocess's Ray gets tests/ on PYTHONPATH
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "RAY_AUTH_MODE": "disabled"}
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(opts=fields)], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)

@@ -29,6 +29,7 @@ ray.shutdown()
 @pytest.mark.timeout(240)
 def test_init_ray_beside_a_running_ray_start_starts_a_private_instance():
     tmp = tempfile.mkdtemp(prefix="r", dir="/tmp")  # short: Ray's socket paths have a length limit
+    # the `ray start` head without token auth; the driver's private instance turns it on
     env = {**os.environ, "RAY_TMPDIR": tmp, "RAY_AUTH_MODE": "disabled"}
     env.pop("RAY_ADDRESS", None)
     head = subprocess.Popen([str(RAY), "start", "--head", "--block", "--num-cpus", "7",

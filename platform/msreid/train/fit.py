@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import os
+import secrets
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,8 @@ from msreid.train.loop import QueryGallery, TrainJob
 from msreid.train.pipeline import DecodeSpec, eval_dataset, load_manifest, train_dataset
 from msreid.train.sampling import RowMeta, SplitRows, epoch_plan, split_rows, worker_share
 from msreid.train.session import KEEP_CHECKPOINTS, LocalSession, RaySession, latest_run_checkpoint, read_json
+
+LOOPBACK = "127.0.0.1"  # the node address of a local Ray: every Ray process binds to it
 
 
 @dataclass(frozen=True)
@@ -162,13 +165,45 @@ def init_ray(address: str | None = None, *, train_cpus: float = 0.0, quiet: bool
     if address:
         ray.init(address=address)
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     cores = os.cpu_count() or 1
     cpus = cores + (math.ceil(train_cpus) + 1 if train_cpus else 0)
-    # address="local": a private instance even where `ray start` runs (ray.init() would join it
-    # and then refuse num_cpus); RAY_ADDRESS=auto / --ray-address auto joins that one instead.
-    ray.init(address="local", num_cpus=cpus, include_dashboard=False,
-             **({"configure_logging": False, "log_to_driver": False} if quiet else {}))
+    start_local_ray(cpus, **({"configure_logging": False, "log_to_driver": False} if quiet else {}))
+
+
+def start_local_ray(num_cpus: float, **init_kwargs) -> None:
+    """A private local Ray kept off the network (docs/RAY.md, "A local Ray and the network").
+
+    Every Ray process binds to loopback: Ray does so when the node address is 127.0.0.1, which
+    ``ray.init`` allows only in its local-only mode (the default on macOS/Windows, switched by
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when Ray is imported); on Linux it replaces 127.0.0.1
+    with the LAN address and gcs_server, raylet and the agents listen on every address. Ray
+    has no public switch for this once imported, so the import-time flag is set for the
+    ``ray.init`` call only. Token authentication stays on as well, with a token of this
+    instance only, passed to Ray's processes (and so to Tune trials and Train workers) in
+    RAY_AUTH_TOKEN, so no other local user can connect and ``~/.ray/auth_token`` is not
+    written; an explicit RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH is kept.
+    address="local": a private instance even where `ray start` runs (ray.init() would join it
+    and then refuse num_cpus); RAY_ADDRESS=auto / --ray-address auto joins that one instead.
+    """
+    from unittest import mock
+
+    from ray._private import ray_constants
+
+    os.environ["RAY_AUTH_MODE"] = "token"
+    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token`
+    # Ray caches the auth mode and token once read; re-read them (what ray.init itself does
+    # when it turns token auth on).
+    ray._raylet.Config.initialize("")
+    ray._raylet.AuthenticationTokenLoader.instance().reset_cache()
+    with mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False):
+        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
+                 _node_ip_address=LOOPBACK, **init_kwargs)
+    gcs = ray.get_runtime_context().gcs_address
+    if not gcs.startswith(LOOPBACK + ":"):  # a Ray release that ignores the flag: say so
+        print(f"msreid: warning: the local Ray's GCS listens on {gcs}, not on loopback; "
+              "token authentication still refuses clients without this run's token",
+              file=sys.stderr)
 
 
 def missing_gpus(use_gpu: bool, num_workers: int, node_gpus: Sequence[float], joined: bool,
