@@ -97,6 +97,39 @@ def test_drop_and_zero_differ_and_concat_slot_is_zero():
     torch.testing.assert_close(zero[:, 96:], ref)
 
 
+@pytest.mark.parametrize("embedding", ["sum", "concat", "cam_weighted", "cam_official"])
+@pytest.mark.parametrize("missing", ["drop", "zero"])
+def test_embed_subsets_runs_each_stream_once_with_the_same_numbers(embedding, missing):
+    from msreid.evaluation import spectrum_subsets
+
+    head = "official" if embedding == "cam_official" else "paper"
+    torch.manual_seed(0)
+    model = build_model("test_resnet", SPECTRA, num_classes=4, embedding=embedding,
+                        neck="bnneck", head=head).eval()
+    x = images()
+    subsets = spectrum_subsets(SPECTRA)  # 7 subsets; one at a time they run 12 streams
+    calls = []
+    hooks = [model.streams[s].register_forward_hook(lambda m, i, o, s=s: calls.append(s))
+             for s in SPECTRA]
+    with torch.no_grad():
+        together = model.embed_subsets(x, subsets, missing=missing)
+        runs_together = len(calls)
+        alone = {u: model.embed(x, spectra=u, missing=missing) for u in subsets}
+    for h in hooks:
+        h.remove()
+    # drop: 3 real images; zero: 3 real + 3 all-zero images (every stream misses somewhere)
+    assert runs_together == (3 if missing == "drop" else 6)
+    assert len(calls) - runs_together == 12 + (9 if missing == "zero" else 0)
+    assert list(together) == subsets
+    for u in subsets:  # the same operations on the same inputs: bit-identical
+        assert torch.equal(together[u], alone[u]), u
+    if embedding == "sum" and missing == "drop":  # by hand: the sum of the subset's streams
+        with torch.no_grad():
+            per = {s: model.streams[s](x[s])[0] for s in SPECTRA}
+        for u in subsets:
+            torch.testing.assert_close(together[u], sum(per[s] for s in u), rtol=0, atol=1e-6)
+
+
 def test_cam_weights_sum_to_one():
     model = build_model("test_resnet", SPECTRA, num_classes=4).eval()
     with torch.no_grad():

@@ -55,8 +55,7 @@ def extract_features(model: torch.nn.Module, batches: Iterable[Mapping[str, torc
         images = {s: normalize(batch[s].to(device, non_blocking=True), mean, std)
                   .contiguous(memory_format=fmt) for s in spectra}
         rows.append(np.asarray(batch["rows"].cpu()))
-        for subset in subsets:
-            f = model.embed(images, spectra=subset, missing="drop")
+        for subset, f in model.embed_subsets(images, subsets, missing="drop").items():
             feats[subset_name(subset)].append(f.float().cpu())
     if not rows:
         raise UserError("evaluation set is empty: check the manifest's query/gallery splits")

@@ -196,9 +196,16 @@ def start_local_ray(num_cpus: float, **init_kwargs) -> None:
     # when it turns token auth on).
     ray._raylet.Config.initialize("")
     ray._raylet.AuthenticationTokenLoader.instance().reset_cache()
+    # Idle worker processes Ray keeps: by default as many as CPUs, counting the actors a
+    # benchmark holds (trials, Tune's queues, Ray Data's coordinators), so on 2 cores every
+    # decode worker was killed after 1 s idle and a new one paid the Python/Ray start-up
+    # again (105 worker processes in one smoke benchmark). 8 kept: 22 -> 10 workers and 70 ->
+    # 63 s for two smoke trials (docs/PERFORMANCE.md). $RAY_num_workers_soft_limit wins.
+    system = ({} if "RAY_num_workers_soft_limit" in os.environ
+              else {"num_workers_soft_limit": max(8, math.ceil(num_cpus))})
     with mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False):
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _node_ip_address=LOOPBACK, **init_kwargs)
+                 _node_ip_address=LOOPBACK, _system_config=system or None, **init_kwargs)
     gcs = ray.get_runtime_context().gcs_address
     if not gcs.startswith(LOOPBACK + ":"):  # a Ray release that ignores the flag: say so
         print(f"msreid: warning: the local Ray's GCS listens on {gcs}, not on loopback; "
