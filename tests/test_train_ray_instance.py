@@ -49,8 +49,8 @@ def test_init_ray_beside_a_running_ray_start_starts_a_private_instance():
         assert head.poll() is None  # the running cluster is untouched
     finally:
         os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=30)
+        try:  # `ray start --block` ignores SIGTERM for 30 s or more; its leftovers die below
+            head.wait(timeout=5)
         except subprocess.TimeoutExpired:
             os.killpg(head.pid, signal.SIGKILL)
         _kill_leftovers(tmp)
