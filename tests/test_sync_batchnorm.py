@@ -9,15 +9,13 @@ Alg. 1; running variance unbiased, as torch documents).
 from __future__ import annotations
 
 import copy
-import socket
 
 import pytest
 import timm.layers
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
+from gloo_ranks import run_on_two_ranks
 from msreid.models.sync_batchnorm import (
     CpuSyncBatchNorm,
     CpuSyncBatchNormAct,
@@ -86,34 +84,20 @@ def _moments_check(rank: int) -> dict:
     return {"mean": mean.detach(), "var": var.detach(), "dx": xs.grad}
 
 
-def _worker(rank: int, port: int, out: dict) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
-    try:
-        res = {}
-        for name, c in CASES.items():
-            part = slice(0, c["cut"]) if rank == 0 else slice(c["cut"], c["shape"][0])
-            data = _case_data(name)
-            res[name] = _run_layer(_make(CpuSyncBatchNorm, name, data), data, part)
-        res["moments"] = _moments_check(rank)
-        out[rank] = res
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_results(rank: int) -> dict:
+    res = {}
+    for name, c in CASES.items():
+        part = slice(0, c["cut"]) if rank == 0 else slice(c["cut"], c["shape"][0])
+        data = _case_data(name)
+        res[name] = _run_layer(_make(CpuSyncBatchNorm, name, data), data, part)
+    res["moments"] = _moments_check(rank)
+    return res
 
 
 @pytest.fixture(scope="module")
 def two_ranks() -> dict:
     """Results of both gloo ranks (one spawn for every case)."""
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-        return {r: out[r] for r in (0, 1)}
+    return run_on_two_ranks(_rank_results)
 
 
 def _by_hand(name: str, data: dict) -> dict:

@@ -9,15 +9,12 @@ the gather its triplet loss has no negatives at all.
 
 from __future__ import annotations
 
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from gloo_ranks import run_on_two_ranks
 from msreid.losses import compute_losses
 from msreid.models import StreamOutput
 from msreid.models.sync_batchnorm import convert_sync_batchnorm
@@ -55,36 +52,22 @@ def _step(model: nn.Module, x, labels, gather: bool) -> dict:
             "grads": {n: p.grad.clone() for n, p in model.named_parameters()}}
 
 
-def _worker(rank: int, port: int, out: dict) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
-                            world_size=2)
-    try:
-        x, labels = _data()
-        share = slice(4 * rank, 4 * rank + 4)
-        res = {}
-        for gather in (True, False):
-            torch.manual_seed(0)
-            model = DistributedDataParallel(convert_sync_batchnorm(Toy(), "cpu"))
-            res[gather] = _step(model, x[share], labels[share], gather)
-            res[gather]["grads"] = {n.removeprefix("module."): g
-                                    for n, g in res[gather]["grads"].items()}
-        out[rank] = res
-    finally:
-        dist.destroy_process_group()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rank_results(rank: int) -> dict:
+    x, labels = _data()
+    share = slice(4 * rank, 4 * rank + 4)
+    res = {}
+    for gather in (True, False):
+        torch.manual_seed(0)
+        model = DistributedDataParallel(convert_sync_batchnorm(Toy(), "cpu"))
+        res[gather] = _step(model, x[share], labels[share], gather)
+        res[gather]["grads"] = {n.removeprefix("module."): g
+                                for n, g in res[gather]["grads"].items()}
+    return res
 
 
 @pytest.fixture(scope="module")
 def two_workers() -> dict:
-    with mp.Manager() as manager:
-        out = manager.dict()
-        mp.spawn(_worker, args=(_free_port(), out), nprocs=2, join=True)
-        return {r: out[r] for r in (0, 1)}
+    return run_on_two_ranks(_rank_results)
 
 
 @pytest.mark.timeout(300)
