@@ -4,9 +4,9 @@ Each node of the cluster test has its own /tmp; that used to hide a checkout und
 venv (`node.sh: line 25: /tmp/<clone>/.venv/bin/python: No such file or directory`), so a CI
 runner cloning there failed. Here the cluster files are copied under /tmp with a venv of their
 own, and `run_cluster_test.sh --nodes-only` starts both nodes exactly as the full test does and
-runs the head's start-up commands (the YAML's, through SSH) with that venv. About 10 s (17 s on
-2 loaded cores); the full run stays `make cluster-test` (`.ci/run` runs it from wherever CI
-cloned the repository).
+runs the head's start-up commands (the YAML's, through SSH) with that venv: 17-20 s on 2 loaded
+cores. The full run stays `make cluster-test` (`.ci/run` runs it from wherever CI cloned the
+repository).
 """
 
 from __future__ import annotations
