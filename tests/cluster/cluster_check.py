@@ -20,7 +20,6 @@ import argparse
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -43,10 +42,7 @@ def overlay(args) -> None:
     """Deep-merge the overlay (keys replaced whole below the top level's mappings)."""
     base = yaml.safe_load((ROOT / "cluster-onprem.yaml").read_text())
     text = (HERE / "site-overlay.yaml").read_text()
-    # site.env is sourced by bash: a venv path with spaces is quoted there, and once more in the
-    # printf command that writes it.
-    venv_line = shlex.quote(f"MSREID_VENV={shlex.quote(str(args.venv))}")
-    text = text.replace("@WORK@", str(args.work)).replace("@VENV_LINE@", venv_line)
+    text = text.replace("@WORK@", str(args.work)).replace("@VENV@", str(args.venv))
     for key, value in yaml.safe_load(text).items():
         base[key] = value
     Path(args.out).write_text(yaml.safe_dump(base, sort_keys=False))

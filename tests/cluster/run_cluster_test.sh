@@ -22,7 +22,8 @@
 # Everything it started is stopped, even on failure (trap). MSREID_CLUSTER_KEEP=1 keeps the work dir.
 #
 # The checkout and the venv may live anywhere, /tmp included: each node's own /tmp would hide them,
-# so both stay visible inside every node at their own paths (start_node).
+# so both stay visible inside every node at their own paths (start_node). The venv's path must not
+# have spaces (Ray cannot start workers from it).
 # `run_cluster_test.sh --nodes-only` stops after starting the two nodes: over SSH, each node runs
 # `node.sh setup` from the checkout with the test's site values (the venv check that `ray up` runs
 # first) and shows that its /tmp is its own; seconds instead of minutes (tests/cluster/
@@ -40,6 +41,13 @@ if [ "${1:-}" != "--in-netns" ]; then
   fi
   [ -x "$VENV/bin/python" ] && { [ "$MODE" = nodes-only ] || [ -x "$VENV/bin/ray" ]; } ||
     { echo "cluster test: no venv at $VENV (run make venv)" >&2; exit 2; }
+  case "$VENV" in *[[:space:]]*)
+    # Ray's raylet splits the python path at spaces when it starts workers (seen on Ray 2.60:
+    # `bash: line 1: /tmp/msreid: No such file or directory`, no trial ever starts).
+    echo "cluster test: Ray cannot start workers from a venv whose path has a space: $VENV;" \
+         "clone the repository to a path without spaces, or point MSREID_CLUSTER_VENV at such a" \
+         "venv" >&2; exit 2 ;;
+  esac
   missing=""
   for pair in sshd:openssh-server ssh:openssh-client rsync:rsync tmux:tmux ip:iproute2 \
               pgrep:procps; do

@@ -63,3 +63,20 @@ def test_cluster_nodes_start_from_a_checkout_under_tmp():
         assert "cluster test: PASSED" in run.stdout
     finally:
         shutil.rmtree(clone, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="the cluster test's nodes need root (namespaces)")
+@pytest.mark.timeout(60)
+def test_a_venv_path_with_a_space_is_refused_before_anything_starts(tmp_path):
+    venv = tmp_path / "my clone" / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    for tool in ("python", "ray"):
+        (venv / "bin" / tool).write_text("#!/bin/sh\nexit 0\n")
+        (venv / "bin" / tool).chmod(0o755)
+    run = subprocess.run([str(ROOT / "tests" / "cluster" / "run_cluster_test.sh")],
+                         env={**os.environ, "MSREID_CLUSTER_VENV": str(venv)},
+                         capture_output=True, text=True, timeout=50)
+    assert run.returncode == 2, run.stdout + run.stderr
+    assert run.stderr == (f"cluster test: Ray cannot start workers from a venv whose path has a "
+                          f"space: {venv}; clone the repository to a path without spaces, or point "
+                          f"MSREID_CLUSTER_VENV at such a venv\n")
