@@ -34,7 +34,7 @@ test: $(VENV)/.installed
 # A real 2-node Ray cluster on this machine (root, Linux namespaces): `ray up` / `ray submit` /
 # `ray down` on cluster-onprem.yaml, see tests/cluster/run_cluster_test.sh.
 cluster-test: $(VENV)/.installed
-	MSREID_CLUSTER_VENV=$(abspath $(VENV)) tests/cluster/run_cluster_test.sh
+	MSREID_CLUSTER_VENV='$(abspath $(VENV))' tests/cluster/run_cluster_test.sh
 
 # Prints the link that opens the benchmark's cells, then serves the UI on 127.0.0.1:5000.
 ui: $(VENV)/.installed

@@ -20,16 +20,34 @@
 #      equal run B's;
 #   5. `ray down` leaves no Ray or MLflow process on either node.
 # Everything it started is stopped, even on failure (trap). MSREID_CLUSTER_KEEP=1 keeps the work dir.
+#
+# The checkout and the venv may live anywhere, /tmp included: each node's own /tmp would hide them,
+# so both stay visible inside every node at their own paths (start_node). The venv's path must not
+# have spaces (Ray cannot start workers from it).
+# `run_cluster_test.sh --nodes-only` stops after starting the two nodes: over SSH, each node runs
+# `node.sh setup` from the checkout with the test's site values (the venv check that `ray up` runs
+# first) and shows that its /tmp is its own; seconds instead of minutes (tests/cluster/
+# test_checkout_anywhere.py runs it from a copy under /tmp).
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd -P)"
 VENV="${MSREID_CLUSTER_VENV:-$ROOT/.venv}"
 HERE="$ROOT/tests/cluster"
 
 if [ "${1:-}" != "--in-netns" ]; then
+  MODE=full
+  if [ "${1:-}" = "--nodes-only" ]; then MODE=nodes-only; fi
   if [ "$(id -u)" != 0 ]; then
     echo "cluster test: needs root (network/PID namespaces, one sshd per node)" >&2; exit 2
   fi
-  [ -x "$VENV/bin/ray" ] || { echo "cluster test: no venv at $VENV (run make venv)" >&2; exit 2; }
+  [ -x "$VENV/bin/python" ] && { [ "$MODE" = nodes-only ] || [ -x "$VENV/bin/ray" ]; } ||
+    { echo "cluster test: no venv at $VENV (run make venv)" >&2; exit 2; }
+  case "$VENV" in *[[:space:]]*)
+    # Ray's raylet splits the python path at spaces when it starts workers (seen on Ray 2.60:
+    # `bash: line 1: /tmp/msreid: No such file or directory`, no trial ever starts).
+    echo "cluster test: Ray cannot start workers from a venv whose path has a space: $VENV;" \
+         "clone the repository to a path without spaces, or point MSREID_CLUSTER_VENV at such a" \
+         "venv" >&2; exit 2 ;;
+  esac
   missing=""
   for pair in sshd:openssh-server ssh:openssh-client rsync:rsync tmux:tmux ip:iproute2 \
               pgrep:procps; do
@@ -45,7 +63,7 @@ if [ "${1:-}" != "--in-netns" ]; then
   start=$(date +%s)
   set +e
   # --kill-child: if this script is stopped, the inner one gets TERM and runs its cleanup trap.
-  unshare --net --fork --kill-child=TERM "${BASH_SOURCE[0]}" --in-netns "$WORK"
+  unshare --net --fork --kill-child=TERM "${BASH_SOURCE[0]}" --in-netns "$WORK" "$MODE"
   rc=$?
   set -e
   echo "cluster test: $([ $rc = 0 ] && echo PASSED || echo "FAILED (exit $rc)") in $(( $(date +%s) - start )) s"
@@ -55,6 +73,9 @@ fi
 
 # ---------------------------------------------------------------- inside the network namespace
 WORK="$2"
+MODE="$3"
+# The venv by its real path: that is the directory a node must see (a symlink to it may not help).
+VENV="$(cd "$VENV" && pwd -P)"
 T0=$(date +%s)
 LOGS="$WORK/logs"
 mkdir -p "$LOGS" "$WORK/client/tmp" "$WORK/shared" "$WORK/home"
@@ -72,6 +93,12 @@ NS_PIDS=()
 BG_PIDS=()
 
 log() { echo "[cluster test +$(( $(date +%s) - T0 ))s] $*"; }
+
+config_list() {  # config_list KEY...: the lists KEY... of the test's cluster config, one item a line
+  "$VENV/bin/python" -c 'import sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+print("\n".join(item for key in sys.argv[2:] for item in config[key]))' "$CFG" "$@"
+}
 
 cleanup() {
   local rc=$?
@@ -100,6 +127,26 @@ ray_ports() {  # distinct ports per node: both nodes share this namespace's loop
        "--runtime-env-agent-port=$((base + 6))"
 }
 
+# PID 1 of a node (bash -c "$NODE_INIT" node-init NODE_DIR HOME_PATH VISIBLE...): its own
+# /etc/passwd, $HOME and /tmp, then its sshd. Each VISIBLE path under /tmp (the checkout, the venv)
+# is first bind-mounted at the same place inside the node's /tmp, so it stays where the client has it.
+NODE_INIT='set -e
+d=$1 home=$2
+shift 2
+mount --bind "$d/passwd" /etc/passwd
+mount --bind "$d/home" "$home"
+for path in "$@"; do
+  case "$path" in
+    /tmp/*) mkdir -p "$d/tmp/${path#/tmp/}"; mount --bind "$path" "$d/tmp/${path#/tmp/}" ;;
+  esac
+done
+mount --rbind "$d/tmp" /tmp
+/usr/sbin/sshd -D -e -f "$d/sshd_config" &
+wait'
+# What the nodes must see of this machine: the checkout and the venv (once, if it is inside it).
+VISIBLE=("$ROOT")
+case "$VENV/" in "$ROOT"/*) ;; *) VISIBLE+=("$VENV") ;; esac
+
 start_node() {  # start_node N: sshd on 127.0.0.N in its own PID + mount namespace
   local n=$1 d="$WORK/node$1"
   mkdir -p "$d/home/.ssh" "$d/home/.msreid" "$d/tmp"
@@ -127,9 +174,7 @@ EOF
   # (Ray syncs ~/... between nodes as absolute paths), holding this node's own $d/home.
   sed "s#^root:\([^:]*\):0:0:\([^:]*\):[^:]*:#root:\1:0:0:\2:$WORK/home:#" /etc/passwd > "$d/passwd"
   unshare --pid --fork --kill-child=KILL --mount --mount-proc --propagation private \
-    bash -c "mount --bind '$d/passwd' /etc/passwd && mount --bind '$d/home' '$WORK/home' &&
-             mount --bind '$d/tmp' /tmp &&
-             /usr/sbin/sshd -D -e -f '$d/sshd_config' & wait" > "$LOGS/sshd-node$n.log" 2>&1 &
+    bash -c "$NODE_INIT" node-init "$d" "$WORK/home" "${VISIBLE[@]}" > "$LOGS/sshd-node$n.log" 2>&1 &
   NS_PIDS+=($!)
   echo $! > "$d/ns.pid"
 }
@@ -148,6 +193,26 @@ log "2 nodes (sshd on 127.0.0.1, 127.0.0.2, own PID/mount namespaces)"
 
 "${CHECK[@]}" overlay --root "$ROOT" --venv "$VENV" --out "$CFG"
 cd "$ROOT"  # file_mounts: ~/msreid <- "." (the repository root), as users run it
+
+if [ "$MODE" = nodes-only ]; then
+  # On the head, what `ray up` does before `ray start`, by hand: the file mount (the checkout to
+  # ~/msreid, minus the YAML's rsync_exclude), then the YAML's initialization and setup commands
+  # (site values; node.sh setup, which imports the project's dependencies with the venv's python,
+  # 10-15 s under load: the worker, started the same way, only runs that python).
+  mapfile -t EXCLUDES < <(config_list rsync_exclude)
+  mapfile -t COMMANDS < <(config_list initialization_commands setup_commands)
+  rsync -a -e "${SSH[*]}" "${EXCLUDES[@]/#/--exclude=}" ./ root@127.0.0.1:msreid/
+  for command in "${COMMANDS[@]}"; do "${SSH[@]}" root@127.0.0.1 "$command"; done
+  mark="$(basename "$WORK")"
+  for n in 1 2; do
+    "${SSH[@]}" "root@127.0.0.$n" "$(printf %q "$VENV/bin/python") -c pass &&
+                                   test -d $(printf %q "$ROOT") && touch /tmp/$mark"
+    [ -e "$WORK/node$n/tmp/$mark" ] && [ ! -e "/tmp/$mark" ] ||
+      { log "node $n: /tmp is not the node's own $WORK/node$n/tmp"; exit 1; }
+    log "node $n: the venv $VENV and the checkout $ROOT visible, /tmp its own"
+  done
+  exit 0
+fi
 
 # 1. ray up
 timeout 600 ray up -y "$CFG" > "$LOGS/ray-up.log" 2>&1
