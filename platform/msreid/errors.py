@@ -53,13 +53,17 @@ def disk_full_report(exc: BaseException) -> str | None:
     message in that text, or else the line naming the OS error; for a bare ``OSError``
     from a writer without its own handling, a message naming its file.
     """
+    chain = _chain(exc)
+    text = "\n".join(str(e) for e in chain)
+    for line in text.splitlines():  # Ray's text of a worker's DiskFullError
+        if DiskFullError.__name__ + ": " in line:
+            return line.split(DiskFullError.__name__ + ": ", 1)[1].strip()
+    mine = [e for e in chain if isinstance(e, DiskFullError)]
+    if mine:
+        return str(mine[0])
     cause = disk_full_cause(exc)
     if isinstance(cause, OSError) and cause.filename:
         return disk_full_message(cause.filename, "a file", FREE_SPACE_ADVICE, cause)
-    text = "\n".join(str(e) for e in _chain(exc))
-    for line in text.splitlines():
-        if DiskFullError.__name__ + ": " in line:
-            return line.split(DiskFullError.__name__ + ": ", 1)[1].strip()
     for line in text.splitlines():
         if any(t in line for t in DISK_FULL_TEXTS):
             return f"{line.strip()[:500]}; {FREE_SPACE_ADVICE}"

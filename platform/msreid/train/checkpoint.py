@@ -113,8 +113,9 @@ def _write_checkpoint(directory: Path, files: dict[str, Any],
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         for name, value in files.items():
-            if name.endswith(".pt"):
-                torch.save(value, tmp / name)
+            if name.endswith(".pt"):  # through a Python file: torch's own writer reports a
+                with open(tmp / name, "wb") as f:  # full disk as a bare "iostream error"
+                    torch.save(value, f)
             elif isinstance(value, (str, bytes)):
                 (tmp / name).write_bytes(value.encode() if isinstance(value, str) else value)
             else:

@@ -1,0 +1,197 @@
+"""A full disk is one clear error (exit 2) naming the path, the space needed and free, and
+nothing is left half-written (issue 23).
+
+The disk is a real tmpfs of 200 kB mounted inside the test (root only; skipped with the
+reason otherwise), or one filled up with a filler file for the MLflow store. The sizes
+a message states are checked against the sizes of the same output written to a roomy disk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from msreid.data.schema import manifest_info, verify_manifest
+from msreid.data.synth import SynthSpec, generate
+from msreid.errors import DiskFullError, UserError, user_error_message
+from msreid.train import checkpoint as ck
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL_DISK = "200k"
+BIG = ["--ids", "4", "--cameras", "2"]  # ~1.4 MB of JPEGs: does not fit in 200 kB
+TINY = SynthSpec(ids=2, cameras=2, tuples_per_id=3, height=16, width=32)  # ~20 kB
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str):
+    """A tmpfs of ``size`` mounted at ``path`` for the block (pytest.skip when not permitted)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    with tmpfs(tmp_path / "small", SMALL_DISK) as path:
+        yield path
+
+
+def msreid(*args: str) -> subprocess.CompletedProcess:
+    """``msreid ARGS`` as a user runs it (this checkout's package first on the path)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT / "platform"),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, "-m", "msreid.cli", *args], capture_output=True,
+                          text=True, env=env, timeout=240)
+
+
+def tree_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def stated_need(message: str) -> float:
+    """The "needs about N kB/MB" of a message, in bytes."""
+    number, unit = re.search(r"needs about ([\d.]+) (bytes|kB|MB|GB)", message).groups()
+    return float(number) * {"bytes": 1, "kB": 1e3, "MB": 1e6, "GB": 1e9}[unit]
+
+
+def assert_one_clear_line(done: subprocess.CompletedProcess, command: str, what: str, out: Path):
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "Traceback" not in done.stderr and "OSError" not in done.stderr, done.stderr[-3000:]
+    line = done.stderr.strip()
+    assert "\n" not in line, line
+    assert line.startswith(f"msreid {command}: error: no space left on the device writing {what} "
+                           f"to {out} ("), line
+    assert "free there now" in line and "--out" in line, line
+    return line
+
+
+def test_synth_on_a_full_disk(small_disk, tmp_path):
+    out = small_disk / "synth"
+    done = msreid("synth", "--layout", "rgbnt100", "--out", str(out), *BIG)
+    line = assert_one_clear_line(done, "synth", "the synthetic dataset", out)
+    assert list(small_disk.iterdir()) == []  # no partial dataset, no temporary sibling
+    reference = tmp_path / "roomy"
+    assert msreid("synth", "--layout", "rgbnt100", "--out", str(reference), *BIG).returncode == 0
+    real = tree_bytes(reference)  # ~1.4 MB; the message extrapolates from the images written
+    assert 0.8 * real <= stated_need(line) <= 1.25 * real, (line, real)
+
+
+def test_ingest_on_a_full_disk_keeps_the_previous_manifest(small_disk, tmp_path):
+    old_data = generate("rgbnt100", tmp_path / "tiny", TINY)
+    out = small_disk / "manifest"
+    old = msreid("ingest", "--layout", "rgbnt100", "--root", str(old_data), "--out", str(out),
+                 "--piece-size", "auto")
+    assert old.returncode == 0, old.stderr[-2000:]
+    before = manifest_info(str(out)).fingerprint
+    data = tmp_path / "big"
+    assert msreid("synth", "--layout", "rgbnt100", "--out", str(data), *BIG).returncode == 0
+    done = msreid("ingest", "--layout", "rgbnt100", "--root", str(data / "rgbir"), "--out",
+                  str(out), "--piece-size", "auto", "--overwrite")
+    line = assert_one_clear_line(done, "ingest", "the manifest", out)
+    assert sorted(p.name for p in small_disk.iterdir()) == ["manifest"]  # no temporary left
+    verify_manifest(str(out))  # the previous manifest, whole
+    assert manifest_info(str(out)).fingerprint == before
+    roomy = tmp_path / "roomy-manifest"
+    assert msreid("ingest", "--layout", "rgbnt100", "--root", str(data / "rgbir"), "--out",
+                  str(roomy), "--piece-size", "auto").returncode == 0
+    real = tree_bytes(roomy)
+    assert 0.8 * real <= stated_need(line) <= 1.25 * real, (line, real)
+
+
+def test_checkpoint_on_a_full_disk_keeps_the_earlier_one(small_disk):
+    run_dir = small_disk / "run"
+    small = {"model.pt": {"w": torch.zeros(10)}, "meta.json": {"epoch": 1}}
+    first = ck.write_checkpoint(run_dir / "checkpoint_epoch_1", small)
+    big = {"model.pt": {"w": torch.zeros(75_000)}, "meta.json": {"epoch": 1}}  # 300 kB of floats
+    with pytest.raises(DiskFullError) as err:
+        ck.write_checkpoint(run_dir / "checkpoint_epoch_1", big)
+    message = str(err.value)
+    assert message.startswith(f"no space left on the device writing checkpoint checkpoint_epoch_1 "
+                              f"to {run_dir} (it needs about 300.0 kB, "), message
+    assert "earlier checkpoints are kept" in message and "--storage" in message
+    assert sorted(p.name for p in run_dir.iterdir()) == ["checkpoint_epoch_1"]  # no temporary
+    assert ck.checkpoint_problem(first) is None  # the same epoch's earlier write is whole
+    assert ck.load_pt(first, "model.pt")["w"].shape == (10,)
+
+
+def test_mlflow_store_and_artifacts_on_a_full_disk(tmp_path):
+    from msreid.tracking import runs
+    from msreid.tracking.store import ensure_experiment
+
+    with tmpfs(tmp_path / "store", "2m") as disk:  # an empty SQLite store takes ~1 MB
+        uri = f"sqlite:///{disk}/mlflow.db"
+        client = runs.client_for(uri)
+        run_id, _ = runs.get_or_create_parent(client, ensure_experiment(uri, "t"), "b")
+        runs.log_params(client, run_id, {"kept": 1})
+        filler = disk / "filler"
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+        with contextlib.suppress(OSError):
+            while True:
+                os.write(fd, b"x" * 4096)
+        os.close(fd)
+        artifacts = Path(client.get_run(run_id).info.artifact_uri[len("file://"):])
+        with pytest.raises(DiskFullError, match=re.escape(
+                f"no space left on the device writing MLflow artifact to "
+                f"{artifacts / 'tables' / 'big.md'} (0 bytes free there now)")):
+            runs.log_text(client, run_id, "y" * 100_000, "tables/big.md")
+        assert not (artifacts / "tables" / "big.md").exists()  # no truncated copy
+        with pytest.raises(DiskFullError, match=re.escape(
+                f"no space left on the device writing MLflow data to {disk}/mlflow.db (")):
+            runs.log_params(client, run_id, {f"p{i}": "z" * 5000 for i in range(200)})
+        filler.unlink()
+        assert client.get_run(run_id).data.params == {"kept": "1"}  # the failed batch rolled back
+
+
+def test_a_full_disk_without_its_own_handling_names_the_file():
+    message = user_error_message(OSError(errno.ENOSPC, "No space left on device", "/data/x.csv"))
+    assert message.startswith("no space left on the device writing a file to /data/x.csv"), message
+    assert "Disk quota exceeded" not in message
+    quota = user_error_message(OSError(errno.EDQUOT, "Disk quota exceeded", "/home/u/x"))
+    assert quota.startswith("disk quota exceeded writing a file to /home/u/x"), quota
+    assert user_error_message(OSError(errno.EACCES, "Permission denied", "/x")) is None  # a bug
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_a_full_disk_in_a_ray_worker_is_the_same_one_line(ray_session):
+    ray = ray_session
+
+    @ray.remote
+    def write():
+        from msreid.errors import disk_full_is_user_error
+
+        with disk_full_is_user_error("/runs/r1", "checkpoint checkpoint_epoch_3", "free space"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(Exception) as err:  # Ray's error type, carrying the worker's traceback
+        ray.get(write.remote())
+    assert 'File "' in str(err.value)  # the worker's traceback is part of the text
+    message = user_error_message(err.value)
+    assert message.startswith("no space left on the device writing checkpoint checkpoint_epoch_3 "
+                              "to /runs/r1 ("), message
+    assert message.endswith("; free space") and "\n" not in message
+
+
+def test_a_plain_user_error_from_a_ray_worker_keeps_only_its_message():
+    text = ("ray::train_func() (pid=1, ip=127.0.0.1)\n  File \"x.py\", line 3, in f\n"
+            "msreid.errors.UserError: data.P=8 but only 4 train ids remain")
+
+    class Wrapped(UserError):  # what Ray's as_instanceof_cause makes: a UserError with a traceback
+        pass
+
+    assert user_error_message(Wrapped(text)) == "data.P=8 but only 4 train ids remain"
+    assert user_error_message(UserError("a\nb")) == "a\nb"  # multi-line messages stay whole
