@@ -24,7 +24,7 @@ from typing import Any
 
 from ray import tune
 
-from msreid import grid
+from msreid import cli_options, grid
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.data.schema import manifest_info
 from msreid.errors import UserError
@@ -68,6 +68,8 @@ class BenchmarkOptions:
     system_metrics: bool = field(default=False, metadata={
         "help": "log CPU/memory/disk/network (and GPU) as system/* metrics of each trial run"})
     verbose: int = field(default=1, metadata={"help": "0 = quiet, 1 = progress table"})
+    command: tuple[str, ...] = field(default=(), metadata={
+        "help": "the command line that started the run, without --resume (for the resume hint)"})
 
 
 @dataclass
@@ -254,7 +256,8 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
             if len(results) + len(errors) < len(trials):  # stopped by Tune (e.g. SIGUSR1)
                 raise interrupts.Interrupted("SIGUSR1")
         except interrupts.Interrupted as exc:
-            raise _interrupted(client, experiment_id, parent, name, len(trials), exc) from None
+            raise _interrupted(client, experiment_id, parent, name, len(trials), exc,
+                               resume_command(opts, name)) from None
         except Exception:  # the parent must not stay RUNNING; --resume re-runs what failed
             client.set_terminated(parent, "FAILED")
             raise
@@ -262,12 +265,17 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
                               register=opts.register)
 
 
+def resume_command(opts: BenchmarkOptions, name: str) -> str:
+    """The shell command that resumes benchmark ``name``: the run's own options plus ``--resume``."""
+    start = opts.command or ("python", "experiments/full_benchmark.py")  # a caller without argv
+    return cli_options.shell_command([*start, "--resume", name])
+
+
 def _interrupted(client, experiment_id: str, parent: str, name: str, n_trials: int,
-                 exc: interrupts.Interrupted) -> interrupts.Interrupted:
+                 exc: interrupts.Interrupted, command: str) -> interrupts.Interrupted:
     """Close the runs of an interrupted benchmark (see msreid.orchestration.interrupts)."""
-    hint = (f"resume with the same options plus `--resume {name}`, e.g. "
-            f"python experiments/full_benchmark.py --resume {name}")
-    note = (f"Interrupted by {exc.signal_name}; no tables were written. Finished trials are kept: "
+    hint = f"resume with the same options plus --resume {name}:\n  {command}"
+    note = (f"Interrupted by {exc.signal_name}; no tables were written. Finished trials are kept; "
             f"{hint}")
     finished = interrupts.close_interrupted(client, experiment_id, parent, exc.signal_name, note)
     message = (f"interrupted by {exc.signal_name} after {finished} of {n_trials} trials; parent run "
