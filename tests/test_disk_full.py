@@ -195,3 +195,47 @@ def test_a_plain_user_error_from_a_ray_worker_keeps_only_its_message():
 
     assert user_error_message(Wrapped(text)) == "data.P=8 but only 4 train ids remain"
     assert user_error_message(UserError("a\nb")) == "a\nb"  # multi-line messages stay whole
+
+
+@pytest.mark.timeout(180)
+def test_trials_stopped_by_a_full_disk_end_the_benchmark_with_the_resume_command(
+        tmp_path, monkeypatch, capsys):
+    """No Ray: Tune's loop is a stand-in whose trials all failed on a full disk (the text Ray
+    gives the driver for a worker's DiskFullError)."""
+    sys.path.insert(0, str(ROOT / "experiments"))
+    import full_benchmark
+
+    from msreid.orchestration import benchmark
+    from msreid.orchestration.datasets import synthetic_manifest
+    from msreid.tracking import runs
+    from test_orchestration_benchmark import write_suite
+
+    manifest = synthetic_manifest({"ids": 4, "cameras": 2, "tuples_per_id": 3, "height": 16,
+                                   "width": 32}, root=tmp_path / "cache")
+    worker = ("ray::run_trial() (pid=7, ip=127.0.0.1)\n  File \"checkpoint.py\", line 9\n"
+              "msreid.errors.DiskFullError: no space left on the device writing checkpoint "
+              "checkpoint_epoch_1 to /results/k1 (12 bytes free there now); free space")
+
+    def tune_on_a_full_disk(suite, trials, ctx, storage, name, opts):
+        return [], [f"{t.label}: RayTaskError(DiskFullError): {worker}" for t in trials]
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setattr(benchmark, "init_ray", lambda *args, **kwargs: None)
+    monkeypatch.setattr(benchmark, "run_tune", tune_on_a_full_disk)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    argv = ["--preset", str(write_suite(tmp_path)), "--data", f"rgbnt100={manifest}",
+            "--experiment", "t", "--tracking-uri", uri, "--storage-path", str(tmp_path / "r"),
+            "--set", "optim.epochs=1", "--name", "full", "--quiet"]
+    assert full_benchmark.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-2:]  # after MLflow's store creation
+    assert err[0] == ("full_benchmark: error: 6 of 6 trials stopped on a full disk, the first: no "
+                      "space left on the device writing checkpoint checkpoint_epoch_1 to "
+                      "/results/k1 (12 bytes free there now); free space. Finished trials are "
+                      "kept; once there is room, resume with:"), err
+    assert err[1].startswith("  python experiments/full_benchmark.py --preset ") and \
+        "--set optim.epochs=1" in err[1] and err[1].endswith("--name full --quiet --resume full"), err
+    client = runs.client_for(uri)
+    (parent,) = runs.find_runs(client, client.get_experiment_by_name("t").experiment_id,
+                               {runs.TAG_KIND: "benchmark"})
+    assert parent.info.status == "FAILED"  # not FINISHED, no tables
+    assert not [a for a in client.list_artifacts(parent.info.run_id) if a.path == "tables"]

@@ -27,7 +27,7 @@ from ray import tune
 from msreid import cli_options, grid
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.data.schema import manifest_info
-from msreid.errors import UserError
+from msreid.errors import DiskFullError, UserError, disk_full_report
 from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
@@ -253,6 +253,7 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
             with stop.tune_loop():
                 results, errors = run_tune(suite, trials, ctx, storage, name, opts)
             stop.check()
+            _raise_disk_full(errors, len(trials), resume_command(opts, name))
             if len(results) + len(errors) < len(trials):  # stopped by Tune (e.g. SIGUSR1)
                 raise interrupts.Interrupted("SIGUSR1")
         except interrupts.Interrupted as exc:
@@ -269,6 +270,16 @@ def resume_command(opts: BenchmarkOptions, name: str) -> str:
     """The shell command that resumes benchmark ``name``: the run's own options plus ``--resume``."""
     start = opts.command or ("python", "experiments/full_benchmark.py")  # a caller without argv
     return cli_options.shell_command([*start, "--resume", name])
+
+
+def _raise_disk_full(errors: list[str], n_trials: int, command: str) -> None:
+    """One ``DiskFullError`` when trials stopped on a full disk: no tables from a partial grid;
+    finished trials are kept and the printed command resumes once there is room."""
+    full = [m for m in (disk_full_report(Exception(e)) for e in errors) if m]
+    if full:
+        raise DiskFullError(f"{len(full)} of {n_trials} trials stopped on a full disk, the first: "
+                            f"{full[0]}. Finished trials are kept; once there is room, resume "
+                            f"with:\n  {command}")
 
 
 def _interrupted(client, experiment_id: str, parent: str, name: str, n_trials: int,
@@ -339,8 +350,11 @@ def run_tune(suite: grid.Suite, trials: list[grid.TrialSpec], ctx: TrialContext,
     results, errors = [], []
     for res in tuner.fit():
         trial = res.config["trial"]
-        if res.error is not None:
-            errors.append(f"{trial['label']}: {type(res.error).__name__}: {res.error}"[:2000])
+        if res.error is not None:  # a full disk: its one-line message, not Ray's traceback
+            full = disk_full_report(res.error)
+            text = f"{DiskFullError.__name__}: {full}" if full else \
+                f"{type(res.error).__name__}: {res.error}"
+            errors.append(f"{trial['label']}: {text}"[:2000])
         if res.metrics and "test/mAP" in res.metrics:
             searched = {k: v for k, v in res.config.items() if k != "trial"}
             flat = {**ctx.base_config, **trial["overrides"], **searched, **ctx.force}  # as trained
