@@ -239,3 +239,38 @@ def test_trials_stopped_by_a_full_disk_end_the_benchmark_with_the_resume_command
                                {runs.TAG_KIND: "benchmark"})
     assert parent.info.status == "FAILED"  # not FINISHED, no tables
     assert not [a for a in client.list_artifacts(parent.info.run_id) if a.path == "tables"]
+
+
+def test_a_checkpoint_cut_short_by_a_full_disk_is_skipped_on_resume(tmp_path):
+    """What Ray Train's own copy into a full storage leaves (seen with --storage on a 200 kB
+    tmpfs and run.num_workers=1): the folder with a cut model.pt and empty other files."""
+    whole = ck.write_checkpoint(tmp_path / "checkpoint_epoch_0", {
+        "model.pt": {"w": torch.zeros(3)}, "meta.json": {"epoch": 0}})
+    cut = tmp_path / "checkpoint_2026-12-05_08-21-30.464779"
+    cut.mkdir()
+    (cut / "model.pt").write_bytes(b"PK\x03\x04" + bytes(100))
+    for name in ("best_model.pt", "train_state.pt", "meta.json", "checksums.json"):
+        (cut / name).write_bytes(b"")
+    assert ck.checkpoint_problem(cut) == "checksums.json is unreadable (cut short or damaged)"
+    assert ck.newest_intact([whole, cut]) == whole
+
+
+def test_ray_trains_own_copy_failing_is_reported_for_the_run_directory():
+    """Ray Train re-raises pyarrow's error as text inside its WorkerGroupError (no chain)."""
+    from msreid.errors import disk_full_is_user_error
+
+    ray_text = ("Training failed due to worker errors:\n[Rank 0 Error Snippet]:\n"
+                "... (Output truncated. See individual worker logs for full details) ...\n"
+                "OSError: [Errno 28] Error writing bytes to file. Detail: [errno 28] No space "
+                "left on device")
+    with pytest.raises(DiskFullError) as err:
+        with disk_full_is_user_error("runs/smoke-1", "the run's checkpoints", "free space"):
+            raise RuntimeError(ray_text)
+    assert str(err.value).startswith("no space left on the device writing the run's checkpoints "
+                                     "to runs/smoke-1 ("), err.value
+    worker = RuntimeError("ray::f()\nmsreid.errors.DiskFullError: no space left on the device "
+                          "writing checkpoint x to /tmp/msreid-ckpt-1 (0 bytes free there now); a")
+    with pytest.raises(DiskFullError, match=r"^no space left on the device writing checkpoint x "
+                                            r"to /tmp/msreid-ckpt-1 "):  # the worker's own path
+        with disk_full_is_user_error("runs/smoke-1", "the run's checkpoints", "free space"):
+            raise worker

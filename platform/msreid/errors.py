@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import re
 import shutil
 from pathlib import Path
 from typing import Callable, Iterator
 
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 SQLITE_FULL = "database or disk is full"  # SQLITE_FULL's message (sqlite3.OperationalError)
-DISK_FULL_TEXTS = ("[Errno 28] No space left on device", "[Errno 122] Disk quota exceeded",
-                   SQLITE_FULL)
+# The same conditions as text: what is left of them after Ray or pyarrow re-raised them
+# (pyarrow: "[Errno 28] Error writing bytes to file. Detail: [errno 28] No space left on device").
+DISK_FULL_TEXT = re.compile(r"\[errno (?:28|122)\]|no space left on device|disk quota exceeded|"
+                            + re.escape(SQLITE_FULL), re.IGNORECASE)
 
 
 class UserError(Exception):
@@ -40,9 +43,22 @@ def disk_full_cause(exc: BaseException | None) -> BaseException | None:
     Follows ``__cause__`` / ``__context__``: MLflow and SQLAlchemy wrap SQLite's error twice.
     """
     for e in _chain(exc):
-        if (isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS) or SQLITE_FULL in str(e):
+        if isinstance(e, DiskFullError):
+            continue  # already reported
+        if (isinstance(e, OSError) and e.errno in DISK_FULL_ERRNOS) or DISK_FULL_TEXT.search(str(e)):
             return e
     return None
+
+
+def reported_disk_full(exc: BaseException | None) -> str | None:
+    """The message of a ``DiskFullError`` in ``exc``'s chain, or in its text (raised in a Ray
+    worker, it reaches the driver as text inside Ray's error), or None."""
+    chain = _chain(exc)
+    for line in "\n".join(str(e) for e in chain).splitlines():
+        if DiskFullError.__name__ + ": " in line:
+            return line.split(DiskFullError.__name__ + ": ", 1)[1].strip()
+    mine = [e for e in chain if isinstance(e, DiskFullError)]
+    return str(mine[0]) if mine else None
 
 
 def disk_full_report(exc: BaseException) -> str | None:
@@ -53,19 +69,14 @@ def disk_full_report(exc: BaseException) -> str | None:
     message in that text, or else the line naming the OS error; for a bare ``OSError``
     from a writer without its own handling, a message naming its file.
     """
-    chain = _chain(exc)
-    text = "\n".join(str(e) for e in chain)
-    for line in text.splitlines():  # Ray's text of a worker's DiskFullError
-        if DiskFullError.__name__ + ": " in line:
-            return line.split(DiskFullError.__name__ + ": ", 1)[1].strip()
-    mine = [e for e in chain if isinstance(e, DiskFullError)]
-    if mine:
-        return str(mine[0])
+    reported = reported_disk_full(exc)
+    if reported is not None:
+        return reported
     cause = disk_full_cause(exc)
     if isinstance(cause, OSError) and cause.filename:
         return disk_full_message(cause.filename, "a file", FREE_SPACE_ADVICE, cause)
-    for line in text.splitlines():
-        if any(t in line for t in DISK_FULL_TEXTS):
+    for line in "\n".join(str(e) for e in _chain(exc)).splitlines():
+        if DISK_FULL_TEXT.search(line):
             return f"{line.strip()[:500]}; {FREE_SPACE_ADVICE}"
     return None
 
@@ -123,7 +134,8 @@ def free_bytes(path: str | Path) -> int | None:
 def disk_full_message(path: str | Path, what: str, advice: str, cause: BaseException,
                       needed: int | None = None) -> str:
     """The one-line message of a full disk while writing ``what`` to ``path``."""
-    quota = isinstance(cause, OSError) and cause.errno == errno.EDQUOT
+    quota = (isinstance(cause, OSError) and cause.errno == errno.EDQUOT) or \
+        "quota" in str(cause).lower()
     problem = "disk quota exceeded" if quota else "no space left on the device"
     at = getattr(cause, "filename", None)
     at = f" (at {at})" if at and str(at) != str(path) else ""
@@ -152,6 +164,9 @@ def disk_full_is_user_error(path: str | Path, what: str, advice: str,
     except UserError:
         raise
     except Exception as exc:
+        reported = reported_disk_full(exc)  # a worker's, naming its own path
+        if reported is not None:
+            raise DiskFullError(reported) from None
         cause = disk_full_cause(exc)
         if cause is None:
             raise

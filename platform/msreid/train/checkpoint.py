@@ -175,7 +175,10 @@ def checkpoint_problem(directory: str | Path) -> str | None:
     passes when each of its ``.pt`` files loads.
     """
     directory = Path(directory)
-    recorded = load_json(directory, CHECKSUM_FILE)
+    try:
+        recorded = load_json(directory, CHECKSUM_FILE)
+    except (ValueError, OSError):  # e.g. emptied by a copy that ran out of disk space
+        return f"{CHECKSUM_FILE} is unreadable (cut short or damaged)"
     if recorded is None:
         for path in sorted(directory.glob("*.pt")):
             try:
