@@ -50,18 +50,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    add_dataclass_arguments(p, BenchmarkOptions, skip=("fit", "figures", "verbose"), overrides=FLAGS)
+    add_dataclass_arguments(p, BenchmarkOptions, skip=("fit", "figures", "verbose", "command"),
+                            overrides=FLAGS)
     p.add_argument("--quiet", action="store_true", help="no progress table")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msreid.cli_options import script_command
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
     from msreid.orchestration.script import run_script
 
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     done = run_script("full_benchmark", args, BenchmarkOptions, run_benchmark,
-                      preset=args.preset or ("paper" if args.data else "smoke"))
+                      preset=args.preset or ("paper" if args.data else "smoke"),
+                      command=script_command(__file__, parser, args, drop=("resume",)))
     if done.exit_code:
         return done.exit_code
     out, opts = done.outcome, done.options

@@ -38,18 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    add_dataclass_arguments(p, AlphaOptions, skip=("trial_resources", "name", "fit", "verbose"),
+    add_dataclass_arguments(p, AlphaOptions,
+                            skip=("trial_resources", "name", "fit", "verbose", "command"),
                             overrides=FLAGS)
     p.add_argument("--quiet", action="store_true", help="no progress table")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msreid.cli_options import script_command
     from msreid.orchestration.alpha import AlphaOptions, run_alpha_search
     from msreid.orchestration.script import run_script
 
-    args = build_parser().parse_args(argv)
-    done = run_script("tune_alpha", args, AlphaOptions, run_alpha_search)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    done = run_script("tune_alpha", args, AlphaOptions, run_alpha_search,
+                      command=script_command(__file__, parser, args))
     if done.exit_code:
         return done.exit_code
     out, opts = done.outcome, done.options

@@ -7,8 +7,10 @@ every local run (``msreid train``, the benchmark and tune_alpha drivers).
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import os
+import signal
 import subprocess
 import sys
 
@@ -34,18 +36,23 @@ def _is_loopback(ip: str) -> bool:
     return (mapped or addr).is_loopback
 
 
-def _join(addr: str, token: str | None, home: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_AUTH_TOKEN")}
-    # no ~/.ray/auth_token to fall back on; the client keeps 127.0.0.1 (as the local run's own
-    # processes do) instead of replacing it with the LAN address, where nothing listens
-    env.update({"RAY_AUTH_MODE": "token", "HOME": home, "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
+def _join(addr: str, token: str | None, home: str, local_only: bool = True,
+          timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ENABLE_W"))}
+    # no ~/.ray/auth_token to fall back on; local_only: the client keeps 127.0.0.1 (as the local
+    # run's own processes do) instead of replacing it with the LAN address, where nothing listens
+    env["HOME"] = home
+    if local_only:
+        env.update({"RAY_AUTH_MODE": "token", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"})
     if token is not None:
         env["RAY_AUTH_TOKEN"] = token
     try:
         return subprocess.run([sys.executable, "-c", JOIN.format(addr=addr)], env=env,
-                              capture_output=True, text=True, timeout=120)
+                              capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as err:  # still retrying: it did not get in either
-        return subprocess.CompletedProcess(err.cmd, -1, err.stdout or "", err.stderr or "")
+        text = [(b or b"").decode(errors="replace") if isinstance(b, bytes) else (b or "")
+                for b in (err.stdout, err.stderr)]  # bytes here, whatever text= said
+        return subprocess.CompletedProcess(err.cmd, -1, *text)
 
 
 def test_loopback_check_itself():
@@ -78,3 +85,60 @@ def test_local_ray_ports_are_loopback_and_need_the_token(ray_session, tmp_path):
     assert not (tmp_path / ".ray" / "auth_token").exists()  # no token file was made for them
     out = _join(gcs, os.environ["RAY_AUTH_TOKEN"], str(tmp_path))  # the check can pass
     assert "JOINED" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(120)
+def test_a_plain_client_is_sent_to_the_lan_address_where_nothing_listens(ray_session, tmp_path):
+    """docs/RAY.md, "A client that tries to join a local run": a plain ray.init(address=127.0.0.1:
+    PORT) rewrites the address before connecting, so it never meets the token check and waits."""
+    from ray._private.services import node_ip_address_from_perspective
+
+    lan = node_ip_address_from_perspective()
+    if _is_loopback(lan):
+        pytest.skip("this machine has no LAN address for Ray to substitute")
+    gcs = ray_session.get_runtime_context().gcs_address
+    out = _join(gcs, None, str(tmp_path), local_only=False, timeout=15)
+    assert "JOINED" not in out.stdout and out.returncode == -1, out.stderr[-2000:]  # still waiting
+    port = gcs.rsplit(":", 1)[1]
+    assert f"Connecting to existing Ray cluster at address: {lan}:{port}" in out.stderr, \
+        out.stderr[-2000:]
+
+
+OWN_TOKEN_RUN = """
+import sys, time
+import ray
+from msreid.train.fit import start_local_ray
+start_local_ray(1, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_a_run_started_with_your_token_can_be_joined_on_purpose(tmp_path):
+    """docs/RAY.md: export RAY_AUTH_TOKEN before the run, find its GCS port with `ss -ltnp`,
+    join with that token and RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0."""
+    import secrets
+
+    token = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    run = subprocess.Popen([sys.executable, "-c", OWN_TOKEN_RUN], env={**env, "RAY_AUTH_TOKEN": token},
+                           stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                           start_new_session=True)
+    try:
+        gcs = run.stdout.readline().strip()
+        assert gcs.startswith("127.0.0.1:"), gcs
+        listening = subprocess.run(["ss", "-ltnp"], capture_output=True, text=True).stdout
+        assert any("gcs_server" in line and gcs.rsplit(":", 1)[1] in line
+                   for line in listening.splitlines()), listening
+        out = _join(gcs, token, str(tmp_path))
+        assert "JOINED" in out.stdout, out.stderr[-2000:]
+    finally:
+        run.send_signal(signal.SIGINT)  # ray.shutdown on the way out
+        try:
+            run.wait(timeout=60)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)  # whatever of that Ray is left

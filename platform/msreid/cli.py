@@ -12,7 +12,7 @@ import argparse
 import importlib
 import sys
 
-from msreid.errors import UserError
+from msreid.errors import user_error_message
 
 # Explicit table of sub-commands (no registry filled by import side effects).
 COMMANDS: dict[str, str] = {
@@ -60,8 +60,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args._module.main(args) or 0)
-    except UserError as exc:
-        print(f"msreid {args.command}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = user_error_message(exc)
+        if message is None:
+            raise
+        print(f"msreid {args.command}: error: {message}", file=sys.stderr)
         return 2
 
 

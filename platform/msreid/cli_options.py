@@ -12,12 +12,17 @@ argparse form:
 
 Per-field ``overrides`` (argparse keyword arguments, plus ``flag`` for another
 flag name) cover what a type cannot say: a metavar, ``nargs``, a longer help.
+
+``command_line`` goes the other way: the flags that reproduce a parsed namespace,
+for messages that print the command to run again (``--resume NAME``).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import types
 import typing
 from dataclasses import MISSING, Field, fields
@@ -84,3 +89,48 @@ def options_from_args(cls: type, args: argparse.Namespace, **given: Any) -> Any:
         value = getattr(args, f.name)
         values[f.name] = tuple(value) if isinstance(value, list) else value
     return cls(**values, **given)
+
+
+def command_line(parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 drop: tuple[str, ...] = ()) -> list[str]:
+    """The flags that make ``parser`` parse to ``args`` again: every optional whose value is
+    not its default, in the parser's order, except the destinations in ``drop``."""
+    out: list[str] = []
+    for action in parser._actions:  # argparse's list of arguments (public since 3.0 in practice)
+        if not action.option_strings or action.dest in drop or action.dest == "help":
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default:
+            continue
+        flag = max(action.option_strings, key=len)  # the long form
+        if action.nargs == 0:  # a switch (store_true / store_const)
+            out.append(flag)
+        elif action.nargs == "?" and value == action.const:
+            out.append(flag)
+        elif isinstance(value, list) and action.nargs in ("+", "*"):
+            out += [flag, *map(_flag_value, value)]
+        elif isinstance(value, list):  # action="append": the flag once per value
+            for item in value:
+                out += [flag, _flag_value(item)]
+        else:
+            out += [flag, _flag_value(value)]
+    return out
+
+
+def _flag_value(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+
+
+def script_command(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace,
+                   drop: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """``("python", SCRIPT, *flags)``: the command that runs ``script`` with ``args`` again.
+
+    SCRIPT is relative to the working directory when it lies below it (as the docs spell it).
+    """
+    path = os.path.relpath(script)
+    return ("python", script if path.startswith("..") else path, *command_line(parser, args, drop))
+
+
+def shell_command(argv: tuple[str, ...] | list[str]) -> str:
+    """``argv`` quoted for a POSIX shell, ready to copy."""
+    return shlex.join(argv)

@@ -47,7 +47,7 @@ from msreid.data.schema import (
     manifest_info,
     write_checksums,
 )
-from msreid.errors import UserError
+from msreid.errors import UserError, disk_full_is_user_error
 
 CHALLENGES_FILE = "challenges.csv"
 CHALLENGE_TAGS = ("normal", "low_illumination", "black_night", "glare", "shadow",
@@ -466,6 +466,17 @@ def ingest(layout: str, root: str | Path, out: str | Path, overwrite: bool = Fal
     metadata = {META_LAYOUT: layout, META_SPECTRA: ",".join(spec.spectra),
                 META_FINGERPRINT: fingerprint(loaded, sidecar),
                 META_SCHEMA_VERSION: SCHEMA_VERSION}
+    advice = (f"{out} is unchanged and the partial manifest was removed; free space there or "
+              "give an --out on a disk with room (`df -h` lists them)")
+    # The parts hold the released JPEG bytes uncompressed: about the table's in-memory size.
+    with disk_full_is_user_error(out, "the manifest", advice, needed=table.nbytes):
+        _write_manifest(table, target, metadata, overwrite)
+    return manifest_info(str(out))
+
+
+def _write_manifest(table: pa.Table, target: Path, metadata: dict[str, str], overwrite: bool) -> None:
+    """Parts and checksums into a temporary sibling of ``target``, renamed into place; the
+    temporary folder is removed on any error."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it 0700; the manifest is a normal folder
@@ -476,7 +487,6 @@ def ingest(layout: str, root: str | Path, out: str | Path, overwrite: bool = Fal
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return manifest_info(str(out))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -40,7 +40,7 @@ from PIL import Image
 
 from msreid.data.ingest import CHALLENGE_TAGS, CHALLENGES_FILE
 from msreid.data.layouts import LAYOUTS
-from msreid.errors import UserError
+from msreid.errors import UserError, disk_full_is_user_error
 
 SYNTH_LAYOUTS = ("rgbnt100", "rgbn300")
 """The released layouts the generator writes (spectra side by side in one JPEG)."""
@@ -820,12 +820,34 @@ def _save_jpeg(pieces: dict[str, np.ndarray], spectra: tuple[str, ...], path: Pa
     Image.fromarray(image).save(path, format="JPEG", quality=JPEG_QUALITY)
 
 
-def _write_tree(root: Path, layout: str, spec: SynthSpec) -> dict:
-    """Render every tuple under ``root`` (the ``rgbir`` folder); return a summary."""
+@dataclass
+class _Written:
+    """What ``_write_tree`` wrote so far: images of ``total``, and their bytes."""
+
+    total: int = 0
+    images: int = 0
+    bytes: int = 0
+
+    def add(self, path: Path) -> None:
+        self.images += 1
+        self.bytes += path.stat().st_size
+
+    def estimate(self) -> int | None:
+        """Bytes the whole dataset needs, extrapolated from the images written (None: none yet)."""
+        return round(self.bytes / self.images * self.total) if self.images else None
+
+
+def _write_tree(root: Path, layout: str, spec: SynthSpec, written: _Written | None = None) -> dict:
+    """Render every tuple under ``root`` (the ``rgbir`` folder); return a summary.
+
+    ``written`` counts the images and bytes as they are written (to estimate a full disk's need).
+    """
+    written = written or _Written()
     spectra = LAYOUT_SPECTRA[layout]
     hard = spec.variant == "hard"
     identities = make_identities_hard(spec) if hard else make_identities(2 * spec.ids, spec.seed)
     tuples, queries = plan_dataset(spec)
+    written.total = len(tuples) + len(queries)
     for folder in SPLIT_FOLDERS.values():
         (root / folder).mkdir(parents=True)
     rows = []
@@ -834,10 +856,12 @@ def _write_tree(root: Path, layout: str, spec: SynthSpec) -> dict:
         render = render_tuple_hard if hard else render_tuple
         pieces = render(identities[tp.pid - 1], tp, spectra, spec.height, spec.width, spec.seed)
         _save_jpeg(pieces, spectra, root / rel)
+        written.add(root / rel)
         rows.append((rel, tp.challenge))
     for tp in queries:  # the release draws query from the gallery: exact copies
         rel = f"{SPLIT_FOLDERS['query']}/{tp.file_name}"
         shutil.copyfile(root / SPLIT_FOLDERS["gallery"] / tp.file_name, root / rel)
+        written.add(root / rel)
         rows.append((rel, tp.challenge))
     rows.sort()
     with open(root / CHALLENGES_FILE, "w", newline="") as f:
@@ -915,6 +939,31 @@ def _check_out(out: Path, overwrite: bool) -> None:
                         "pass --overwrite to replace it or choose another directory")
 
 
+def _write_dataset(out: Path, layout: str, spec: SynthSpec, overwrite: bool,
+                   written: _Written) -> None:
+    """Render into a temporary sibling of ``out``, then rename it into place (old content swapped
+    out only at the end); the temporary folder is removed on any error."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the dataset is a normal folder
+    try:
+        summary = _write_tree(tmp / "rgbir", layout, spec, written)
+        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
+        old = None
+        _check_out(out, overwrite)  # again: the folder may have changed while we rendered
+        if out.exists():
+            old = out.parent / f"{tmp.name}.old"
+            os.rename(out, old)
+        os.rename(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
 def generate(layout: str, out: str | Path, spec: SynthSpec = SynthSpec(),
              overwrite: bool = False) -> Path:
     """Write a synthetic dataset in the released layout; return its root ``<out>/rgbir``.
@@ -929,23 +978,9 @@ def generate(layout: str, out: str | Path, spec: SynthSpec = SynthSpec(),
     spec.validate()
     out = Path(out).absolute().resolve()  # a symlinked --out: replace the folder it points to
     _check_out(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.synth-", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the dataset is a normal folder
-    try:
-        summary = _write_tree(tmp / "rgbir", layout, spec)
-        (tmp / SUMMARY_FILE).write_text(json.dumps(summary, indent=1) + "\n")
-        old = None
-        _check_out(out, overwrite)  # again: the folder may have changed while we rendered
-        if out.exists():
-            old = out.parent / f"{tmp.name}.old"
-            os.rename(out, old)
-        os.rename(tmp, out)
-        if old is not None:
-            shutil.rmtree(old)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+    written = _Written()
+    advice = (f"{out} is unchanged and the partial dataset was removed; free space there or give "
+              "an --out on a disk with room (`df -h` lists them)")
+    with disk_full_is_user_error(out, "the synthetic dataset", advice, needed=written.estimate):
+        _write_dataset(out, layout, spec, overwrite, written)
     return out / "rgbir"

@@ -23,6 +23,7 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
+from msreid import cli_options
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.errors import UserError
 from msreid.losses import ABLATIONS, PAPER_ALPHA
@@ -60,6 +61,7 @@ class AlphaOptions:
     synth: dict = field(default_factory=dict)
     fit: Any = DEFAULT_FIT
     verbose: int = 1
+    command: tuple[str, ...] = ()  # the command line that started the search (to run it again)
 
 
 @dataclass
@@ -139,12 +141,13 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
         try:
             results = _fit(opts, base, forced, manifests, prints, dataset, parent, name, stop)
         except interrupts.Interrupted as exc:
-            note = (f"Interrupted by {exc.signal_name}; no summary was written. The search has no "
-                    "--resume: run experiments/tune_alpha.py again")
+            again = cli_options.shell_command(opts.command or ("python", "experiments/tune_alpha.py"))
+            hint = f"the search has no --resume; run it again:\n  {again}"
+            note = f"Interrupted by {exc.signal_name}; no summary was written; {hint}"
             done = interrupts.close_interrupted(client, experiment_id, parent, exc.signal_name, note)
             raise interrupts.Interrupted(exc.signal_name, f"interrupted by {exc.signal_name} after "
                                          f"{done} finished trial(s); parent run {parent} marked "
-                                         "KILLED, no summary written") from None
+                                         f"KILLED, no summary written; {hint}") from None
         except Exception:  # the parent must not stay RUNNING
             client.set_terminated(parent, "FAILED")
             raise

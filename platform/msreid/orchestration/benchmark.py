@@ -24,10 +24,10 @@ from typing import Any
 
 from ray import tune
 
-from msreid import grid
+from msreid import cli_options, grid
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.data.schema import manifest_info
-from msreid.errors import UserError
+from msreid.errors import DiskFullError, UserError, disk_full_report
 from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
@@ -68,6 +68,8 @@ class BenchmarkOptions:
     system_metrics: bool = field(default=False, metadata={
         "help": "log CPU/memory/disk/network (and GPU) as system/* metrics of each trial run"})
     verbose: int = field(default=1, metadata={"help": "0 = quiet, 1 = progress table"})
+    command: tuple[str, ...] = field(default=(), metadata={
+        "help": "the command line that started the run, without --resume (for the resume hint)"})
 
 
 @dataclass
@@ -251,10 +253,12 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
             with stop.tune_loop():
                 results, errors = run_tune(suite, trials, ctx, storage, name, opts)
             stop.check()
+            _raise_disk_full(errors, len(trials), resume_command(opts, name))
             if len(results) + len(errors) < len(trials):  # stopped by Tune (e.g. SIGUSR1)
                 raise interrupts.Interrupted("SIGUSR1")
         except interrupts.Interrupted as exc:
-            raise _interrupted(client, experiment_id, parent, name, len(trials), exc) from None
+            raise _interrupted(client, experiment_id, parent, name, len(trials), exc,
+                               resume_command(opts, name)) from None
         except Exception:  # the parent must not stay RUNNING; --resume re-runs what failed
             client.set_terminated(parent, "FAILED")
             raise
@@ -262,12 +266,27 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
                               register=opts.register)
 
 
+def resume_command(opts: BenchmarkOptions, name: str) -> str:
+    """The shell command that resumes benchmark ``name``: the run's own options plus ``--resume``."""
+    start = opts.command or ("python", "experiments/full_benchmark.py")  # a caller without argv
+    return cli_options.shell_command([*start, "--resume", name])
+
+
+def _raise_disk_full(errors: list[str], n_trials: int, command: str) -> None:
+    """One ``DiskFullError`` when trials stopped on a full disk: no tables from a partial grid;
+    finished trials are kept and the printed command resumes once there is room."""
+    full = [m for m in (disk_full_report(Exception(e)) for e in errors) if m]
+    if full:
+        raise DiskFullError(f"{len(full)} of {n_trials} trials stopped on a full disk, the first: "
+                            f"{full[0]}. Finished trials are kept; once there is room, resume "
+                            f"with:\n  {command}")
+
+
 def _interrupted(client, experiment_id: str, parent: str, name: str, n_trials: int,
-                 exc: interrupts.Interrupted) -> interrupts.Interrupted:
+                 exc: interrupts.Interrupted, command: str) -> interrupts.Interrupted:
     """Close the runs of an interrupted benchmark (see msreid.orchestration.interrupts)."""
-    hint = (f"resume with the same options plus `--resume {name}`, e.g. "
-            f"python experiments/full_benchmark.py --resume {name}")
-    note = (f"Interrupted by {exc.signal_name}; no tables were written. Finished trials are kept: "
+    hint = f"resume with the same options plus --resume {name}:\n  {command}"
+    note = (f"Interrupted by {exc.signal_name}; no tables were written. Finished trials are kept; "
             f"{hint}")
     finished = interrupts.close_interrupted(client, experiment_id, parent, exc.signal_name, note)
     message = (f"interrupted by {exc.signal_name} after {finished} of {n_trials} trials; parent run "
@@ -331,8 +350,11 @@ def run_tune(suite: grid.Suite, trials: list[grid.TrialSpec], ctx: TrialContext,
     results, errors = [], []
     for res in tuner.fit():
         trial = res.config["trial"]
-        if res.error is not None:
-            errors.append(f"{trial['label']}: {type(res.error).__name__}: {res.error}"[:2000])
+        if res.error is not None:  # a full disk: its one-line message, not Ray's traceback
+            full = disk_full_report(res.error)
+            text = f"{DiskFullError.__name__}: {full}" if full else \
+                f"{type(res.error).__name__}: {res.error}"
+            errors.append(f"{trial['label']}: {text}"[:2000])
         if res.metrics and "test/mAP" in res.metrics:
             searched = {k: v for k, v in res.config.items() if k != "trial"}
             flat = {**ctx.base_config, **trial["overrides"], **searched, **ctx.force}  # as trained

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from msreid.cli_options import options_from_args
 from msreid.data.synth import synth_spec_from_json
-from msreid.errors import UserError
+from msreid.errors import UserError, user_error_message
 from msreid.orchestration.interrupts import Interrupted
 
 
@@ -46,8 +46,11 @@ def run_script(prog: str, args: argparse.Namespace, options_cls: type,
     start = time.time()
     try:
         outcome = run(opts)
-    except UserError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        message = user_error_message(exc)  # a UserError or a full disk: one line, exit 2
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
         return ScriptRun(2)
     except Interrupted as exc:  # runs closed as KILLED; the message says how to resume
         with contextlib.suppress(OSError):  # after SIGHUP the terminal may be gone

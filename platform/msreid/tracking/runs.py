@@ -20,6 +20,8 @@ from typing import Any, Iterable
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from msreid.tracking.store import StoreClient
+
 TAG_KIND = "msreid.kind"            # "benchmark" (parent), "trial" (child), "tune_alpha" (parent)
 TAG_BENCHMARK = "msreid.benchmark"  # Tune experiment name, shared by the parent and its children
 TAG_TRIAL = "msreid.trial_key"
@@ -48,9 +50,10 @@ def client_for(uri: str) -> MlflowClient:
     """A client bound to ``uri`` (never the process-global tracking URI), one per process.
 
     Cached: building a client opens the store (for SQLite: an engine and a schema
-    check), which costs about a second per call when done per epoch.
+    check), which costs about a second per call when done per epoch. A ``StoreClient``:
+    a full disk under the store is one ``UserError`` naming it.
     """
-    return MlflowClient(tracking_uri=uri)
+    return StoreClient(MlflowClient(tracking_uri=uri), uri)
 
 
 def _quote(value: str) -> str:

@@ -5,11 +5,18 @@ changes each trial's working directory, so a relative URI would scatter
 databases), the same file ``make ui`` serves. ``--tracking-uri`` or
 ``MLFLOW_TRACKING_URI`` point anywhere else (``http://head:5000``,
 ``postgresql://...``).
+
+``StoreClient`` wraps the ``MlflowClient`` every msreid process uses
+(``runs.client_for``): a full disk under the store or its artifacts becomes one
+``UserError`` naming the path (SQLite rolls the failed write back; a partly
+copied local artifact file is removed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import os
 import urllib.error
 import urllib.request
@@ -17,7 +24,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
-from msreid.errors import UserError
+from msreid.errors import SQLITE_FULL, DiskFullError, UserError, disk_full_is_user_error
 
 DEFAULT_DB_NAME = "mlflow.db"
 STORE_LOCK_TIMEOUT_S = 300  # creating a fresh store takes ~2-10 s on a loaded 2-core machine
@@ -42,6 +49,79 @@ def resolve_tracking_uri(uri: str | None = None, cwd: str | Path | None = None) 
         # A bare path means a SQLite file (the plain file store is deprecated in MLflow 3).
         return "sqlite:///" + str((base / uri).resolve())
     return uri
+
+
+ARTIFACT_METHODS = ("log_text", "log_artifact", "log_dict")  # (run_id, source, destination)
+
+
+class StoreClient:
+    """An ``MlflowClient`` whose calls turn a full disk into one ``UserError`` (module docstring).
+
+    Every public method of the wrapped client is available unchanged otherwise.
+    """
+
+    def __init__(self, client, uri: str):
+        self._client = client
+        self._uri = uri
+        # MLflow logs the whole SQLAlchemy traceback before raising; the UserError says it all.
+        logging.getLogger("mlflow.store.db.utils").addFilter(_drop_disk_full_records)
+
+    def __getattr__(self, name: str):
+        inner = self.__dict__.get("_client")
+        if inner is None or name.startswith("_"):  # unpickling, private state: not ours
+            raise AttributeError(name)
+        attr = getattr(inner, name)
+        if not callable(attr):
+            return attr
+
+        @functools.wraps(attr)
+        def call(*args, **kwargs):
+            artifact = self._artifact_destination(name, args, kwargs)
+            where = str(artifact or store_location(self._uri))
+            try:
+                with disk_full_is_user_error(where, "MLflow " + ("artifact" if artifact else "data"),
+                                             STORE_FULL_ADVICE):
+                    return attr(*args, **kwargs)
+            except DiskFullError:
+                if isinstance(artifact, Path):  # a local copy cut short: remove the stub
+                    artifact.unlink(missing_ok=True)
+                raise
+
+        return call
+
+    def _artifact_destination(self, method: str, args: tuple, kwargs: dict) -> Path | str | None:
+        """Where ``log_text`` / ``log_artifact`` / ``log_dict`` will put the file: a local path
+        for a ``file://`` artifact store, else the artifact URI; None for other methods."""
+        if method not in ARTIFACT_METHODS:
+            return None
+        run_id = args[0] if args else kwargs.get("run_id")
+        try:
+            root = self._client.get_run(run_id).info.artifact_uri
+        except Exception:  # noqa: BLE001 (the call itself will report a bad run id)
+            return None
+        if method == "log_artifact":
+            local = Path(args[1] if len(args) > 1 else kwargs["local_path"])
+            folder = args[2] if len(args) > 2 else kwargs.get("artifact_path")
+            relative = str(Path(folder or "") / local.name)
+        else:
+            relative = str(args[2] if len(args) > 2 else kwargs["artifact_file"])
+        if root.startswith("file://"):
+            return Path(root[len("file://"):]) / relative
+        return root.rstrip("/") + "/" + relative
+
+
+def _drop_disk_full_records(record: logging.LogRecord) -> bool:
+    return SQLITE_FULL not in record.getMessage()
+
+
+STORE_FULL_ADVICE = ("the failed write was not stored (runs logged before it are kept); free space "
+                     "there or pass another --tracking-uri / MLFLOW_TRACKING_URI, then resume "
+                     "(a benchmark: the printed command with --resume NAME)")
+
+
+def store_location(uri: str) -> str:
+    """What a full-disk message names: a SQLite store's database file, else the URI."""
+    return uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else uri
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
@@ -103,7 +183,7 @@ def ensure_experiment(uri: str, name: str, artifact_location: str | None = None)
     check_reachable(uri)
     try:
         with store_lock(uri):
-            client = MlflowClient(tracking_uri=uri)
+            client = StoreClient(MlflowClient(tracking_uri=uri), uri)
             client.search_experiments(max_results=1)  # creates / migrates the schema now, locked
             exp = client.get_experiment_by_name(name)
             if exp is None:

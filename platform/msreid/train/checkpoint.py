@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from msreid.config import ModelConfig, config_from_dict
-from msreid.errors import UserError
+from msreid.errors import UserError, disk_full_is_user_error
 from msreid.models import MultiStreamNet, build_model
 
 log = logging.getLogger(__name__)
@@ -76,17 +76,46 @@ def write_checkpoint(directory: str | Path, files: dict[str, Any],
     """Write ``{file name: tensors-dict | json-able}`` into ``directory`` atomically.
 
     Files go to a temporary sibling first, which is renamed to ``directory``
-    at the end: a crash leaves either no directory or a complete one.
+    at the end: a crash leaves either no directory or a complete one. An
+    existing ``directory`` (the same epoch written again) is renamed aside
+    first and deleted after the swap, so it is never lost to a failed write.
     ``.pt`` names are saved with ``torch.save``, others as JSON; ``extra(tmp)``
-    may add more files before the rename.
+    may add more files before the rename. A full disk is one ``UserError``
+    naming the directory and the size of the files (the temporary one removed).
     """
     directory = Path(directory)
+    advice = ("the partial checkpoint was removed and earlier checkpoints are kept; free space "
+              "there or put the runs on a disk with room (msreid train --storage, "
+              "full_benchmark.py --storage-path), then run the same command again to resume")
+    with disk_full_is_user_error(directory.parent, f"checkpoint {directory.name}", advice,
+                                 needed=payload_bytes(files)):
+        _write_checkpoint(directory, files, extra)
+    return directory
+
+
+def payload_bytes(value: Any) -> int:
+    """Bytes of the tensors, strings and bytes in a (nested) checkpoint payload; about the size on
+    disk (torch.save adds a little, JSON of numbers is not counted)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (str, bytes)):
+        return len(value)
+    if isinstance(value, dict):
+        return sum(payload_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(payload_bytes(v) for v in value)
+    return 0
+
+
+def _write_checkpoint(directory: Path, files: dict[str, Any],
+                      extra: Callable[[Path], Any] | None) -> None:
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         for name, value in files.items():
-            if name.endswith(".pt"):
-                torch.save(value, tmp / name)
+            if name.endswith(".pt"):  # through a Python file: torch's own writer reports a
+                with open(tmp / name, "wb") as f:  # full disk as a bare "iostream error"
+                    torch.save(value, f)
             elif isinstance(value, (str, bytes)):
                 (tmp / name).write_bytes(value.encode() if isinstance(value, str) else value)
             else:
@@ -94,13 +123,16 @@ def write_checkpoint(directory: str | Path, files: dict[str, Any],
         if extra is not None:
             extra(tmp)
         (tmp / CHECKSUM_FILE).write_text(json.dumps(file_checksums(tmp), indent=1) + "\n")
+        old = None
         if directory.exists():
-            shutil.rmtree(directory)
+            old = directory.parent / f"{tmp.name}.old"
+            os.rename(directory, old)
         os.rename(tmp, directory)
+        if old is not None:
+            shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    return directory
 
 
 LOCAL_PREFIX = "checkpoint_epoch_"
@@ -143,7 +175,10 @@ def checkpoint_problem(directory: str | Path) -> str | None:
     passes when each of its ``.pt`` files loads.
     """
     directory = Path(directory)
-    recorded = load_json(directory, CHECKSUM_FILE)
+    try:
+        recorded = load_json(directory, CHECKSUM_FILE)
+    except (ValueError, OSError):  # e.g. emptied by a copy that ran out of disk space
+        return f"{CHECKSUM_FILE} is unreadable (cut short or damaged)"
     if recorded is None:
         for path in sorted(directory.glob("*.pt")):
             try:

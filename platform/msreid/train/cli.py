@@ -22,6 +22,7 @@ from pathlib import Path
 from ray.train import UserCallback
 
 from msreid.config import batch_params, config_to_dict, load_config
+from msreid.errors import disk_full_is_user_error
 
 
 class ProgressPrinter(UserCallback):
@@ -82,8 +83,13 @@ def main(args: argparse.Namespace) -> int:
     batch = batch_params(cfg)
     print(f"msreid train: run {name} in {args.storage}; global batch {batch['global_batch']}, "
           f"{batch['worker_batch']} per worker", file=sys.stderr, flush=True)
-    out = fit(cfg, storage_path=args.storage, name=name, callbacks=[ProgressPrinter()],
-              max_failures=args.max_failures)
+    run_dir = f"{args.storage.rstrip('/')}/{name}"
+    advice = ("free space there or give --storage on a disk with room, then run the same command "
+              "again to resume from the last whole checkpoint")
+    # Ray Train copies worker checkpoints into the storage itself; its error holds only text.
+    with disk_full_is_user_error(run_dir, "the run's checkpoints", advice):
+        out = fit(cfg, storage_path=args.storage, name=name, callbacks=[ProgressPrinter()],
+                  max_failures=args.max_failures)
     print(format_metrics(out.metrics, cfg.run.selection))
     print(f"checkpoint and artifacts: {out.checkpoint_path}")
     return 0
