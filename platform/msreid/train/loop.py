@@ -35,7 +35,7 @@ from msreid.train import checkpoint as ck
 from msreid.train import evaluate as ev
 from msreid.train.distributed import gather_outputs, sync_bn_wanted
 from msreid.train.sampling import RowMeta
-from msreid.train.session import RaySession, Session
+from msreid.train.session import RaySession, Session, intra_op_threads, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -397,7 +397,16 @@ def final_test(t: Training) -> None:
 
 
 def train(cfg: TrainConfig, job: TrainJob, session: Session) -> None:
-    """Train ``cfg`` (or resume it) in ``session`` and test once at the end."""
+    """Train ``cfg`` (or resume it) in ``session`` and test once at the end.
+
+    With the intra-op thread count of a Ray worker reserving ``run.cpus_per_worker``
+    CPUs, in either mode: in-process and 1-worker runs are then bit-identical on CPU.
+    """
+    with intra_op_threads(worker_threads(cfg.run.cpus_per_worker)):
+        _train(cfg, job, session)
+
+
+def _train(cfg: TrainConfig, job: TrainJob, session: Session) -> None:
     _seed_everything(cfg.run.seed)
     _deterministic(session.device)
     t = _build(cfg, job, session)
