@@ -175,6 +175,20 @@ def test_train_cli_shows_final_test_only_when_logged():
     assert "final_test (last)" in both.splitlines()[0] and "0.4000" in both
 
 
+def test_train_cli_marks_a_selection_within_noise():
+    from msreid.train.cli import format_metrics
+
+    sure = {"test/mAP": 0.5, "best_epoch": 1, "selection/within_noise": 0.0,
+            "selection/margin": 0.2, "selection/runner_up_epoch": 0, "selection/resolution": 0.1,
+            "selection/val_queries": 10}
+    assert "selection within noise" not in format_metrics(sure)
+    noisy = {**sure, "selection/within_noise": 1.0, "selection/margin": 0.0054}
+    assert format_metrics(noisy).splitlines()[-1] == (
+        "selection within noise: the highest val mAP and the runner-up (epoch 0) differ by 0.54 "
+        "points, less than one of the 10 validation queries (10.00 points): a float-level change "
+        "may select the other epoch (docs/TRAINING.md, run.selection_rule)")
+
+
 @pytest.mark.parametrize("value, expected", [("auto", "auto"), ("true", "true"),
                                              ("false", "false")])
 def test_sync_bn_takes_auto_true_false(value, expected):

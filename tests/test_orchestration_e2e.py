@@ -66,6 +66,9 @@ def test_smoke_grid_end_to_end(ray_session, tmp_path, capsys):
             frame = out.frames[cell.id[0]]
             row = frame[frame.iloc[:, 0] == cell.id[1]].iloc[0]
             assert row[metric] == pytest.approx(value)  # MLflow and the tables are in %
+        flag = kid.data.metrics["selection/within_noise"]  # 1 seed: the cell's count is the flag
+        assert row["noisy_seeds"] == flag and kid.data.tags[runs.TAG_WITHIN_NOISE] == (
+            "true" if flag else "false")
     fingerprint = manifest_info(manifest).fingerprint
     for kid in kids:
         assert kid.data.tags[runs.TAG_PARENT] == out.parent_run_id

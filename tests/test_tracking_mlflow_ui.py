@@ -60,6 +60,12 @@ def test_percent_conversion():
                         "lr": float("nan"), "flag": True, "s": "x"})
     assert got == {"test/mAP": 41.2346, "test/R10": 50.0, "best_val/mAP": 25.0, "val/mINP": 12.5,
                    "train/loss": 1.5, "best_epoch": 3.0, "test/Rx": 0.5}
+    # the selection's margin and resolution are mAP differences; the rest are counts and flags
+    assert runs.in_percent({"selection/margin": 0.0054, "selection/resolution": 0.125,
+                            "selection/within_noise": 1.0, "selection/val_queries": 8,
+                            "val/queries": 8}) == {
+        "selection/margin": 0.54, "selection/resolution": 12.5, "selection/within_noise": 1.0,
+        "selection/val_queries": 8.0, "val/queries": 8.0}
 
 
 def test_context_tags_without_dirty_suffix():

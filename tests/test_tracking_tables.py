@@ -103,3 +103,27 @@ def test_checks():
     worse = results()[:3] + [TrialResult(cells=(RNT,), seed=0, metrics={"test/mAP": 43.0})]
     (ok, msg), = run_checks(suite, {"table3": assemble_table(TABLE, worse)})
     assert not ok and "43.0 > RGB 44.0: FAIL" in msg
+
+
+def test_a_cell_selected_within_noise_is_marked():
+    """Seeds 0 and 2 of RGB report selection/within_noise = 1: the cell says "2/3", the tables
+    get the column and the note; RNT (flag 0) stays unmarked; a table without it is unchanged."""
+    flags = {0: 1.0, 1: 0.0, 2: 1.0}
+    marked = [TrialResult(r.cells, r.seed, {**r.metrics, "selection/within_noise":
+                                            flags[r.seed] if r.cells == (RGB,) else 0.0})
+              for r in results()]
+    frame = assemble_table(TABLE, marked)
+    assert list(frame["noisy_seeds"]) == [2, 0]
+    md = to_markdown(TABLE, frame)
+    assert "| Modality | Backbone | seeds | mAP | mAP paper | ΔmAP | R1 | R1 paper | ΔR1 | selection |" in md
+    assert ("| RGB | R50 | 3 | 44.0 ± 4.0 | 41.0 | +3.0 | 60.0 ± 10.0 | 58.5 | +1.5 "
+            "| within noise in 2/3 seeds |") in md
+    assert "| RNT | R50 | 1 | 61.0 | 60.5 | +0.5 | n/a | 82.6 | n/a |  |" in md
+    assert "*selection within noise: in that many seeds the best and the runner-up" in md
+    assert "<td>within noise in 2/3 seeds</td>" in to_html(TABLE, frame)
+    assert "selection within noise" in to_html(TABLE, frame)
+    assert to_csv(frame).splitlines()[1].endswith(",2")
+    plain = assemble_table(TABLE, results())
+    assert list(plain["noisy_seeds"]) == [0, 0]
+    assert "selection" not in to_markdown(TABLE, plain).split("\n")[2]
+    assert "within noise" not in to_markdown(TABLE, plain) + to_html(TABLE, plain)

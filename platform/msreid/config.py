@@ -161,6 +161,13 @@ class RunOptions:
                                       "schedule and test the final checkpoint once (the protocol "
                                       "of published numbers; data.val_ids is ignored)",
                         SELECTIONS)
+    selection_rule: str = _f("best", "under run.selection=validation, which validated epoch is "
+                                     "tested: best = the highest val mAP (earliest of ties) | "
+                                     "latest_near_best = the latest epoch within one validation "
+                                     "query's worth (1/num val queries) of the highest, so that "
+                                     "scores the validation cannot tell apart go to the longer-"
+                                     "trained model, not to float noise (docs/TRAINING.md)",
+                             ("best", "latest_near_best"))
     log_final_test: bool = _f(False, "also test the last epoch's model and log it as "
                                      "final_test/* beside the selected one's test/* (off: the "
                                      "pair invites choosing on the test set by hand)")

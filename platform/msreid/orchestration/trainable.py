@@ -277,8 +277,11 @@ def log_outcome(client, run_id: str, cfg: TrainConfig, outcome: TrainOutcome, ct
     comparison.log_trial_result(client, ctx.experiment_id, run_id, name or run_id, final,
                                 outcome.checkpoint_path, outcome.artifacts_dir, dataset,
                                 params=config_to_dict(cfg))
-    runs.set_tags(client, run_id, {"msreid.best_epoch": int(final.get("best_epoch", 0)),
-                                   "msreid.checkpoint": str(outcome.checkpoint_path or "")})
+    tags = {"msreid.best_epoch": int(final.get("best_epoch", 0)),
+            "msreid.checkpoint": str(outcome.checkpoint_path or "")}
+    if "selection/within_noise" in final:  # validated runs only (docs/TRAINING.md)
+        tags[runs.TAG_WITHIN_NOISE] = str(bool(final["selection/within_noise"])).lower()
+    runs.set_tags(client, run_id, tags)
     try:
         log_trial_artifacts(client, run_id, cfg, outcome, ctx.figures)
     except Exception as exc:  # a figure must not turn a finished training into a failed trial

@@ -24,7 +24,7 @@ from msreid.tracking.tables import cell_metrics
 
 log = logging.getLogger(__name__)
 
-FINAL_PREFIXES = ("test/", "best_val/", "final_test/")
+FINAL_PREFIXES = ("test/", "best_val/", "final_test/", "selection/")
 FINAL_KEYS = ("best_epoch",)
 NOT_CURVES = ("epoch", "training_iteration")  # the step already says which epoch
 

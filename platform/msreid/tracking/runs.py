@@ -38,6 +38,8 @@ CONTEXT_TAGS = ("mlflow.user", "mlflow.source.name", "mlflow.source.type")
 
 PERCENT_PREFIXES = ("test/", "val/", "best_val/", "final_test/")
 PERCENT_METRICS = ("mAP", "mINP")  # and every CMC rank R<k>
+PERCENT_KEYS = ("selection/margin", "selection/resolution")  # differences of val mAPs
+TAG_WITHIN_NOISE = "msreid.selection_within_noise"  # "true": best and runner-up val mAP < 1 query apart
 FINAL_STEP = 0
 """Final metrics are logged once at step 0: the UI draws a metric whose every step is 0 as a bar
 chart (one bar per run), any later step turns it into a line chart."""
@@ -185,6 +187,8 @@ def context_tags(cwd: str | Path | None = None) -> dict[str, str]:
 
 def is_percent_metric(key: str) -> bool:
     """Whether ``key`` is a retrieval metric reported in % (``test/mAP``, ``val/R1``, ...)."""
+    if key in PERCENT_KEYS:
+        return True
     prefix, _, name = key.rpartition("/")
     if prefix + "/" not in PERCENT_PREFIXES:
         return False
@@ -260,6 +264,9 @@ def trial_description(cells: list, dataset: str, manifest: str, seed: int, epoch
              "Protocol: the checkpoint with the best validation mAP is selected; `test/*` are the "
              "test set's query-vs-gallery metrics of that checkpoint, in % (CMC rank-k `R<k>`, "
              "mAP, mINP), logged once at step 0. `best_val/*` is the selected epoch's validation; "
+             "`selection/margin` (best minus runner-up val mAP) below `selection/resolution` "
+             "(one validation query's worth) sets `selection/within_noise` = 1 and the "
+             f"`{TAG_WITHIN_NOISE}` tag: the validation could not tell the two epochs apart; "
              "per-epoch curves (`train/*`, `val/*`) use step = epoch. A table cell is the mean "
              "over seeds: group runs by the `msreid.cell` tag."]
     return "\n".join(lines)

@@ -30,6 +30,15 @@ PROTOCOLS = {
 TITLE_KEYS = ("model.backbone", "run.selection")
 """The flat config keys a TrialResult carries (what the titles report)."""
 
+WITHIN_NOISE = "selection/within_noise"
+"""1.0 when a trial's best and runner-up validation mAP were less than one query's worth apart."""
+
+NOISE_NOTE = ("selection within noise: in that many seeds the best and the runner-up validation "
+              "mAP differed by less than one validation query's worth (1/queries), so a float-level "
+              "change (thread count, worker count) may select the other epoch and move the test "
+              "numbers (docs/TRAINING.md, run.selection_rule)")
+"""The footnote of a table with such a cell."""
+
 
 @dataclass(frozen=True)
 class TrialResult:
@@ -56,6 +65,11 @@ def cell_values(cell_id: CellId, metric: str, results: list[TrialResult]) -> lis
     return values
 
 
+def noisy_seeds(cell_id: CellId, results: list[TrialResult]) -> int:
+    """How many of the cell's trials selected their checkpoint within noise (``WITHIN_NOISE``)."""
+    return sum(1 for r in results if cell_id in r.cells and r.metrics.get(WITHIN_NOISE, 0.0) >= 0.5)
+
+
 def trained_as(flat: dict) -> dict[str, str]:
     """The config values a TrialResult carries for the titles, from a flat trial config."""
     return {k: str(flat[k]) for k in TITLE_KEYS if k in flat}
@@ -72,7 +86,8 @@ def cell_trained(cell_id: CellId, results: list[TrialResult]) -> tuple[str, str]
 def assemble_table(table: TableSpec, results: list[TrialResult],
                    suite_set: dict | None = None) -> pd.DataFrame:
     """One line per cell: labels, ``seeds``, ``backbone`` and ``selection`` as trained, then
-    per metric ``<m>``, ``<m>_std``, ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %.
+    per metric ``<m>``, ``<m>_std``, ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %, and
+    ``noisy_seeds`` (:func:`noisy_seeds`).
 
     ``std`` is the sample standard deviation over seeds (ddof=1; NaN for one seed).
     """
@@ -91,10 +106,11 @@ def assemble_table(table: TableSpec, results: list[TrialResult],
             line.update({metric: mean, f"{metric}_std": std, f"{metric}_paper": paper,
                          f"{metric}_diff": mean - paper})
         line["seeds"] = seeds
+        line["noisy_seeds"] = noisy_seeds(cell.id, results)
         lines.append(line)
     frame = pd.DataFrame(lines)
     order = [table.row_label, table.column_label, "seeds", "backbone", "selection"] + [
-        f"{m}{s}" for m in table.metrics for s in ("", "_std", "_paper", "_diff")]
+        f"{m}{s}" for m in table.metrics for s in ("", "_std", "_paper", "_diff")] + ["noisy_seeds"]
     return frame[order]
 
 
@@ -113,7 +129,14 @@ def display_frame(table: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
         out[m] = ours
         out[f"{m} paper"] = [_fmt(v) for v in frame[f"{m}_paper"]]
         out[f"Δ{m}"] = [_fmt(v, signed=True) for v in frame[f"{m}_diff"]]
+    if _has_noise(frame):  # the mark: only tables with such a cell get the column
+        out["selection"] = [f"within noise in {int(n)}/{int(s)} seeds" if n else ""
+                            for n, s in zip(frame["noisy_seeds"], frame["seeds"])]
     return out
+
+
+def _has_noise(frame: pd.DataFrame) -> bool:
+    return "noisy_seeds" in frame and bool((frame["noisy_seeds"] > 0).any())
 
 
 def _values(column: pd.Series) -> list[str]:
@@ -153,6 +176,8 @@ def to_markdown(table: TableSpec, frame: pd.DataFrame) -> str:
              "|" + "|".join("---" for _ in header) + "|"]
     for row in shown.itertuples(index=False):
         lines.append("| " + " | ".join(str(v) for v in row) + " |")
+    if _has_noise(frame):
+        lines += ["", f"*{NOISE_NOTE}*"]
     return "\n".join(lines) + "\n"
 
 
@@ -161,8 +186,9 @@ def to_html(table: TableSpec, frame: pd.DataFrame) -> str:
     otherwise show as mojibake in the MLflow artifact viewer)."""
     body = display_frame(table, frame).to_html(index=False, border=1)
     title = html.escape(caption(table, frame))
+    note = f"<p><i>{html.escape(NOISE_NOTE)}</i></p>\n" if _has_noise(frame) else ""
     return (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title></head>\n'
-            f"<body>\n<h3>{title}</h3>\n{body}\n</body></html>\n")
+            f"<body>\n<h3>{title}</h3>\n{body}\n{note}</body></html>\n")
 
 
 _KEY_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-. /")

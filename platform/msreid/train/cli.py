@@ -72,7 +72,19 @@ def format_metrics(metrics: dict, selection: str = "validation") -> str:
             f"{metrics.get('final_test/' + n, float('nan')):>20.4f}" if last else ""))
     extra = {k: v for k, v in metrics.items() if not k.startswith(("test/", "final_test/"))}
     lines += [f"{k}: {v}" for k, v in extra.items()]
+    if metrics.get("selection/within_noise"):
+        lines.append(noise_warning(metrics))
     return "\n".join(lines)
+
+
+def noise_warning(metrics: dict) -> str:
+    """The line that marks a selection the validation split could not make (fractions in)."""
+    return (f"selection within noise: the highest val mAP and the runner-up (epoch "
+            f"{int(metrics['selection/runner_up_epoch'])}) differ by "
+            f"{100 * metrics['selection/margin']:.2f} points, less than one of the "
+            f"{int(metrics['selection/val_queries'])} validation queries "
+            f"({100 * metrics['selection/resolution']:.2f} points): a float-level change may "
+            "select the other epoch (docs/TRAINING.md, run.selection_rule)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -5,7 +5,9 @@ the session), optimiser + warm-up / multi-step schedule, restore from the
 last checkpoint, then per epoch: train on this worker's shard, reduce the loss
 terms across ranks, validate (rank 0), checkpoint (rank 0) and report. At the
 end rank 0 evaluates the test set once with the selected model (``test/*``:
-best by validation, or the last epoch's under ``run.selection=final``), with
+the validated epoch ``run.selection_rule`` keeps, or the last epoch's under
+``run.selection=final``) and records how sure that selection is
+(``selection/*``: margin, resolution, within-noise flag), with
 the last epoch's too (``final_test/*``) only when ``run.log_final_test`` asks,
 and writes the artifacts into the final checkpoint.
 
@@ -28,6 +30,7 @@ import torch.distributed as dist
 
 from msreid.config import OptimConfig, TrainConfig, config_to_dict, loss_kwargs
 from msreid.data.transforms import normalize
+from msreid.evaluation import selection
 from msreid.losses import compute_losses
 from msreid.models import MultiStreamNet
 from msreid.models.sync_batchnorm import convert_sync_batchnorm
@@ -35,7 +38,7 @@ from msreid.train import checkpoint as ck
 from msreid.train import evaluate as ev
 from msreid.train.distributed import gather_outputs, sync_bn_wanted
 from msreid.train.sampling import RowMeta
-from msreid.train.session import RaySession, Session
+from msreid.train.session import RaySession, Session, intra_op_threads, worker_threads
 
 log = logging.getLogger(__name__)
 
@@ -284,12 +287,13 @@ def _features(t: Training, name: str, subsets=None):
 
 
 def evaluate(t: Training, name: str, prefix: str) -> dict:
-    """``{prefix + "mAP", ...}`` of the current weights on eval set ``name`` (rank 0)."""
+    """``{prefix + "mAP", ...}`` of the current weights on eval set ``name`` (rank 0), and
+    ``prefix + "queries"``: the queries with a match, over which mAP is the mean."""
     rows, feats = _features(t, name)
     rows_of: QueryGallery = getattr(t.job, name)
     res = ev.rank_features(feats[ev.subset_name(t.job.spectra)], rows, rows_of.query,
                            rows_of.gallery, t.job.labels)
-    return res.as_dict(prefix)
+    return {**res.as_dict(prefix), f"{prefix}queries": float(res.num_valid)}
 
 
 def _state_dict(raw) -> dict[str, torch.Tensor]:
@@ -328,11 +332,40 @@ def _validate(t: Training, epoch: int, metrics: dict) -> bool:
     elif _due(epoch, t.cfg.run.eval_every, last):
         metrics.update(evaluate(t, "val", "val/"))
         ran = True
-        if metrics["val/mAP"] > p.best_metric:
+        _, scores = validation_scores(p.history)
+        scores.append(metrics["val/mAP"])
+        rule, tolerance = t.cfg.run.selection_rule, selection.resolution(int(metrics["val/queries"]))
+        if selection.select(scores, rule, tolerance) == len(scores) - 1:  # rules move only here
             p.best_metric, p.best_epoch, p.best_state = metrics["val/mAP"], epoch, _state_dict(t.raw)
     if t.cfg.run.test_curve_every and _due(epoch, t.cfg.run.test_curve_every, last):
         metrics.update(evaluate(t, "test", "test_curve/"))
     return ran
+
+
+def validation_scores(history: list[dict]) -> tuple[list[int], list[float]]:
+    """(epochs, val mAPs) of the validations in ``history``, in order."""
+    done = [h for h in history if "val/mAP" in h]
+    return [int(h["epoch"]) for h in done], [float(h["val/mAP"]) for h in done]
+
+
+def selection_metrics(history: list[dict], queries: int) -> dict[str, float]:
+    """How sure the selection is (``selection/*``), from the validations in ``history``.
+
+    margin: best minus runner-up val mAP; resolution: one query's worth (1 / the queries
+    with a match, ``val/queries``); within_noise: 1.0 when the margin is below the
+    resolution (the validation split cannot tell the two apart), else 0.0. margin and
+    runner_up_epoch need two validations. queries: the count when no validation in
+    ``history`` recorded it (validated before ``val/queries`` existed, then resumed).
+    """
+    epochs, scores = validation_scores(history)
+    num_queries = int(next((h["val/queries"] for h in history if "val/queries" in h), queries))
+    out = {"selection/resolution": selection.resolution(num_queries),
+           "selection/val_queries": float(num_queries),
+           "selection/within_noise": float(selection.within_noise(scores, num_queries))}
+    if len(scores) > 1:
+        out["selection/margin"] = selection.margin(scores)
+        out["selection/runner_up_epoch"] = float(epochs[selection.runner_up(scores)])
+    return out
 
 
 def run_epochs(t: Training) -> None:
@@ -383,6 +416,7 @@ def final_test(t: Training) -> None:
     metrics = {"epoch": last_epoch, "best_epoch": p.best_epoch, **test.as_dict("test/"), **final}
     if job.val is not None:
         metrics["best_val/mAP"] = p.best_metric
+        metrics.update(selection_metrics(p.history, job.val.query.size))
     files[ck.FINAL_METRICS_FILE] = metrics
     by_subset = ({ev.subset_name(s): ev.rank_features(feats[ev.subset_name(s)], rows, q, g,
                                                       labels) for s in subsets}
@@ -397,7 +431,16 @@ def final_test(t: Training) -> None:
 
 
 def train(cfg: TrainConfig, job: TrainJob, session: Session) -> None:
-    """Train ``cfg`` (or resume it) in ``session`` and test once at the end."""
+    """Train ``cfg`` (or resume it) in ``session`` and test once at the end.
+
+    With the intra-op thread count of a Ray worker reserving ``run.cpus_per_worker``
+    CPUs, in either mode: in-process and 1-worker runs are then bit-identical on CPU.
+    """
+    with intra_op_threads(worker_threads(cfg.run.cpus_per_worker)):
+        _train(cfg, job, session)
+
+
+def _train(cfg: TrainConfig, job: TrainJob, session: Session) -> None:
     _seed_everything(cfg.run.seed)
     _deterministic(session.device)
     t = _build(cfg, job, session)

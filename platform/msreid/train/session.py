@@ -18,15 +18,22 @@ metrics. It never asks which mode it runs in.
 
 ``resume_epoch`` (a static method: the driver and Ray's controller call it
 before any session exists) tells the train dataset which epochs to skip.
+
+Both modes compute with the same number of intra-op threads, ``worker_threads``:
+what Ray gives a worker reserving ``run.cpus_per_worker`` CPUs. torch's CPU
+kernels split their sums by thread, so a different count changes the last bits
+of a loss, and near a selection tie that moves the selected epoch (issue 23).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Protocol, Sequence
+from typing import Any, Iterator, Protocol, Sequence
 
 import ray.train
 import ray.train.torch
@@ -38,6 +45,27 @@ from msreid.train import checkpoint as ck
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
 KEEP_CHECKPOINTS = 2  # the newest two: a crash while writing one leaves the previous
+
+
+def worker_threads(cpus_per_worker: float) -> int:
+    """Intra-op threads of a Ray worker reserving ``cpus_per_worker`` CPUs: floor, at least 1.
+
+    Ray's rule for a worker whose environment has no OMP_NUM_THREADS
+    (``ray._private.utils.set_omp_num_threads_if_unset``); the loop applies it in
+    both modes, so an OMP_NUM_THREADS in the environment changes neither.
+    """
+    return max(1, math.floor(cpus_per_worker))
+
+
+@contextlib.contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """torch computes with ``n`` intra-op threads inside; the caller's count is restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class Session(Protocol):
