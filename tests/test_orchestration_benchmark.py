@@ -226,3 +226,23 @@ def test_a_benchmark_that_fails_in_tune_leaves_its_parent_run_failed(tmp_path, m
     exp = client.get_experiment_by_name("t").experiment_id
     (parent,) = runs.find_runs(client, exp, {runs.TAG_KIND: "benchmark", runs.TAG_BENCHMARK: "breaks"})
     assert parent.info.status == "FAILED"
+
+
+def test_collect_results_reports_a_trial_that_never_started():
+    """Tune hands back a result with no config for a trial the stopped driver never placed: it is
+    an error line (so the grid is not complete), not a TypeError, and finished trials still count."""
+    from types import SimpleNamespace
+
+    from msreid.orchestration import benchmark
+
+    ctx = SimpleNamespace(base_config={"model.backbone": "test_resnet"}, force={})
+    done = SimpleNamespace(
+        config={"trial": {"label": "RGB one-stream", "overrides": {}, "cells": [["t3", "rgb", "tiny"]],
+                          "seed": 3}},
+        error=None, metrics={"test/mAP": 0.25, "epoch": 1})
+    never = SimpleNamespace(config=None, error=None, metrics={})
+    results, errors = benchmark.collect_results([done, never], ctx)
+    rows = [(r.cells, r.seed, r.metrics["test/mAP"]) for r in results]
+    assert rows == [((("t3", "rgb", "tiny"),), 3, 25.0)]
+    assert results[0].config == {"model.backbone": "test_resnet"}
+    assert errors == ["a trial never started (the run was stopped before it was placed)"]

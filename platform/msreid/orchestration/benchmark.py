@@ -347,9 +347,21 @@ def run_tune(suite: grid.Suite, trials: list[grid.TrialSpec], ctx: TrialContext,
                                trial_dirname_creator=lambda t: t.config["trial"]["key"],
                                reuse_actors=True),  # keep torch/MLflow imported between trials
                            run_config=run_config(suite, storage, name, opts.verbose))
+    return collect_results(tuner.fit(), ctx)
+
+
+def collect_results(grid_results, ctx: TrialContext) -> tuple[list[tables.TrialResult], list[str]]:
+    """Tune's results as table rows, and one message per trial that errored or never started.
+
+    A trial that never started (the driver was stopped first) has no config; it is reported, not
+    skipped, so a grid it belongs to is never taken as complete.
+    """
     results, errors = [], []
-    for res in tuner.fit():
-        trial = res.config["trial"]
+    for res in grid_results:
+        trial = (res.config or {}).get("trial")
+        if trial is None:
+            errors.append("a trial never started (the run was stopped before it was placed)")
+            continue
         if res.error is not None:  # a full disk: its one-line message, not Ray's traceback
             full = disk_full_report(res.error)
             text = f"{DiskFullError.__name__}: {full}" if full else \
