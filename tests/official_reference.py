@@ -93,12 +93,15 @@ def labels() -> Tensor:
     return torch.arange(P).repeat_interleave(K)
 
 
-def our_model(stem_relu: bool = False) -> MultiStreamNet:
-    """The official preset's network (resnet50 and its model settings), seeded, float64."""
+def our_model(stem_relu: bool | None = None) -> MultiStreamNet:
+    """The official preset's network (resnet50 and its model settings), seeded, float64.
+
+    stem_relu: None = the preset's; True / False override it.
+    """
     m = load_config(PRESET).model
     model = build_model(m.backbone, SPECTRA, NUM_CLASSES, last_stride_1=m.last_stride_1,
                         neck=m.neck, head=m.head, embedding=m.embedding, embed_at=m.embed_at,
-                        stem_relu=stem_relu).to(DTYPE)
+                        stem_relu=m.stem_relu if stem_relu is None else stem_relu).to(DTYPE)
     fill_seeded(model)
     return model
 
