@@ -57,6 +57,8 @@ def test_fixture_is_small_and_describes_this_batch(recorded):
     assert (meta["P"], meta["K"], meta["num_classes"], tuple(meta["size"]), meta["input_seed"]) \
         == (ref.P, ref.K, ref.NUM_CLASSES, ref.SIZE, ref.INPUT_SEED)
     assert all(t.dtype == torch.float64 for k, t in tensors.items() if "num_batches" not in k)
+    # docs/MODELS.md row 10: their test script's evaluator calls model(data1) on Baseline6
+    assert "missing 2 required positional arguments" in meta["their_test_script"]
 
 
 def test_training_mode_outputs_match(recorded, ours):
