@@ -28,7 +28,7 @@ readme-tables: $(VENV)/.installed
 	$(BIN)/python experiments/update_readme.py runs/smoke_benchmark.txt
 
 test: $(VENV)/.installed
-	$(BIN)/ruff check platform tests experiments perf
+	$(BIN)/ruff check platform tests experiments perf tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # A real 2-node Ray cluster on this machine (root, Linux namespaces): `ray up` / `ray submit` /

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pickle
+import warnings
+
 import pytest
 import timm
 import torch
@@ -129,3 +132,79 @@ def test_check_weights_file_sees_a_rewritten_file(tmp_path):
     torch.save([1, 2], path)  # same path, new content: the cache must not hide it
     with pytest.raises(UserError, match="holds a list"):
         check_weights_file(path)
+
+
+def test_torchvision_file_without_batch_counters_loads(tmp_path):
+    """torchvision's resnet50-19c8e357.pth (what the authors load) predates num_batches_tracked."""
+    import torchvision
+
+    torch.manual_seed(7)
+    state = {k: v for k, v in torchvision.models.resnet50().state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    assert len(state) == 267  # 161 parameters (fc.* included) + 53 x (running mean, var)
+    path = tmp_path / "resnet50-tv.pth"
+    torch.save(state, path)
+    model = build_model("resnet50", ["rgb"], num_classes=3, pretrained_file=str(path),
+                        last_stride_1=True, stem_relu=False)
+    backbone = model.streams["rgb"].backbone
+    own = backbone.state_dict()
+    for k, v in state.items():
+        if not k.startswith("fc."):
+            assert torch.equal(own[k], v), k  # every weight and running statistic landed
+    counters = [k for k in own if k.endswith("num_batches_tracked")]
+    assert len(counters) == 53 and all(own[k].item() == 0 for k in counters)  # torch's fill
+    report = load_backbone_file(timm.create_model("resnet50", num_classes=0), path)
+    assert sorted(report.filled) == sorted(counters)
+    assert report.loaded == 265 and set(report.ignored_head) == {"fc.weight", "fc.bias"}
+
+
+def test_missing_weight_or_wrong_shape_is_still_a_user_error(tmp_path):
+    state = {k: v for k, v in reference_state().items() if not k.endswith("num_batches_tracked")}
+    for name, broken, needle in [
+            ("lacks.pth", {k: v for k, v in state.items() if k != "conv1.0.weight"},
+             r"lacks 1 backbone weights .*conv1\.0\.weight"),
+            ("lacks_stat.pth", {k: v for k, v in state.items() if k != "bn1.running_var"},
+             r"lacks 1 backbone weights .*bn1\.running_var"),
+            ("shape.pth", {**state, "bn1.weight": torch.ones(3)}, r"shapes differ for \['bn1\.weight'\]")]:
+        torch.save(broken, tmp_path / name)
+        with pytest.raises(UserError, match=needle):
+            build_model("test_resnet", ["rgb"], num_classes=3, pretrained_file=str(tmp_path / name))
+
+
+def test_pickled_file_is_refused_without_torch_pickle_warning(tmp_path):
+    # pickles of protocol != 2 made torch print "Detected pickle protocol 4 ... return
+    # Unpickler(file, ...).load()" beside the refusal; the refusal alone is the message
+    with open(tmp_path / "pickled.pth", "wb") as f:
+        pickle.dump({"conv1.weight": object()}, f, protocol=4)  # plain pickle, no zip
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": object()}, tmp_path / "p4.pth",
+               pickle_protocol=4)
+    for name in ("pickled.pth", "p4.pth"):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with pytest.raises(UserError, match="plain tensors"):
+                build_model("test_resnet", ["rgb"], num_classes=3,
+                            pretrained_file=str(tmp_path / name))
+        assert [str(w.message) for w in caught] == [], name
+
+
+def test_authors_stem_has_no_relu_after_bn1():
+    from torch import nn
+
+    torch.manual_seed(0)
+    theirs = build_model("test_resnet", ["rgb"], num_classes=3, stem_relu=False).eval()
+    with torch.no_grad():  # timm zero-inits each block's last BN scale: residual branches on
+        for m in theirs.modules():
+            if isinstance(m, nn.BatchNorm2d) and not m.weight.any():
+                m.weight.fill_(1.0)
+    standard = build_model("test_resnet", ["rgb"], num_classes=3).eval()
+    standard.load_state_dict(theirs.state_dict())
+    a, b = theirs.streams["rgb"].backbone, standard.streams["rgb"].backbone
+    assert isinstance(a.act1, nn.Identity) and isinstance(b.act1, nn.ReLU)
+    x = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        stem = a.bn1(a.conv1(x))
+        assert (stem < 0).any()  # the max pool sees negative values in their stem
+        torch.testing.assert_close(a.maxpool(a.act1(stem)), nn.functional.max_pool2d(stem, 3, 2, 1))
+        assert not torch.allclose(theirs.embed({"rgb": x}), standard.embed({"rgb": x}))
+    with pytest.raises(UserError, match="stem_relu=False is not supported"):
+        build_model("test_efficientnet", ["rgb"], num_classes=3, stem_relu=False)

@@ -95,6 +95,8 @@ class ModelConfig:
                                  "downloads at run time); see pretrained_file")
     pretrained_file: str = _f("", "local .pth/.safetensors backbone weights ('' = none)")
     last_stride_1: bool = _f(False, "stride 1 in the last ResNet stage (strong baseline)")
+    stem_relu: bool = _f(True, "ReLU after the ResNet stem's bn1 (timm, torchvision); false = "
+                               "the authors' ResNet, which has none (docs/MODELS.md)")
     neck: str = _f("none", "none | bnneck (validated by msreid.models)")
     head: str = _f("paper", "paper: a bias-free classifier per stream whose weights give the "
                             "CAMs | official: one shared classifier with bias, CAMs from a "

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from msreid.models.cams import class_aware_weights, official_fusion_weights
+from msreid.models.cams import at_least_float32, class_aware_weights, official_fusion_weights
 
 HSC_VARIANTS = ("paper", "official")
 HSC_REDUCTIONS = ("mean", "sum")
@@ -48,7 +48,7 @@ def id_loss(scores: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Ten
 
     scores: S^j [B, C]; labels: [B] int64 in [0, C). Returns a scalar.
     """
-    return F.cross_entropy(scores.float(), labels, label_smoothing=label_smoothing)  # eq. 3
+    return F.cross_entropy(at_least_float32(scores), labels, label_smoothing=label_smoothing)  # eq. 3
 
 
 def multi_stream_id_loss(scores: Sequence[Tensor], labels: Tensor,
@@ -69,12 +69,14 @@ def heterogeneous_score_coherence(scores: Sequence[Tensor], reduction: str = "me
     scores: m >= 2 tensors S^j [B, C]. The paper does not say how eq. 5 is
     reduced over the batch: ``reduction="mean"`` (msreid's default) or ``"sum"``
     (what the authors' code does with its own form). Computed in float32 (also
-    under autocast) and in log space: sum_i prod_j p^j_i = exp(logsumexp_i sum_j log p^j_i).
+    under autocast; float64 stays float64) and in log space:
+    sum_i prod_j p^j_i = exp(logsumexp_i sum_j log p^j_i).
     """
     if len(scores) < 2:
         raise ValueError(f"heterogeneous_score_coherence needs >= 2 streams, got {len(scores)}")
     with torch.autocast(device_type=scores[0].device.type, enabled=False):
-        log_p = torch.stack([F.log_softmax(s.float(), dim=1) for s in scores])  # eq. 2, [m,B,C]
+        log_p = torch.stack([F.log_softmax(at_least_float32(s), dim=1)
+                             for s in scores])  # eq. 2, [m, B, C]
         agreement = torch.logsumexp(log_p.sum(dim=0), dim=1).exp()  # sum_i prod_j p^j_i, [B]
         return _reduce(1.0 - agreement, reduction)  # eq. 5
 
@@ -92,14 +94,15 @@ def official_score_coherence(scores: Sequence[Tensor], reduction: str = "sum") -
     if len(scores) < 2:
         raise ValueError(f"official_score_coherence needs >= 2 streams, got {len(scores)}")
     with torch.autocast(device_type=scores[0].device.type, enabled=False):
-        cos = F.cosine_similarity(scores[0].float(), scores[1].float(), dim=1, eps=1e-12)
+        first, second = at_least_float32(scores[0]), at_least_float32(scores[1])
+        cos = F.cosine_similarity(first, second, dim=1, eps=1e-12)
         return _reduce(1.0 - cos, reduction)
 
 
 def fuse_class_activation_maps(cams: Sequence[Tensor]) -> Tensor:
     """M' = sum_j alpha^j_c M^j_c (eqs. 7-11). cams: m x [B, C, h, w] -> [B, C, h, w]."""
     alpha = class_aware_weights(cams)
-    stacked = torch.stack([c.float() for c in cams])  # [m, B, C, h, w]
+    stacked = torch.stack([at_least_float32(c) for c in cams])  # [m, B, C, h, w]
     return (alpha[..., None, None] * stacked).sum(dim=0)  # eq. 11
 
 
@@ -120,7 +123,7 @@ def official_fused_scores(cams: Sequence[Tensor]) -> Tensor:
     applied to it directly (a weighted sum of sigmoid-map sums, all positive).
     """
     w, g = official_fusion_weights(cams)
-    sums = torch.sigmoid(torch.stack([c.float() for c in cams])).sum(dim=(3, 4))  # a^j_c
+    sums = torch.sigmoid(torch.stack([at_least_float32(c) for c in cams])).sum(dim=(3, 4))  # a^j_c
     return g * (w * sums).sum(dim=0)
 
 
@@ -133,7 +136,7 @@ def triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.3) -> Ten
     positive or without a negative are skipped; with none left, returns a zero
     that is still connected to the graph.
     """
-    x = embeddings.float()
+    x = at_least_float32(embeddings)
     d2 = (x[:, None, :] - x[None, :, :]).pow(2).sum(-1)  # [B, B]; plain, exact at the diagonal
     dist = d2.clamp_min(1e-12).sqrt()
     same = labels[:, None] == labels[None, :]

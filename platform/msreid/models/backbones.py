@@ -2,14 +2,16 @@
 
 Every backbone is a plain ``timm.create_model(name, num_classes=0)``; nothing
 is copied from timm. This module adds only what re-ID needs on top:
-per-backbone input sizes from the paper, the last-stride-1 switch for
-ResNet-family models and loading weights from a local file (offline clusters).
+per-backbone input sizes from the paper, the last-stride-1 switch and the
+authors' stem without its ReLU for ResNet-family models, and loading weights
+from a local file (offline clusters).
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,18 +95,37 @@ def set_last_stride_1(model: nn.Module) -> None:
                 setattr(parent, child_name, nn.Identity())
 
 
+def remove_stem_relu(model: nn.Module) -> None:
+    """Drop the ReLU after the stem's ``bn1`` (timm's ``act1``), as the authors' ResNet.
+
+    Their ``modeling/backbones/resnet.py`` has that ReLU commented out, so their
+    network is conv1 -> bn1 -> maxpool -> layer1...; the max pool then sees
+    negative values too. No parameter changes: weight files load the same.
+    """
+    if not isinstance(getattr(model, "act1", None), nn.Module):
+        raise UserError(f"stem_relu=False needs a timm ResNet with a stem activation 'act1'; "
+                        f"{type(model).__name__} has none: set stem_relu to true")
+    model.act1 = nn.Identity()
+
+
 def create_backbone(spec: BackboneSpec, input_size: tuple[int, int], *, pretrained: bool = False,
                     pretrained_file: str | None = None, last_stride_1: bool = False,
-                    **timm_kwargs: Any) -> nn.Module:
+                    stem_relu: bool = True, **timm_kwargs: Any) -> nn.Module:
     """One stream's backbone: a timm model without classifier (``num_classes=0``).
 
     ``pretrained=True`` uses timm's own loading (needs internet);
     ``pretrained_file`` loads a local .safetensors / .pth instead.
+    ``stem_relu=False`` builds the authors' stem (no ReLU after ``bn1``).
     """
     if last_stride_1 and not spec.supports_last_stride:
         raise UserError(
             f"last_stride_1=True is not supported for backbone {spec.timm_name!r} "
             f"(family {spec.family!r}): only ResNet-family backbones have it; set it to false")
+    if not stem_relu and not spec.supports_last_stride:
+        raise UserError(
+            f"stem_relu=False is not supported for backbone {spec.timm_name!r} "
+            f"(family {spec.family!r}): only ResNet-family backbones have the authors' stem; "
+            "set it to true")
     if pretrained and pretrained_file:
         raise UserError("pretrained=True and pretrained_file are exclusive: pick one")
     kwargs = dict(timm_kwargs)
@@ -115,6 +136,8 @@ def create_backbone(spec: BackboneSpec, input_size: tuple[int, int], *, pretrain
         load_backbone_file(model, pretrained_file)
     if last_stride_1:
         set_last_stride_1(model)
+    if not stem_relu:
+        remove_stem_relu(model)
     return model
 
 
@@ -139,6 +162,7 @@ class LoadReport:
     loaded: int
     ignored_head: tuple[str, ...]
     ignored_other: tuple[str, ...]
+    filled: tuple[str, ...] = ()  # BatchNorm num_batches_tracked the file lacked (torch's fill)
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
@@ -170,7 +194,10 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
                             f"({type(exc).__name__}: {exc}); download or save it again") from None
     else:
         try:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            with warnings.catch_warnings():  # torch's note on pickle protocols != 2: the
+                # refusal below already names the file and what to do
+                warnings.filterwarnings("ignore", message="Detected pickle protocol")
+                state = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - torch raises UnpicklingError and others
             raise UserError(f"pretrained_file {str(path)!r} cannot be read as plain tensors "
                             f"({type(exc).__name__}); re-save it as a state_dict or "
@@ -220,20 +247,26 @@ def check_weights_file(path: str | Path) -> None:
 def load_backbone_file(model: nn.Module, path: str | Path) -> LoadReport:
     """Load a weights file into a timm backbone built with ``num_classes=0``.
 
-    Strict about the backbone: a key the model has but the file lacks, or a
-    shape that differs, raises UserError. Keys of timm's classifier head and
+    Strict about the backbone: a parameter or buffer the model has but the
+    file lacks, or a shape that differs, raises UserError. The one exception
+    are BatchNorm ``num_batches_tracked`` counters, which files saved before
+    torch 0.4.1 (torchvision's ``resnet50-19c8e357.pth``) do not hold: torch's
+    own ``load_state_dict`` fills them (with the module's current count, 0 for
+    a new model) and the report lists them. Keys of timm's classifier head and
     other extra keys are ignored and reported (log + return value). A ViT
     position embedding of another grid is resampled with timm's own helper.
     """
     state = read_state_dict(path)
     own = model.state_dict()
     _resample_pos_embed(model, state)
-    missing = [k for k in own if k not in state]
+    fillable = _batch_counters(model)
+    filled = tuple(k for k in own if k not in state and k in fillable)
+    missing = [k for k in own if k not in state and k not in fillable]
     if missing:
         raise UserError(f"pretrained_file {str(path)!r} lacks {len(missing)} backbone weights "
                         f"of {type(model).__name__} (first: {missing[:5]}): is it a checkpoint "
                         "of the same architecture?")
-    bad = [k for k in own if state[k].shape != own[k].shape]
+    bad = [k for k in own if k in state and state[k].shape != own[k].shape]
     if bad:
         raise UserError(f"pretrained_file {str(path)!r}: shapes differ for {bad[:5]} "
                         f"(file {tuple(state[bad[0]].shape)} vs model {tuple(own[bad[0]].shape)})")
@@ -242,11 +275,22 @@ def load_backbone_file(model: nn.Module, path: str | Path) -> LoadReport:
     extra = [k for k in state if k not in own]
     ignored_head = tuple(k for k in extra if any(k.startswith(h + ".") for h in heads))
     ignored_other = tuple(k for k in extra if k not in ignored_head)
-    model.load_state_dict({k: state[k] for k in own}, strict=True)
-    report = LoadReport(str(path), len(own), ignored_head, ignored_other)
-    log.info("loaded %d tensors from %s; ignored classifier keys %s, other keys %s",
-             report.loaded, path, list(ignored_head), list(ignored_other))
+    # a plain dict has no per-module version metadata, so BatchNorm fills num_batches_tracked
+    model.load_state_dict({k: state[k] for k in own if k in state}, strict=True)
+    report = LoadReport(str(path), len(own) - len(filled), ignored_head, ignored_other, filled)
+    log.info("loaded %d tensors from %s; filled %d BatchNorm num_batches_tracked the file lacks; "
+             "ignored classifier keys %s, other keys %s", report.loaded, path, len(filled),
+             list(ignored_head), list(ignored_other))
     return report
+
+
+def _batch_counters(model: nn.Module) -> set[str]:
+    """State-dict keys of the ``num_batches_tracked`` buffers of the model's BatchNorms."""
+    return {f"{name}.num_batches_tracked" if name else "num_batches_tracked"
+            for name, module in model.named_modules()
+            # _NormBase: where torch's _load_from_state_dict does the fill
+            if isinstance(module, nn.modules.batchnorm._NormBase)
+            and module.track_running_stats}
 
 
 def _resample_pos_embed(model: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from msreid.errors import UserError
 from msreid.models.backbones import create_backbone, resolve_backbone
-from msreid.models.cams import class_aware_weights, official_stream_weights
+from msreid.models.cams import at_least_float32, class_aware_weights, official_stream_weights
 from msreid.models.sync_batchnorm import batch_moments
 
 NECKS = ("none", "bnneck")
@@ -231,7 +231,7 @@ class MultiStreamNet(nn.Module):
         cams: m x [B, C, h, w].
         """
         alpha = class_aware_weights(cams)  # [m, B, C]
-        fused = (alpha[..., None, None] * torch.stack([c.float() for c in cams])).sum(0)
+        fused = (alpha[..., None, None] * torch.stack([at_least_float32(c) for c in cams])).sum(0)
         p = torch.softmax(fused.mean(dim=(2, 3)), dim=1)  # [B, C]
         return torch.einsum("mbc,bc->bm", alpha, p)
 
@@ -246,14 +246,15 @@ def build_model(backbone: str, spectra: Sequence[str], num_classes: int, *,
                 pretrained: bool = False, pretrained_file: str | None = None,
                 last_stride_1: bool = False, neck: str = "none", embedding: str = "sum",
                 embed_at: str = "before_neck", input_size: tuple[int, int] | None = None,
-                head: str = "paper", **timm_kwargs: Any) -> MultiStreamNet:
+                head: str = "paper", stem_relu: bool = True, **timm_kwargs: Any) -> MultiStreamNet:
     """A MultiStreamNet with one ``backbone`` per spectrum, no parameters shared.
 
     backbone: a name of BACKBONES or any timm model name; spectra: e.g.
     ("rgb", "nir", "tir"); input_size: (H, W), only used by ViTs to size their
     position embedding (default: the backbone's); head: "paper" or "official"
-    (see the module docstring). Extra keyword arguments (drop_path_rate, ...)
-    go to timm.create_model.
+    (see the module docstring); stem_relu=False: the authors' ResNet stem, without
+    the ReLU after bn1 (ResNet family only). Extra keyword arguments
+    (drop_path_rate, ...) go to timm.create_model.
     """
     spec = resolve_backbone(backbone)
     _check_choice("neck", neck, NECKS)
@@ -268,7 +269,8 @@ def build_model(backbone: str, spectra: Sequence[str], num_classes: int, *,
     streams = {
         s: Stream(create_backbone(spec, size, pretrained=pretrained,
                                   pretrained_file=pretrained_file,
-                                  last_stride_1=last_stride_1, **timm_kwargs),
+                                  last_stride_1=last_stride_1, stem_relu=stem_relu,
+                                  **timm_kwargs),
                   num_classes, neck, head)
         for s in spectra
     }

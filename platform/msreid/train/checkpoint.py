@@ -247,7 +247,8 @@ def model_from_config(m: ModelConfig, spectra, num_classes: int, size: tuple[int
     return build_model(m.backbone, spectra, num_classes, pretrained=pretrained and m.pretrained,
                        pretrained_file=(m.pretrained_file or None) if pretrained else None,
                        last_stride_1=m.last_stride_1, neck=m.neck, embedding=m.embedding,
-                       embed_at=m.embed_at, input_size=tuple(size), head=m.head)
+                       embed_at=m.embed_at, input_size=tuple(size), head=m.head,
+                       stem_relu=m.stem_relu)
 
 
 def load_model(checkpoint_dir: str | Path, which: str = "best"):
