@@ -96,17 +96,18 @@ def test_probe_measures_at_the_asked_steps_and_trains_without_hsc():
     g = torch.Generator().manual_seed(1)
     weights = [0.1 * torch.randn(3, 4, generator=g) for _ in SPECTRA]
     batches = [({s: torch.randn(4, 3, generator=g) for s in SPECTRA}, torch.tensor([0, 1, 2, 3]))
-               for _ in range(2)]
+               for _ in range(5)]
     kwargs = {"hsc_alpha": 0.001, "hsc_variant": "official", "hsc_reduction": "sum"}
     model = Linear2(weights)
-    points = probe_hsc_ratios(model, batches, kwargs, steps=5, every=2, lr=0.01)
+    points = probe_hsc_ratios(model, batches[:2], kwargs, steps=5, every=2, lr=0.01,
+                              train_batches=batches[2:])
     assert [p.step for p in points] == [0, 2, 4, 5]
     assert all(len(p.ratios) == 2 and all(r > 0 for r in p.ratios) for p in points)
-    # the same 5 Adam steps on L_id alone (alpha = 0), batches in turn
+    # the same 5 Adam steps on L_id alone (alpha = 0), the training batches in turn
     ref = [nn.Parameter(w.clone()) for w in weights]
     opt = torch.optim.Adam(ref, lr=0.01)
     for step in range(5):
-        x, y = batches[step % 2]
+        x, y = batches[2 + step % 3]
         loss = multi_stream_id_loss([x[s] @ w for s, w in zip(SPECTRA, ref)], y)
         opt.zero_grad()
         loss.backward()

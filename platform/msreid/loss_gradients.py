@@ -70,16 +70,19 @@ class RatioPoint:
     ratios: tuple[float, ...]
 
 
-def probe_hsc_ratios(model: nn.Module, batches: Sequence[tuple[Mapping[str, Tensor], Tensor]],
-                     loss_kwargs: Mapping, *, steps: int, every: int,
-                     lr: float) -> list[RatioPoint]:
-    """r on every batch at steps 0, every, 2 every, ..., steps of a short training.
+Batch = tuple[Mapping[str, Tensor], Tensor]
 
-    The training (Adam at ``lr``, the batches in turn, no augmentation) uses the
-    other terms only, i.e. alpha = 0: the weights follow the path of a run where
-    L_hsc does not act, which is where the question "would alpha * L_hsc act?"
-    is asked. The model is left in train mode (BatchNorm on batch statistics,
-    as in training).
+
+def probe_hsc_ratios(model: nn.Module, batches: Sequence[Batch], loss_kwargs: Mapping, *,
+                     steps: int, every: int, lr: float,
+                     train_batches: Sequence[Batch] | None = None) -> list[RatioPoint]:
+    """r on every batch of ``batches`` at steps 0, every, 2 every, ..., steps of a short training.
+
+    The training (Adam at ``lr``, ``train_batches`` in turn, default ``batches``;
+    no augmentation) uses the other terms only, i.e. alpha = 0: the weights
+    follow the path of a run where L_hsc does not act, which is where the
+    question "would alpha * L_hsc act?" is asked. The model is left in train
+    mode (BatchNorm on batch statistics, as in training).
     """
     if not batches or steps < 0 or every < 1:
         raise ValueError(f"need >= 1 batch, steps >= 0 and every >= 1 (got {len(batches)}, "
@@ -93,7 +96,7 @@ def probe_hsc_ratios(model: nn.Module, batches: Sequence[tuple[Mapping[str, Tens
                                                  for x, y in batches)))
         if step == steps:
             break
-        x, y = batches[step % len(batches)]
+        x, y = (train_batches or batches)[step % len(train_batches or batches)]
         _, rest = hsc_and_rest(model, x, y, loss_kwargs)
         opt.zero_grad()
         rest.backward()
