@@ -97,8 +97,10 @@ def probe_alpha_range(cfg: TrainConfig, low: float, high: float, *, num_batches:
     batches, spectra, size, num_classes, n_val_q = probe_batches(cfg, max(num_batches, steps))
     torch.manual_seed(cfg.run.seed)
     model = model_from_config(cfg.model, spectra, num_classes, size, pretrained=True)
+    o = cfg.optim  # epoch 0 trains at the warm-up's first rate
+    lr = o.warmup_lr if o.warmup_epochs > 0 else o.lr
     points = probe_hsc_ratios(model, batches[:num_batches], loss_kwargs(cfg.loss), steps=steps,
-                              every=every, lr=cfg.optim.lr, train_batches=batches[:max(1, steps)])
+                              every=every, lr=lr, train_batches=batches[:max(1, steps)])
     return ProbeResult(points=tuple(points), low=low, high=high, threshold=threshold,
                        num_val_queries=n_val_q, seconds=time.time() - start)
 
