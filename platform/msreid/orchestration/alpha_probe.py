@@ -95,8 +95,10 @@ def probe_alpha_range(cfg: TrainConfig, low: float, high: float, *, num_batches:
     """Measure r on ``cfg``'s data and model (module docstring); ``cfg.loss`` has L_hsc."""
     start = time.time()
     batches, spectra, size, num_classes, n_val_q = probe_batches(cfg, max(num_batches, steps))
+    device = torch.device("cuda" if cfg.run.use_gpu and torch.cuda.is_available() else "cpu")
+    batches = [({s: t.to(device) for s, t in x.items()}, y.to(device)) for x, y in batches]
     torch.manual_seed(cfg.run.seed)
-    model = model_from_config(cfg.model, spectra, num_classes, size, pretrained=True)
+    model = model_from_config(cfg.model, spectra, num_classes, size, pretrained=True).to(device)
     o = cfg.optim  # epoch 0 trains at the warm-up's first rate
     lr = o.warmup_lr if o.warmup_epochs > 0 else o.lr
     points = probe_hsc_ratios(model, batches[:num_batches], loss_kwargs(cfg.loss), steps=steps,
