@@ -106,3 +106,21 @@ def test_inert_range_stops_before_any_run(tmp_path, capsys):
     exp = client.get_experiment_by_name("alpha").experiment_id
     assert client.search_runs([exp]) == []  # stopped before the parent run
     assert not (tmp_path / "r").exists()  # and before Tune
+
+
+def test_probe_verdict_by_hand():
+    from msreid.loss_gradients import RatioPoint
+    from msreid.orchestration.alpha_probe import ProbeResult, inert_message, probe_markdown
+
+    # r at two steps on two batches; the largest is 1.5e-5, so alpha = 0.1 gives 1.5e-6 < 1e-4
+    points = (RatioPoint(0, (2e-6, 1e-6)), RatioPoint(20, (1.5e-5, 1.2e-5)))
+    result = ProbeResult(points, low=1e-4, high=0.1, threshold=1e-4, num_val_queries=53,
+                         seconds=1.0)
+    assert result.peak == 1.5e-5 and result.inert
+    assert result.alpha_needed() == pytest.approx(1e-4 / 1.5e-5)  # 6.67
+    text = inert_message(result, "eq. 5, mean")
+    assert "at most 1.50e-06, at alpha = 0.1" in text and "alpha >= 6.7 (--high)" in text
+    assert "| 20 | 1.20e-09 - 1.50e-09 | 1.20e-06 - 1.50e-06 |" in probe_markdown(result, "x")
+    wide = ProbeResult(points, low=1e-4, high=10.0, threshold=1e-4, num_val_queries=53,
+                       seconds=1.0)
+    assert not wide.inert  # 10 * 1.5e-5 = 1.5e-4

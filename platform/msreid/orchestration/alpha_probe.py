@@ -128,5 +128,7 @@ def inert_message(result: ProbeResult, setting: str) -> str:
             f"|grad(alpha L_hsc)| stays below {result.threshold:g} of the other terms' gradient "
             f"everywhere it was measured (at most {result.high * result.peak:.2e}, at alpha = "
             f"{result.high:g}). A search here only ranks seed noise. Make the term matter with "
-            "--hsc-reduction sum, --hsc-variant official (the authors' form, the default), "
-            f"--ablation hamnet_official, or {wider}; or pass --allow-inert to search anyway")
+            "the authors' form summed over the batch (--hsc-variant official --hsc-reduction sum, "
+            "the default, or --ablation hamnet_official), with a sum over the batch "
+            f"(--hsc-reduction sum: x batch size), or {wider}; or pass --allow-inert to search "
+            "anyway")
