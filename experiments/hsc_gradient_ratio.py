@@ -6,7 +6,10 @@ and the batch mean) on the synthetic RGBNT100-shaped smoke data, and at a few
 steps measures, on the same batch, the norm over all parameters of the
 gradient of alpha * L_hsc divided by that of L_id (= L_msid, eq. 4), for
 both forms of L_hsc (paper eq. 5, the authors' cosine form) and both batch
-reductions (mean, sum). Plain torch, one process, no augmentation.
+reductions (mean, sum). Plain torch, one process, no augmentation. The norms
+are ``msreid.loss_gradients.gradient_norm``, as in the probe that
+``experiments/tune_alpha.py`` runs before searching (there the denominator is
+every other term of the objective, not L_id alone).
 
   python experiments/hsc_gradient_ratio.py [--steps 200] [--every 50] [--seed 0]
 
@@ -24,6 +27,7 @@ import numpy as np
 import torch
 
 from msreid.data.synth import SynthSpec, generate
+from msreid.loss_gradients import gradient_norm
 from msreid.losses import (
     PAPER_ALPHA,
     compute_losses,
@@ -53,17 +57,12 @@ def load_train(root: Path) -> tuple[dict[str, torch.Tensor], np.ndarray]:
     return pieces, np.searchsorted(np.unique(ids), ids)
 
 
-def grad_norm(loss: torch.Tensor, params: list[torch.Tensor]) -> float:
-    grads = torch.autograd.grad(loss, params, retain_graph=True, allow_unused=True)
-    return float(torch.sqrt(sum((g.float() ** 2).sum() for g in grads if g is not None)))
-
-
 def ratios(model, batch: dict[str, torch.Tensor], labels: torch.Tensor, alpha: float) -> dict:
     """alpha * |grad L_hsc| / |grad L_id| for each (form, reduction), same batch, same weights."""
     params = [p for p in model.parameters() if p.requires_grad]
     out = model(batch)
-    id_norm = grad_norm(multi_stream_id_loss(out.scores, labels), params)
-    return {(form, red): alpha * grad_norm(fn(out.scores, red), params) / id_norm
+    id_norm = gradient_norm(multi_stream_id_loss(out.scores, labels), params)
+    return {(form, red): alpha * gradient_norm(fn(out.scores, red), params) / id_norm
             for form, fn in FORMS.items() for red in ("mean", "sum")}
 
 

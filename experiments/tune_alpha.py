@@ -3,11 +3,19 @@
   python experiments/tune_alpha.py                       # synthetic data, smoke preset, a few minutes
   python experiments/tune_alpha.py --data /data/rgbnt100_manifest --config paper --num-samples 12
 
-alpha is drawn log-uniformly over [--low, --high] (the paper's 0.001 first);
-ASHA stops trials whose validation mAP lags. The best alpha is chosen on
-validation mAP; its test metrics (checkpoint chosen on validation) are printed
-beside it. Like full_benchmark.py it imports only the installed msreid package.
-See docs/BENCHMARK.md.
+First it measures whether alpha can matter over [--low, --high] (the gradient
+of alpha * L_hsc against the other terms', at both ends, on the first batches
+of the data) and stops with a message when it cannot (--allow-inert searches
+anyway). Then alpha is drawn log-uniformly (the paper's 0.001 first); ASHA
+stops trials whose validation mAP lags by more than one validation query's
+worth; the best alphas and the paper's are trained again with --repeat-seeds
+more seeds, and the answer is the best alpha with mean +- std of validation
+mAP against the paper's, saying when the difference is not significant.
+Test metrics (checkpoint chosen on validation) are printed beside, never used
+to choose. The default form of L_hsc is the authors' (--hsc-variant official
+--hsc-reduction sum): eq. 5 with the batch mean is inert over this range.
+Like full_benchmark.py it imports only the installed msreid package.
+See docs/TRAINING.md ("Tuning alpha") and docs/BENCHMARK.md.
 """
 
 from __future__ import annotations
@@ -21,6 +29,12 @@ FLAGS = {
              "help": "the manifest to tune on (default: the synthetic RGBNT100-shaped one)"},
     "config": {"help": "training preset (experiments/presets/)"},
     "ablation": {"help": "loss.ablation with L_hsc: hamnet, msn+hsc or hamnet_official"},
+    "hsc_variant": {"choices": ["official", "paper"],
+                    "help": "form of L_hsc: official = the authors' 1 - cosine of the logits "
+                            "(default; alpha acts over [1e-4, 1e-1]), paper = eq. 5"},
+    "hsc_reduction": {"choices": ["sum", "mean"],
+                      "help": "how L_hsc is reduced over the batch: sum (the authors', default) "
+                              "or mean (eq. 5 with the mean is inert over the default range)"},
     "overrides": {"flag": "--set", "metavar": "KEY=VALUE",
                   "help": "config override for every trial, e.g. --set optim.epochs=6"},
     "tracking_uri": {"help": "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "

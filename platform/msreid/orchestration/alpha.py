@@ -1,11 +1,28 @@
-"""Tune alpha, the weight of L_hsc (eq. 6), on VALIDATION mAP with a search algorithm + ASHA.
+"""Tune alpha, the weight of L_hsc (eq. 6), on VALIDATION mAP, and say when the answer is noise.
 
-alpha is sampled log-uniformly over [low, high] by Tune's BasicVariantGenerator
-(built in; the paper's 0.001 is evaluated first through ``points_to_evaluate``);
-ASHA stops trials whose validation mAP lags at each rung. Every trial is an
-MLflow child run of one parent; the best alpha is chosen on validation mAP
-only, and its test metrics (checkpoint selected on validation) are reported
-beside it, never used to choose.
+Four stages, cheap checks first (docs/TRAINING.md, "Tuning alpha"):
+
+1. **Can alpha matter?** The driver measures |grad(alpha L_hsc)| / |grad(other
+   terms)| at both ends of [low, high] on the first batches of the real data
+   (``alpha_probe``) and stops with a message naming what would make the term
+   matter when it is below ``inert_below`` everywhere (``--allow-inert``
+   searches anyway). The default form of L_hsc is the authors' cosine summed
+   over the batch, where alpha acts over the whole default range; eq. 5 with
+   the batch mean is inert there.
+2. **Search**: alpha log-uniform over [low, high] (Tune's seeded
+   ``BasicVariantGenerator``; the paper's 0.001 first, through
+   ``points_to_evaluate``), ``num_samples`` trials at ``seed``, ASHA on
+   validation mAP that never stops a trial on a difference below the
+   validation split's resolution (``asha.ToleranceASHA``).
+3. **Repeat** the best ``repeat_top`` alphas and the paper's with
+   ``repeat_seeds`` more seeds (no early stopping).
+4. **Answer**: mean +- std of validation mAP per alpha, the best against the
+   paper's with a significance verdict (``alpha_summary``), logged on one MLflow
+   parent run with a chart; every trial is a child run. Test metrics
+   (validation-selected checkpoint) are reported beside, never used to choose.
+
+Two trials run at once on 2 cores: each reserves ``data.decode_cpus`` twice
+(0.5 + 0.5 CPU with the smoke preset), as the benchmark's smoke suite does.
 """
 
 from __future__ import annotations
@@ -20,14 +37,15 @@ from typing import Any
 
 import pandas as pd
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from msreid import cli_options
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.errors import UserError
-from msreid.losses import ABLATIONS, PAPER_ALPHA
-from msreid.orchestration import interrupts
+from msreid.losses import ABLATIONS, HSC_REDUCTIONS, HSC_VARIANTS, PAPER_ALPHA
+from msreid.orchestration import alpha_summary, interrupts
+from msreid.orchestration.alpha_probe import ProbeResult, inert_message, probe_alpha_range, probe_markdown
+from msreid.orchestration.asha import ToleranceASHA
 from msreid.orchestration.benchmark import BenchmarkOptions, resolve_manifests
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
@@ -43,16 +61,37 @@ class AlphaOptions:
     data: tuple[str, ...] = field(default=(), metadata={"help": "one manifest; default synthetic"})
     config: str = field(default="smoke", metadata={"help": "training preset"})
     ablation: str = field(default="hamnet", metadata={"help": "loss.ablation with L_hsc"})
+    hsc_variant: str = field(default="official", metadata={
+        "help": "form of L_hsc: official (the authors' 1 - cosine of logits; alpha acts over the "
+                "default range) or paper (eq. 5)", "choices": HSC_VARIANTS})
+    hsc_reduction: str = field(default="sum", metadata={
+        "help": "L_hsc over the batch: sum (the authors') or mean", "choices": HSC_REDUCTIONS})
     overrides: tuple[str, ...] = field(default=(), metadata={"help": "key=value for every trial"})
-    num_samples: int = field(default=6, metadata={"help": "trials, alpha=0.001 included"})
+    num_samples: int = field(default=4, metadata={"help": "search trials, alpha=0.001 included"})
     low: float = field(default=1e-4, metadata={"help": "lower bound of alpha"})
     high: float = field(default=1e-1, metadata={"help": "upper bound of alpha"})
-    seed: int = field(default=0, metadata={"help": "training seed and search seed"})
+    seed: int = field(default=0, metadata={"help": "training seed of the search and search seed"})
+    repeat_top: int = field(default=1, metadata={
+        "help": "best alphas of the search (besides the paper's 0.001, always repeated) "
+                "trained again with more seeds"})
+    repeat_seeds: int = field(default=2, metadata={
+        "help": "extra seeds (seed+1, seed+2, ...) for each repeated alpha; 0 = no repeats"})
     grace_period: int = field(default=1, metadata={"help": "ASHA: epochs before stopping"})
     reduction_factor: int = field(default=2, metadata={"help": "ASHA: keep 1/rf per rung"})
+    tolerance: float | None = field(default=None, metadata={
+        "help": "ASHA stops a trial only this far (val mAP, a fraction) below a rung's cutoff; "
+                "default one validation query's worth, 1 / validation queries"})
+    inert_below: float = field(default=1e-4, metadata={
+        "help": "alpha is inert when |grad(alpha L_hsc)| / |grad(other terms)| stays below "
+                "this at both ends of the range"})
+    allow_inert: bool = field(default=False, metadata={
+        "help": "search even when the probe finds alpha inert over the range"})
+    probe_steps: int = field(default=20, metadata={
+        "help": "training steps of the probe (it measures at 0, half-way and the end)"})
+    probe_batches: int = field(default=2, metadata={"help": "batches the probe measures on"})
     max_concurrent_trials: int = field(default=2, metadata={"help": "trials at once"})
-    trial_resources: tuple = field(default=({"CPU": 1.0}, {"CPU": 1.0}),
-                                   metadata={"help": "placement-group bundles per trial"})
+    trial_resources: tuple | None = field(default=None, metadata={
+        "help": "placement-group bundles per trial; None = two of data.decode_cpus CPU"})
     experiment: str = field(default="msreid-tune-alpha", metadata={"help": "MLflow experiment"})
     tracking_uri: str | None = None
     storage_path: str | None = None
@@ -66,20 +105,34 @@ class AlphaOptions:
 
 @dataclass
 class AlphaOutcome:
-    """The search's table (one row per trial), the best row and where it is logged."""
+    """The trials (one row each), per-alpha means, the verdict and where it is logged."""
 
     table: pd.DataFrame
-    best: dict
+    summary: pd.DataFrame
+    verdict: dict
+    probe: ProbeResult
     markdown: str
     parent_run_id: str
     tracking_uri: str
+
+    @property
+    def best(self) -> dict:
+        return self.verdict["best"]
+
+
+LOSS_FORM_KEYS = ("loss.hsc_variant", "loss.hsc_reduction")
 
 
 def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
     """(flat base config, forced keys); validation every epoch so ASHA compares rungs."""
     preset = find_experiment_file(opts.config, "presets")
-    forced = {**parse_overrides(list(opts.overrides)), "run.eval_every": 1,
-              "loss.ablation": opts.ablation}
+    given = parse_overrides(list(opts.overrides))
+    clash = [k for k in LOSS_FORM_KEYS if k in given]
+    if clash:
+        raise UserError(f"--set {clash[0]}: the tuner sets the form of L_hsc itself; use "
+                        f"--{clash[0].split('.')[1].replace('_', '-')} instead")
+    forced = {**given, "run.eval_every": 1, "loss.ablation": opts.ablation,
+              "loss.hsc_variant": opts.hsc_variant, "loss.hsc_reduction": opts.hsc_reduction}
     base = config_to_dict(load_config(preset, list(opts.overrides)))
     cfg = config_from_dict({**base, **forced, "data.manifest": "x"})
     if cfg.run.selection != "validation" or cfg.data.val_ids <= 0:
@@ -91,35 +144,93 @@ def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
                         "use hamnet, msn+hsc or hamnet_official")
     if not 0 < opts.low < opts.high:
         raise UserError(f"alpha range [{opts.low}, {opts.high}]: need 0 < low < high")
+    if opts.num_samples < 1 or opts.repeat_top < 0 or opts.repeat_seeds < 0:
+        raise UserError(f"--num-samples {opts.num_samples} must be >= 1, --repeat-top "
+                        f"{opts.repeat_top} and --repeat-seeds {opts.repeat_seeds} >= 0")
     return base, forced
 
 
-def _tuner(opts: AlphaOptions, ctx: TrialContext, dataset: str, storage: str, name: str, epochs: int):
-    points = [{"loss.alpha": PAPER_ALPHA}] if opts.low <= PAPER_ALPHA <= opts.high else []
+def trial_bundles(opts: AlphaOptions, base: dict, forced: dict) -> list[dict]:
+    """The placement-group bundles of one trial: the trial process and the tasks it starts
+    (manifest reading, decoding), each ``data.decode_cpus`` unless ``opts.trial_resources``."""
+    if opts.trial_resources:
+        return [dict(b) for b in opts.trial_resources]
+    cpus = float({**base, **forced}.get("data.decode_cpus", 1.0))
+    return [{"CPU": cpus}, {"CPU": cpus}]
+
+
+def setting_label(opts: AlphaOptions) -> str:
+    """The loss setting in words (messages, MLflow)."""
+    return (f"--ablation {opts.ablation}, --hsc-variant {opts.hsc_variant}, --hsc-reduction "
+            f"{opts.hsc_reduction}")
+
+
+def probe(opts: AlphaOptions, base: dict, forced: dict, manifest: str) -> ProbeResult:
+    """Stage 1 (module docstring): measure; UserError when alpha is inert and not allowed."""
+    cfg = config_from_dict({**base, **forced, "loss.alpha": opts.low, "data.manifest": manifest,
+                            "run.seed": opts.seed})
+    steps = max(0, opts.probe_steps)
+    result = probe_alpha_range(cfg, opts.low, opts.high, num_batches=max(1, opts.probe_batches),
+                               steps=steps, every=max(1, steps // 2), threshold=opts.inert_below)
+    print(f"Can alpha matter? (probe: {result.seconds:.0f} s)\n"
+          + probe_markdown(result, setting_label(opts)), flush=True)
+    if result.inert:
+        message = inert_message(result, setting_label(opts))
+        if not opts.allow_inert:
+            raise UserError(message)
+        print(f"warning: {message}; searching anyway (--allow-inert)", flush=True)
+    return result
+
+
+def _run_config(name: str, storage: str, verbose: int, columns: dict) -> tune.RunConfig:
+    return tune.RunConfig(
+        name=name, storage_path=storage, verbose=verbose,
+        progress_reporter=tune.CLIReporter(
+            metric_columns={"epoch": "epoch", "val/mAP": "val mAP", "test/mAP": "test mAP"},
+            parameter_columns=columns, max_report_frequency=30))
+
+
+def _trainable(ctx: TrialContext, bundles: list[dict]):
+    return tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
+                               tune.PlacementGroupFactory([dict(b) for b in bundles]))
+
+
+def search_tuner(opts: AlphaOptions, ctx: TrialContext, dataset: str, storage: str, name: str,
+                 epochs: int, tolerance: float, bundles: list[dict]) -> tune.Tuner:
+    """Stage 2: the log-uniform search at ``opts.seed``, the paper's 0.001 first, ToleranceASHA."""
     space = {"trial": {"prefix": "alpha", "dataset": dataset, "seed": opts.seed, "overrides": {},
                        "cells": []},
              "loss.alpha": tune.loguniform(opts.low, opts.high)}
-    trainable = tune.with_resources(tune.with_parameters(run_trial, ctx=ctx),
-                                    tune.PlacementGroupFactory([dict(b) for b in opts.trial_resources]))
     return tune.Tuner(
-        trainable, param_space=space,
+        _trainable(ctx, bundles), param_space=space,
         tune_config=tune.TuneConfig(
-            metric="val/mAP", mode="max", num_samples=opts.num_samples,
-            search_alg=BasicVariantGenerator(points_to_evaluate=points, random_state=opts.seed,
+            num_samples=opts.num_samples,
+            search_alg=BasicVariantGenerator(points_to_evaluate=[{"loss.alpha": PAPER_ALPHA}],
+                                             random_state=opts.seed,
                                              max_concurrent=opts.max_concurrent_trials),
-            scheduler=ASHAScheduler(time_attr="training_iteration", max_t=epochs + 1,
-                                    grace_period=opts.grace_period,
-                                    reduction_factor=opts.reduction_factor),
+            scheduler=ToleranceASHA(metric="val/mAP", time_attr="training_iteration",
+                                    max_t=epochs, grace_period=opts.grace_period,
+                                    reduction_factor=opts.reduction_factor, tolerance=tolerance),
             reuse_actors=False),  # an ASHA stop ends the trial's process (and its training)
-        run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=opts.verbose,
-            progress_reporter=tune.CLIReporter(
-                metric_columns={"epoch": "epoch", "val/mAP": "val mAP", "test/mAP": "test mAP"},
-                parameter_columns={"loss.alpha": "alpha"}, max_report_frequency=30)))
+        run_config=_run_config(name, storage, opts.verbose, {"loss.alpha": "alpha"}))
+
+
+def repeat_tuner(opts: AlphaOptions, ctx: TrialContext, dataset: str, storage: str, name: str,
+                 alphas: list[float], bundles: list[dict]) -> tune.Tuner:
+    """Stage 3: every alpha of ``alphas`` at seeds seed+1 .. seed+repeat_seeds, no stopping."""
+    points = [{"prefix": "alpha-repeat", "dataset": dataset, "seed": opts.seed + k,
+               "overrides": {"loss.alpha": a}, "cells": [], "label": f"alpha={a:.3g}, seed {opts.seed + k}"}
+              for a in alphas for k in range(1, opts.repeat_seeds + 1)]
+    return tune.Tuner(
+        _trainable(ctx, bundles), param_space={"trial": tune.grid_search(points)},
+        tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent_trials,
+                                    reuse_actors=True),  # keep torch/MLflow imported
+        run_config=_run_config(f"{name}-repeats", storage, opts.verbose,
+                               {"trial/label": "trial"}))
 
 
 def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
-    """Search alpha, log every trial and the summary to MLflow, return the table."""
+    """Probe, search, repeat, answer; log every trial and the summary to MLflow."""
     uri = resolve_tracking_uri(opts.tracking_uri)
     check_reachable(uri)
     base, forced = base_config(opts)
@@ -128,18 +239,26 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     experiment_id = ensure_experiment(uri, opts.experiment)
     manifests, prints = resolve_manifests(_as_benchmark(opts))
     dataset = next(iter(manifests))
+    probed = probe(opts, base, forced, manifests[dataset])  # before any run exists
+    margin = alpha_summary.selection_margin(probed.num_val_queries)
+    tolerance = margin if opts.tolerance is None else opts.tolerance
     client = runs.client_for(uri)
     name = opts.name or f"tune-alpha-{time.strftime('%Y%m%d-%H%M%S')}"
     parent, _ = runs.get_or_create_parent(client, experiment_id, name, kind="tune_alpha",
                                           tags=runs.context_tags())
-    runs.log_params(client, parent, {"alpha.low": opts.low, "alpha.high": opts.high,
-                                  "num_samples": opts.num_samples, "loss.ablation": opts.ablation,
-                                  "config": opts.config, "data": manifests[dataset],
-                                  "asha.grace_period": opts.grace_period,
-                                  "asha.reduction_factor": opts.reduction_factor})
+    runs.log_params(client, parent, {
+        "alpha.low": opts.low, "alpha.high": opts.high, "num_samples": opts.num_samples,
+        "loss.ablation": opts.ablation, "loss.hsc_variant": opts.hsc_variant,
+        "loss.hsc_reduction": opts.hsc_reduction, "config": opts.config,
+        "data": manifests[dataset], "seed": opts.seed, "repeat_top": opts.repeat_top,
+        "repeat_seeds": opts.repeat_seeds, "asha.grace_period": opts.grace_period,
+        "asha.reduction_factor": opts.reduction_factor, "asha.tolerance": tolerance,
+        "val_queries": probed.num_val_queries})
+    log_probe(client, parent, probed, setting_label(opts))
     with interrupts.stop_signals() as stop:
         try:
-            results = _fit(opts, base, forced, manifests, prints, dataset, parent, name, stop)
+            table = _fit(opts, base, forced, manifests, prints, dataset, parent, name, stop,
+                         tolerance)
         except interrupts.Interrupted as exc:
             again = cli_options.shell_command(opts.command or ("python", "experiments/tune_alpha.py"))
             hint = f"the search has no --resume; run it again:\n  {again}"
@@ -151,58 +270,75 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
         except Exception:  # the parent must not stay RUNNING
             client.set_terminated(parent, "FAILED")
             raise
-    table = alpha_table(results)
     close_children(client, experiment_id, parent,
                    set(table.loc[table["status"] == "stopped (ASHA)", "trial_id"]))
-    best = pick_best(table)
-    markdown = to_markdown(table, best)
-    log_summary(client, parent, table, best, markdown)
+    summary = alpha_summary.per_alpha(table)
+    if summary.empty:
+        client.set_terminated(parent, "FAILED")
+        raise UserError("no alpha trial finished; see the Tune errors above")
+    verdict = alpha_summary.verdict(summary, margin)
+    markdown = alpha_summary.to_markdown(table, summary, verdict)
+    log_summary(client, parent, table, summary, verdict, markdown)
     client.set_terminated(parent, "FINISHED")
-    return AlphaOutcome(table=table, best=best, markdown=markdown, parent_run_id=parent,
-                        tracking_uri=uri)
+    return AlphaOutcome(table=table, summary=summary, verdict=verdict, probe=probed,
+                        markdown=markdown, parent_run_id=parent, tracking_uri=uri)
 
 
 def _fit(opts: AlphaOptions, base: dict, forced: dict, manifests: dict, prints: dict, dataset: str,
-         parent: str, name: str, stop: interrupts.StopState):
-    """Run the search (Tune); raises ``Interrupted`` when a stop signal arrived."""
+         parent: str, name: str, stop: interrupts.StopState, tolerance: float) -> pd.DataFrame:
+    """Stages 2 and 3 (Tune); the trials' table. Raises ``Interrupted`` on a stop signal."""
     storage = opts.storage_path or default_storage_path()
     uri = resolve_tracking_uri(opts.tracking_uri)
     experiment_id = ensure_experiment(uri, opts.experiment)
     ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
                         tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                         name=name, storage=storage, fit=opts.fit, figures={"cam_queries": 0})
+    bundles = trial_bundles(opts, base, forced)
     init_ray(opts.ray_address, quiet=True)
     stop.install()  # ray.init replaced the SIGTERM handler with a plain sys.exit
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
-    # fit's last report (test metrics) carries best_val/mAP, not val/mAP; ASHA ignores it.
+    # fit's last report (test metrics) carries best_val/mAP, not val/mAP; the scheduler ignores it.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    epochs = int(base.get("optim.epochs", 1))
+    epochs = int({**base, **forced}.get("optim.epochs", 1))
     with stop.tune_loop():
-        results = _tuner(opts, ctx, dataset, storage, name, epochs).fit()
+        found = alpha_table(search_tuner(opts, ctx, dataset, storage, name, epochs, tolerance,
+                                         bundles).fit(), "search")
     stop.check()
-    return results
+    alphas = alpha_summary.candidates(found, opts.repeat_top) if opts.repeat_seeds else []
+    if not alphas:
+        return found
+    print(f"Repeating alpha {', '.join(f'{a:.3g}' for a in alphas)} with seeds "
+          f"{opts.seed + 1}..{opts.seed + opts.repeat_seeds}", flush=True)
+    with stop.tune_loop():
+        again = alpha_table(repeat_tuner(opts, ctx, dataset, storage, name, alphas,
+                                         bundles).fit(), "repeat")
+    stop.check()
+    return pd.concat([found, again], ignore_index=True)
 
 
 def _as_benchmark(opts: AlphaOptions):
     return BenchmarkOptions(data=opts.data, synth=opts.synth)
 
 
-def alpha_table(results) -> pd.DataFrame:
-    """One row per trial: alpha, how far it trained, best val mAP, test metrics when it finished."""
+def alpha_table(results, phase: str) -> pd.DataFrame:
+    """One row per trial: alpha, seed, how far it trained, best val mAP, test metrics when it
+    finished."""
     rows = []
     for res in results:
         m = res.metrics or {}
         finished = "test/mAP" in m and res.error is None
         epochs, best_val = _curve(res)
-        row = {"alpha": float(res.config["loss.alpha"]),
+        trial = res.config["trial"]
+        alpha = res.config.get("loss.alpha", trial["overrides"].get("loss.alpha"))
+        row = {"phase": phase, "alpha": float(alpha), "seed": int(trial["seed"]),
                "status": "finished" if finished else ("error" if res.error else "stopped (ASHA)"),
                "epochs": epochs,
                "val/mAP": float(m.get("best_val/mAP", best_val)),
                "trial_id": m.get("trial_id", "")}
-        for k in ("test/mAP", "test/R1", "test/R5", "test/R10"):
+        for k in alpha_summary.TEST_KEYS:
             row[k] = float(m[k]) if finished and k in m else math.nan
         rows.append(row)
-    return pd.DataFrame(rows).sort_values("alpha").reset_index(drop=True)
+    return pd.DataFrame(rows).sort_values(["alpha", "seed"]).reset_index(drop=True)
 
 
 def _curve(res) -> tuple[int, float]:
@@ -213,53 +349,6 @@ def _curve(res) -> tuple[int, float]:
     epochs = int(df["epoch"].max()) + 1 if df["epoch"].notna().any() else 0
     best = float(df["val/mAP"].max()) if "val/mAP" in df and df["val/mAP"].notna().any() else math.nan
     return epochs, best
-
-
-def pick_best(table: pd.DataFrame) -> dict:
-    """The finished trial with the highest validation mAP (test metrics never choose)."""
-    done = table[table["status"] == "finished"]
-    if done.empty:
-        raise UserError("no alpha trial finished; see the Tune errors above")
-    return done.loc[done["val/mAP"].idxmax()].to_dict()
-
-
-def to_markdown(table: pd.DataFrame, best: dict) -> str:
-    """The search as a markdown table (in %), best row marked."""
-    lines = ["**alpha of L_hsc: validation-selected (test = test set at the validation-selected "
-             "checkpoint, in %)**", "",
-             "| alpha | status | epochs | val mAP | test mAP | test R1 | test R5 | test R10 |",
-             "|---|---|---|---|---|---|---|---|"]
-    for row in table.to_dict("records"):
-        mark = " **(best)**" if row["alpha"] == best["alpha"] else ""
-        mark += " (paper)" if math.isclose(row["alpha"], PAPER_ALPHA) else ""
-        cells = [f"{100 * row[k]:.1f}" if not math.isnan(row[k]) else "n/a"
-                 for k in ("val/mAP", "test/mAP", "test/R1", "test/R5", "test/R10")]
-        lines.append(f"| {row['alpha']:.2e}{mark} | {row['status']} | {row['epochs']} | "
-                     + " | ".join(cells) + " |")
-    lines.append("")
-    lines.append(f"best alpha = {best['alpha']:.3g}: val mAP {100 * best['val/mAP']:.1f}, "
-                 f"test mAP {100 * best['test/mAP']:.1f}, test R1 {100 * best['test/R1']:.1f}")
-    return "\n".join(lines) + "\n"
-
-
-def plot(table: pd.DataFrame, best: dict, out: Path) -> Path:
-    """mAP (val for every trial, test for finished ones) against alpha, log x axis."""
-    from msreid.tracking.figures import pyplot
-
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.5), dpi=100)
-    ax.semilogx(table["alpha"], 100 * table["val/mAP"], "o", label="val mAP (selects)")
-    done = table[table["status"] == "finished"]
-    ax.semilogx(done["alpha"], 100 * done["test/mAP"], "s", mfc="none", label="test mAP")
-    ax.axvline(PAPER_ALPHA, color="grey", ls=":", label="paper (0.001)")
-    ax.axvline(best["alpha"], color="green", ls="--", label=f"best {best['alpha']:.2g}")
-    ax.set(xlabel="alpha (weight of L_hsc)", ylabel="mAP (%)", title="mAP against alpha")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(out)
-    plt.close(fig)
-    return out
 
 
 def close_children(client, experiment_id: str, parent: str, stopped: set[str]) -> None:
@@ -273,14 +362,34 @@ def close_children(client, experiment_id: str, parent: str, stopped: set[str]) -
             client.set_terminated(run.info.run_id, "KILLED")
 
 
-def log_summary(client, parent: str, table: pd.DataFrame, best: dict, markdown: str) -> None:
-    """Best alpha (param + metrics), the table (md/csv) and the plot on the parent run."""
+def log_probe(client, parent: str, result: ProbeResult, setting: str) -> None:
+    """The probe's shares at both ends of the range (metrics) and its table (alpha/probe.md)."""
+    runs.log_metrics(client, parent, {"probe/share_at_low": result.low * result.peak,
+                                      "probe/share_at_high": result.high * result.peak,
+                                      "probe/seconds": result.seconds})
+    runs.log_text(client, parent, probe_markdown(result, setting), "alpha/probe.md")
+
+
+def log_summary(client, parent: str, table: pd.DataFrame, summary: pd.DataFrame, verdict: dict,
+                markdown: str) -> None:
+    """Best alpha with mean/std over seeds, the verdict, the tables (md/csv) and the chart."""
+    best, other = verdict["best"], verdict["other"]
     runs.log_params(client, parent, {"best_alpha": best["alpha"]})
-    runs.log_metrics(client, parent, {"best_alpha": best["alpha"], "best/val/mAP": best["val/mAP"],
-                                   **{f"best/{k}": best[k] for k in
-                                      ("test/mAP", "test/R1", "test/R5", "test/R10")}})
+    metrics = {"best_alpha": best["alpha"], "best/val/mAP": best["val_mean"],
+               "best/test/mAP": best["test_mean"], "best/seeds": best["seeds"],
+               "alpha/margin": verdict["margin"], "alpha/significant": int(verdict["significant"])}
+    if not math.isnan(best["val_std"]):
+        metrics["best/val/mAP_std"] = best["val_std"]
+    if other is not None:
+        metrics.update({"reference_alpha": other["alpha"], "reference/val/mAP": other["val_mean"],
+                        "alpha/gap": verdict["gap"]})
+        if not math.isnan(other["val_std"]):
+            metrics["reference/val/mAP_std"] = other["val_std"]
+    runs.log_metrics(client, parent, metrics)
+    runs.set_tags(client, parent, {"msreid.alpha_verdict": alpha_summary.verdict_sentence(verdict)})
     runs.log_text(client, parent, markdown, "alpha/alpha_search.md")
     runs.log_text(client, parent, table.to_csv(index=False), "alpha/alpha_search.csv")
+    runs.log_text(client, parent, summary.to_csv(index=False), "alpha/alpha_per_value.csv")
     with tempfile.TemporaryDirectory() as tmp:
-        path = plot(table, best, Path(tmp) / "map_vs_alpha.png")
+        path = alpha_summary.plot(table, summary, verdict, Path(tmp) / "map_vs_alpha.png")
         client.log_artifact(parent, str(path), "alpha")
