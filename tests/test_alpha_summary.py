@@ -10,7 +10,6 @@ import pytest
 from msreid.orchestration.alpha_summary import (
     candidates,
     per_alpha,
-    selection_margin,
     to_markdown,
     verdict,
     verdict_sentence,
@@ -28,12 +27,6 @@ SEARCH = [("search", 0.001, 0, "finished", 0.80, 0.50),
           ("search", 0.02, 0, "finished", 0.84, 0.52),
           ("search", 0.0003, 0, "finished", 0.82, 0.51),
           ("search", 0.09, 0, "stopped (ASHA)", 0.99, math.nan)]
-
-
-def test_selection_margin_is_one_query_of_map():
-    assert selection_margin(53) == pytest.approx(0.018868, abs=1e-6)
-    with pytest.raises(ValueError):
-        selection_margin(0)
 
 
 def test_candidates_are_the_best_finished_alphas_then_the_paper():

@@ -42,6 +42,7 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 from msreid import cli_options
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
 from msreid.errors import UserError
+from msreid.evaluation import selection
 from msreid.losses import ABLATIONS, HSC_REDUCTIONS, HSC_VARIANTS, PAPER_ALPHA
 from msreid.orchestration import alpha_summary, interrupts
 from msreid.orchestration.alpha_probe import ProbeResult, inert_message, probe_alpha_range, probe_markdown
@@ -240,7 +241,7 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     manifests, prints = resolve_manifests(_as_benchmark(opts))
     dataset = next(iter(manifests))
     probed = probe(opts, base, forced, manifests[dataset])  # before any run exists
-    margin = alpha_summary.selection_margin(probed.num_val_queries)
+    margin = selection.resolution(probed.num_val_queries)  # one validation query's worth of mAP
     tolerance = margin if opts.tolerance is None else opts.tolerance
     client = runs.client_for(uri)
     name = opts.name or f"tune-alpha-{time.strftime('%Y%m%d-%H%M%S')}"

@@ -30,13 +30,6 @@ from msreid.losses import PAPER_ALPHA
 TEST_KEYS = ("test/mAP", "test/R1", "test/R5", "test/R10")
 
 
-def selection_margin(num_val_queries: int) -> float:
-    """One validation query's worth of mAP (a fraction): the split's resolution."""
-    if num_val_queries < 1:
-        raise ValueError(f"num_val_queries must be >= 1, got {num_val_queries}")
-    return 1.0 / num_val_queries
-
-
 def is_paper(alpha: float) -> bool:
     return math.isclose(alpha, PAPER_ALPHA, rel_tol=1e-9)
 
