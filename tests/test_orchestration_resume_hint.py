@@ -98,6 +98,7 @@ def test_command_line_inverts_the_parser_for_every_flag_form():
 
 
 def test_tune_alpha_prints_the_command_to_run_it_again(tmp_path, monkeypatch, capsys):
+    from msreid.loss_gradients import RatioPoint
     from msreid.orchestration import alpha, interrupts
 
     def interrupted(*args, **kwargs):
@@ -106,6 +107,10 @@ def test_tune_alpha_prints_the_command_to_run_it_again(tmp_path, monkeypatch, ca
     monkeypatch.chdir(ROOT)
     monkeypatch.setattr(alpha, "_fit", interrupted)
     monkeypatch.setattr(alpha, "resolve_manifests", lambda opts: ({"rgbnt100": "m"}, {}))
+    # the probe reads the manifest: stand in a result where alpha matters (ratio 1 at both ends)
+    point = RatioPoint(step=0, ratios=(1.0,))
+    monkeypatch.setattr(alpha, "probe", lambda *a: alpha.ProbeResult(
+        points=(point,), low=1e-4, high=1e-1, threshold=1e-4, num_val_queries=40, seconds=0.0))
     argv = ["--set", "optim.epochs=2", "--num-samples", "3", "--tracking-uri",
             f"sqlite:///{tmp_path}/mlflow.db", "--quiet"]
     assert tune_alpha.main(argv) == 128 + signal.SIGINT
