@@ -90,50 +90,66 @@ def trial_runs(uri: str) -> list:
     return [] if exp is None else runs.find_runs(client, exp.experiment_id, {runs.TAG_KIND: "trial"})
 
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def ready(tmp_path: Path, proc: subprocess.Popen, name: str, keys: list[str]) -> bool:
+    """The first trial finished and the second is inside fit."""
+    assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+    calls = tmp_path / "results" / name / "train" / "calls"
+    hanging = calls.is_dir() and any(p.name.startswith(keys[1]) for p in calls.iterdir())
+    return hanging and any(r.info.status == "FINISHED" for r in trial_runs(f"sqlite:///{tmp_path}/mlflow.db"))
+
+
 @pytest.mark.ray
 @pytest.mark.timeout(420)
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP],
-                         ids=["SIGINT", "SIGTERM", "SIGHUP"])
-def test_stop_signal_closes_runs_as_killed(tmp_path, manifest, sig):
+def test_stop_signals_close_runs_as_killed(tmp_path, manifest):
+    """One driver per signal, all three at once (each its own Ray): the waits overlap."""
     from msreid.orchestration.benchmark import BenchmarkOptions, load_benchmark_suite, prepare_trials
     from msreid.tracking import runs
 
-    suite = write_suite(tmp_path)
-    opts = BenchmarkOptions(preset=str(suite), data=(f"rgbnt100={manifest}",))
-    keys = [t.key for t in prepare_trials(opts, load_benchmark_suite(opts), {"rgbnt100"})[2]]
-    assert len(keys) == 2
     name = "sig-run"
-    proc = start_driver(tmp_path, suite, manifest, name, hang_key=keys[1])
-    uri = f"sqlite:///{tmp_path}/mlflow.db"
-    calls = tmp_path / "results" / name / "train" / "calls"
+    dirs = {sig: tmp_path / sig.name for sig in SIGNALS}
+    procs, codes, keys = {}, {}, None
     try:
+        for sig, where in dirs.items():
+            where.mkdir()
+            suite = write_suite(where)
+            if keys is None:
+                opts = BenchmarkOptions(preset=str(suite), data=(f"rgbnt100={manifest}",))
+                keys = [t.key for t in prepare_trials(opts, load_benchmark_suite(opts), {"rgbnt100"})[2]]
+                assert len(keys) == 2
+            procs[sig] = start_driver(where, suite, manifest, name, hang_key=keys[1])
         deadline = time.time() + 300
-        while time.time() < deadline:  # the first trial finished, the second is inside fit
-            assert proc.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
-            hanging = calls.is_dir() and any(p.name.startswith(keys[1]) for p in calls.iterdir())
-            done = [r for r in trial_runs(uri) if r.info.status == "FINISHED"]
-            if hanging and done:
-                break
+        waiting = set(SIGNALS)
+        while waiting and time.time() < deadline:
+            for sig in sorted(waiting):
+                if ready(dirs[sig], procs[sig], name, keys):
+                    time.sleep(1)
+                    os.kill(procs[sig].pid, sig)
+                    waiting.discard(sig)
             time.sleep(1)
-        else:
-            pytest.fail("the trials did not start in time")
-        time.sleep(1)
-        os.kill(proc.pid, sig)
-        code = proc.wait(timeout=120)
+        if waiting:
+            pytest.fail(f"the trials did not start in time for {sorted(s.name for s in waiting)}")
+        for sig, proc in procs.items():
+            codes[sig] = proc.wait(timeout=120)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    log = (tmp_path / "driver.log").read_text()
-    assert code == 128 + int(sig), log[-3000:]
-    assert f"--resume {name}" in log
-    client = runs.client_for(uri)
-    exp = client.get_experiment_by_name("t").experiment_id
-    (parent,) = runs.find_runs(client, exp, {runs.TAG_KIND: "benchmark"})
-    assert parent.info.status == "KILLED"
-    assert parent.data.tags["msreid.interrupted"] == sig.name
-    assert f"--resume {name}" in parent.data.tags["mlflow.note.content"]
-    assert [a.path for a in client.list_artifacts(parent.info.run_id)
-            if a.path.startswith("tables")] == []
-    status = {r.data.tags[runs.TAG_TRIAL]: r.info.status for r in trial_runs(uri)}
-    assert status == {keys[0]: "FINISHED", keys[1]: "KILLED"}
+        for proc in procs.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+    for sig, where in dirs.items():
+        log = (where / "driver.log").read_text()
+        assert codes[sig] == 128 + int(sig), (sig.name, log[-3000:])
+        assert f"--resume {name}" in log
+        uri = f"sqlite:///{where}/mlflow.db"
+        client = runs.client_for(uri)
+        exp = client.get_experiment_by_name("t").experiment_id
+        (parent,) = runs.find_runs(client, exp, {runs.TAG_KIND: "benchmark"})
+        assert parent.info.status == "KILLED"
+        assert parent.data.tags["msreid.interrupted"] == sig.name
+        assert f"--resume {name}" in parent.data.tags["mlflow.note.content"]
+        assert [a.path for a in client.list_artifacts(parent.info.run_id)
+                if a.path.startswith("tables")] == []
+        status = {r.data.tags[runs.TAG_TRIAL]: r.info.status for r in trial_runs(uri)}
+        assert status == {keys[0]: "FINISHED", keys[1]: "KILLED"}, sig.name
