@@ -90,7 +90,7 @@ def test_node_environment_follows_the_site_file_on_every_re_run(tmp_path):
     assert out[1] == "1"  # sourced twice, PATH holds the venv once
     _site(home, "s3://bucket/x")  # a changed setting, as a second `ray up` writes it
     out = _shell(home, show).split("\n")
-    assert out[0] == "s3://bucket/x/ray_results http://10.0.0.5:5000 auto token"  # no cache on S3
+    assert out[0] == "s3://bucket/x/ray_results s3://bucket/x/cache http://10.0.0.5:5000 auto token"
 
 
 def test_node_ip_is_the_address_the_launcher_connected_to(tmp_path):

@@ -136,7 +136,8 @@ def check_manifest_here(cfg: TrainConfig, node_ip: str) -> None:
     except UserError as exc:
         raise UserError(f"node {node_ip}: cannot read the manifest {cfg.data.manifest} ({exc}). "
                         "Every node of a cluster must see it: use shared storage (s3://, or the "
-                        "cluster's shared path; generated data goes to $MSREID_CACHE)") from None
+                        "cluster's shared path; generated data goes to $MSREID_CACHE, which may "
+                        "be either)") from None
 
 
 def _record_node(client, run_id: str, node_ip: str) -> None:
@@ -256,7 +257,10 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
         runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
         client.set_terminated(run_id, "FAILED")
         raise
-    final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, config))
+    try:
+        final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, config))
+    finally:
+        outcome.release()  # object storage: the local copy of the final checkpoint
     client.set_terminated(run_id, "FINISHED")
     tune.report({**final, "mlflow_run_id": run_id})
 
@@ -278,7 +282,7 @@ def log_outcome(client, run_id: str, cfg: TrainConfig, outcome: TrainOutcome, ct
                                 outcome.checkpoint_path, outcome.artifacts_dir, dataset,
                                 params=config_to_dict(cfg))
     tags = {"msreid.best_epoch": int(final.get("best_epoch", 0)),
-            "msreid.checkpoint": str(outcome.checkpoint_path or "")}
+            "msreid.checkpoint": str(outcome.stored_at or "")}
     if "selection/within_noise" in final:  # validated runs only (docs/TRAINING.md)
         tags[runs.TAG_WITHIN_NOISE] = str(bool(final["selection/within_noise"])).lower()
     runs.set_tags(client, run_id, tags)
