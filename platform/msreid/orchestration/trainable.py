@@ -279,7 +279,7 @@ def log_outcome(client, run_id: str, cfg: TrainConfig, outcome: TrainOutcome, ct
     log_history(client, run_id, outcome.history)
     final = final_metrics(outcome)
     comparison.log_trial_result(client, ctx.experiment_id, run_id, name or run_id, final,
-                                outcome.checkpoint_path, outcome.artifacts_dir, dataset,
+                                outcome.stored_at, outcome.artifacts_dir, dataset,
                                 params=config_to_dict(cfg))
     tags = {"msreid.best_epoch": int(final.get("best_epoch", 0)),
             "msreid.checkpoint": str(outcome.stored_at or "")}
