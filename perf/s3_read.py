@@ -17,13 +17,12 @@ network.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
 import ray
-from manifest_verify import make_manifest, median_seconds
+from manifest_verify import make_manifest, median_seconds, parse_manifest_args
 
 from msreid import storage
 from msreid.data.schema import manifest_files, verify_manifest
@@ -40,12 +39,7 @@ def training_read(manifest: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--work", type=Path, default=Path("/tmp/msreid-perf-verify"))
-    p.add_argument("--ids", type=int, default=40, help="ids per split (synthetic data)")
-    p.add_argument("--tuples-per-id", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args(argv)
+    args = parse_manifest_args(__doc__.splitlines()[0], argv)
     local = str(make_manifest(args.work, args.ids, args.tuples_per_id))
     files = manifest_files(local)
     size = sum(Path(f).stat().st_size for f in files)
