@@ -298,6 +298,7 @@ if [ "$MODE" = s3 ]; then
     > "$LOGS/report.log" 2>&1
   grep -q "RGB-N-T MSN" "$LOGS/report.log" || { log "msreid report on the worker: no table"; exit 1; }
   log "the worker rebuilt the tables (msreid report) through MLflow, without S3 credentials"
+  "${CHECK[@]}" no-secret --s3-env "$S3_ENV"
 else
   "${CHECK[@]}" final --runs ctest-a ctest-b --stopped-worker-run ctest-a
 fi
@@ -312,6 +313,3 @@ log "checks passed"
 timeout 300 ray down -y "$CFG" > "$LOGS/ray-down.log" 2>&1
 "${CHECK[@]}" no-leftovers --ns-pids "${NS_PIDS[@]}" --timeout 60
 log "ray down left no Ray/MLflow process on either node"
-if [ "$MODE" = s3 ]; then
-  "${CHECK[@]}" no-secret --s3-env "$S3_ENV"
-fi

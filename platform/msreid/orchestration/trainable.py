@@ -36,6 +36,7 @@ from msreid.errors import UserError
 from msreid.tracking import comparison, entities, runs
 from msreid.tracking.trial_logging import log_history, log_trial_artifacts
 from msreid.train.fit import TrainOutcome
+from msreid.train.session import temp_files_in_scratch
 
 log = logging.getLogger(__name__)
 
@@ -247,20 +248,21 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     runs.log_params(client, run_id, {**config_to_dict(cfg), **batch_params(cfg)})
     fit = import_callable(ctx.fit)
     callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
-    try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
-        check_manifest_here(cfg, node_ip)
-        with data_in_trial_reservation(), entities.system_metrics(
-                ctx.tracking_uri, run_id, ctx.system_metrics):
-            outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
-                          max_failures=ctx.train_max_failures)
-    except BaseException as exc:
-        runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
-        client.set_terminated(run_id, "FAILED")
-        raise
-    try:
-        final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, config))
-    finally:
-        outcome.release()  # object storage: the local copy of the final checkpoint
+    with temp_files_in_scratch():  # copies and figures: under the node's Ray temp dir
+        try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
+            check_manifest_here(cfg, node_ip)
+            with data_in_trial_reservation(), entities.system_metrics(
+                    ctx.tracking_uri, run_id, ctx.system_metrics):
+                outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
+                              max_failures=ctx.train_max_failures)
+        except BaseException as exc:
+            runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
+            client.set_terminated(run_id, "FAILED")
+            raise
+        try:
+            final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, config))
+        finally:
+            outcome.release()  # object storage: the local copy of the final checkpoint
     client.set_terminated(run_id, "FINISHED")
     tune.report({**final, "mlflow_run_id": run_id})
 

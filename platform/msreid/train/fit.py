@@ -57,6 +57,7 @@ from msreid.train.session import (
     RaySession,
     RunMirror,
     latest_run_checkpoint,
+    local_scratch,
     read_json,
 )
 
@@ -351,7 +352,7 @@ def _outcome(checkpoint: ray.train.Checkpoint | None, where: str, *, stored_at: 
     if checkpoint is None:
         raise RuntimeError(f"the run {where} ended without a checkpoint")
     if not isinstance(checkpoint.filesystem, pafs.LocalFileSystem):  # object storage: a local copy
-        local_copy = tempfile.mkdtemp(prefix="msreid-outcome-")
+        local_copy = tempfile.mkdtemp(prefix="msreid-outcome-", dir=local_scratch())
         stored_at = f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint.to_directory(
             str(Path(local_copy, Path(checkpoint.path).name))))

@@ -31,6 +31,7 @@ import atexit
 import contextlib
 import json
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,6 +49,28 @@ from msreid.train import checkpoint as ck
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
 KEEP_CHECKPOINTS = 2  # the newest two: a crash while writing one leaves the previous
+
+
+def local_scratch() -> str | None:
+    """Where this process keeps temporary local copies (checkpoints going to or coming from
+    storage, figures): ``<the node's Ray temp dir>/msreid`` inside a Ray cluster, so that a
+    worker killed with its node leaves them among Ray's own temporary files, never elsewhere on
+    the node's disk; None (the system's temp dir) outside Ray."""
+    if not ray.is_initialized():
+        return None
+    directory = os.path.join(ray.get_runtime_context().get_temp_dir(), "msreid")
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+@contextlib.contextmanager
+def temp_files_in_scratch() -> Iterator[None]:
+    """``tempfile``'s default directory is ``local_scratch()`` inside (restored after)."""
+    saved, tempfile.tempdir = tempfile.tempdir, local_scratch()
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
 
 
 def worker_threads(cpus_per_worker: float) -> int:
@@ -133,7 +156,7 @@ class RaySession:
 
     def checkpoint_dir(self, tag: int | str) -> Path:
         """A temporary directory: Ray copies it into the run's storage on report."""
-        return Path(tempfile.mkdtemp(prefix="msreid-ckpt-")) / f"{ck.LOCAL_PREFIX}{tag}"
+        return Path(tempfile.mkdtemp(prefix="msreid-ckpt-", dir=local_scratch())) / f"{ck.LOCAL_PREFIX}{tag}"
 
     def report(self, metrics: dict, directory: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
@@ -256,7 +279,7 @@ class RunMirror:
 
     def __init__(self, uri: str):
         self.uri = uri.rstrip("/")
-        self.local = tempfile.mkdtemp(prefix="msreid-run-")
+        self.local = tempfile.mkdtemp(prefix="msreid-run-", dir=local_scratch())
         try:
             for name in storage.list_dirs(self.uri):
                 if name.startswith(ck.LOCAL_PREFIX):
@@ -286,7 +309,7 @@ def intact_remote_checkpoint(run_uri: str, name: str) -> Path | None:
 
     The copy lives in a temporary directory removed when this process exits.
     """
-    local = Path(tempfile.mkdtemp(prefix="msreid-ckpt-"))
+    local = Path(tempfile.mkdtemp(prefix="msreid-ckpt-", dir=local_scratch()))
     atexit.register(shutil.rmtree, local, True)
     latest = storage.download_dir(storage.join(run_uri, name), local / name)
     if ck.checkpoint_problem(latest) is None:
