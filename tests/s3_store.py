@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -94,6 +95,7 @@ def start(directory: Path, ip: str = "127.0.0.1", bucket: str = "msreid",
         process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT,
                                    stdin=subprocess.DEVNULL, start_new_session=True,
                                    cwd=directory)
+    (directory / "weed.pid").write_text(f"{process.pid}\n")  # for a caller's cleanup trap
     store = Store(process, f"http://{ip}:{ports['s3.port']}", bucket, log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -125,6 +127,9 @@ def main() -> None:
     p.add_argument("--bucket", default="msreid")
     p.add_argument("--env-file", type=Path, help="write the AWS variables here (KEY=VALUE lines)")
     args = p.parse_args()
+    # TERM / INT (the cluster test's cleanup) stop the store too: SystemExit runs the finally below.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: sys.exit(143))
     store = start(args.dir, args.ip, args.bucket)
     if args.env_file:
         args.env_file.write_text("".join(f"{k}={v}\n" for k, v in store.env().items()))

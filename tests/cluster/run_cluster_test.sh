@@ -122,6 +122,8 @@ cleanup() {
     done
   fi
   for pid in "${BG_PIDS[@]}"; do kill -TERM "$pid" 2> /dev/null || true; done
+  # --s3: the store itself runs in its own session; its launcher stops it, this makes sure.
+  if [ -s "$WORK/s3/weed.pid" ]; then kill -TERM "$(cat "$WORK/s3/weed.pid")" 2> /dev/null || true; fi
   # Killing a node's namespace holder kills its PID 1 and so every process of that node.
   for pid in "${NS_PIDS[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
   wait 2> /dev/null || true
