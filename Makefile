@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision are pinned to the builds available offline on our machines.
 TORCH_PIN := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: benchmark readme-tables test cluster-test venv ui clean-venv
+.PHONY: benchmark readme-tables test cluster-test cluster-test-s3 venv ui clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: $(VENV)/.installed
 # `ray down` on cluster-onprem.yaml, see tests/cluster/run_cluster_test.sh.
 cluster-test: $(VENV)/.installed
 	MSREID_CLUSTER_VENV='$(abspath $(VENV))' tests/cluster/run_cluster_test.sh
+
+# The cloud shape of the same test: no shared directory, everything on an S3-compatible store
+# (SeaweedFS on loopback) named by AWS_ENDPOINT_URL; see tests/cluster/run_cluster_test.sh --s3.
+cluster-test-s3: $(VENV)/.installed
+	MSREID_CLUSTER_VENV='$(abspath $(VENV))' tests/cluster/run_cluster_test.sh --s3
 
 # Prints the link that opens the benchmark's cells, then serves the UI on 127.0.0.1:5000.
 ui: $(VENV)/.installed

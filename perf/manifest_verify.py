@@ -45,13 +45,18 @@ def median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def parse_manifest_args(description: str, argv: list[str] | None) -> argparse.Namespace:
+    """--work, --ids, --tuples-per-id (the manifest of make_manifest) and --repeats."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--work", type=Path, default=Path("/tmp/msreid-perf-verify"))
     p.add_argument("--ids", type=int, default=40, help="ids per split (synthetic data)")
     p.add_argument("--tuples-per-id", type=int, default=20)
     p.add_argument("--repeats", type=int, default=5)
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_manifest_args(__doc__.splitlines()[0], argv)
     manifest = str(make_manifest(args.work, args.ids, args.tuples_per_id))
     size = sum(Path(f).stat().st_size for f in manifest_files(manifest))
     read = lambda: read_manifest(manifest)  # noqa: E731

@@ -9,10 +9,12 @@ real fit are in tests/test_orchestration_e2e.py.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from pathlib import Path
-from types import SimpleNamespace
+
+from msreid.train.fit import TrainOutcome
 
 BONUS = {"one_stream": 0.0, "msn": 0.0, "msn+hsc": 0.01, "msn+caid": 0.02, "hamnet": 0.03}
 
@@ -51,8 +53,7 @@ def fit(cfg, *, storage_path, name, callbacks=None, max_failures=0, ray_address=
     metrics = {"test/mAP": score, "test/R1": score + 0.1, "test/R5": score + 0.15,
                "test/R10": score + 0.2, "test/mINP": score / 2, "best_val/mAP": score,
                "best_epoch": cfg.optim.epochs - 1}
-    return SimpleNamespace(metrics=metrics, history=history, checkpoint_path=None,
-                           artifacts_dir=None)
+    return TrainOutcome(metrics=metrics, history=history, checkpoint_path="", artifacts_dir="")
 
 
 def fit_with_checkpoint(cfg, *, storage_path, name, callbacks=None, max_failures=0, ray_address=None):
@@ -70,5 +71,4 @@ def fit_with_checkpoint(cfg, *, storage_path, name, callbacks=None, max_failures
     rows = ["subset,spectra,mAP,R1,num_valid", f"all,all,{score},{score + 0.1},4",
             f"half,one,{score / 2},{score / 2 + 0.1},4"]
     (artifacts / "missing_modality.csv").write_text("\n".join(rows) + "\n")
-    out.checkpoint_path, out.artifacts_dir = str(checkpoint), str(artifacts)
-    return out
+    return dataclasses.replace(out, checkpoint_path=str(checkpoint), artifacts_dir=str(artifacts))

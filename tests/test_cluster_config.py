@@ -90,7 +90,7 @@ def test_node_environment_follows_the_site_file_on_every_re_run(tmp_path):
     assert out[1] == "1"  # sourced twice, PATH holds the venv once
     _site(home, "s3://bucket/x")  # a changed setting, as a second `ray up` writes it
     out = _shell(home, show).split("\n")
-    assert out[0] == "s3://bucket/x/ray_results http://10.0.0.5:5000 auto token"  # no cache on S3
+    assert out[0] == "s3://bucket/x/ray_results s3://bucket/x/cache http://10.0.0.5:5000 auto token"
 
 
 def test_node_ip_is_the_address_the_launcher_connected_to(tmp_path):
@@ -137,3 +137,25 @@ def test_a_trial_that_cannot_read_its_manifest_names_the_node_and_the_path(tmp_p
         check_manifest_here(cfg, "10.0.0.7")
     assert f"node 10.0.0.7: cannot read the manifest {missing}" in str(err.value)
     assert "MSREID_CACHE" in str(err.value)
+
+
+def _node_script_calls(config: dict) -> list[str]:
+    keys = ("setup_commands", "head_setup_commands", "worker_setup_commands",
+            "head_start_ray_commands", "worker_start_ray_commands")
+    return [c for k in keys for c in config[k] if "node.sh" in c]
+
+
+def test_aws_config_runs_what_the_object_storage_cluster_test_proves():
+    """cluster.yaml: the node scripts of cluster-onprem.yaml (which `make cluster-test-s3` runs
+    with the S3 overlay), and the same site.env keys with an s3:// MSREID_SHARED."""
+    aws, onprem = _config("cluster.yaml"), _config("cluster-onprem.yaml")
+    assert _node_script_calls(aws) == _node_script_calls(onprem)
+    s3 = yaml.safe_load((ROOT / "tests" / "cluster" / "site-overlay-s3.yaml").read_text())
+    site = " ".join(aws["initialization_commands"])
+    tested = " ".join(s3["initialization_commands"])
+    keys = {w.split("=")[0] for w in site.split() if "=" in w and w.split("=")[0].isupper()}
+    assert keys == {"MSREID_SHARED", "MSREID_VENV"}
+    assert keys <= {w.split("=")[0] for w in tested.split() if "=" in w}
+    assert "MSREID_SHARED=s3://" in site and "MSREID_SHARED=s3://" in tested
+    comments = (ROOT / "cluster.yaml").read_text()
+    assert "EFS" not in comments and "pass --data" not in comments

@@ -32,7 +32,7 @@ setup() {
       "$MSREID_VENV/bin/pip" install --quiet $MSREID_PIP_EXTRA
     fi
   fi
-  if [ -n "${MSREID_CACHE:-}" ]; then mkdir -p "$MSREID_CACHE"; fi
+  case "${MSREID_CACHE:-}" in ''|*://*) ;; *) mkdir -p "$MSREID_CACHE" ;; esac
 }
 
 secret() {  # secret FILE: a random token in FILE (mode 600), created once

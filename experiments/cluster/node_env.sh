@@ -4,7 +4,9 @@
 # raylet, every trial see the same values. Re-sourcing is harmless; every value is recomputed.
 #
 #   ~/.msreid/site.env   site values, rewritten at each `ray up` by the YAML's initialization_commands
-#                        MSREID_SHARED  storage every node sees at the same path (NFS dir or s3://...)
+#                        MSREID_SHARED  storage every node sees at the same path: a directory
+#                                       (NFS) or s3://bucket/prefix (endpoint and credentials by
+#                                       the AWS conventions: AWS_ENDPOINT_URL, AWS_PROFILE, roles)
 #                        MSREID_VENV    empty: ~/msreid-venv built by `make venv`; a path: use that
 #                                       existing venv as is (no pip on the nodes)
 #   ~/.msreid/node.env   optional, per node: MSREID_RAY_START_ARGS (extra `ray start` flags),
@@ -17,6 +19,11 @@ MSREID_RAY_START_ARGS=
 [ -f "$HOME/.msreid/site.env" ] && . "$HOME/.msreid/site.env"
 [ -f "$HOME/.msreid/node.env" ] && . "$HOME/.msreid/node.env"
 export MSREID_SHARED MSREID_RAY_START_ARGS
+# S3-compatible storage other than AWS (MinIO, Ceph RGW, SeaweedFS): AWS_ENDPOINT_URL in site.env.
+# Credentials stay where the AWS SDKs look for them (~/.aws/credentials, AWS_PROFILE, IAM roles).
+for var in AWS_ENDPOINT_URL AWS_PROFILE AWS_REGION AWS_DEFAULT_REGION; do
+  if [ -n "${!var:-}" ]; then export "${var?}"; fi
+done
 MSREID_VENV_GIVEN="${MSREID_VENV:+1}"
 export MSREID_VENV="${MSREID_VENV:-$HOME/msreid-venv}"
 case ":$PATH:" in *":$MSREID_VENV/bin:"*) ;; *) export PATH="$MSREID_VENV/bin:$PATH" ;; esac
@@ -24,11 +31,10 @@ case ":$PATH:" in *":$MSREID_VENV/bin:"*) ;; *) export PATH="$MSREID_VENV/bin:$P
 # venv has installed; grids and presets are found there too.
 export MSREID_PROJECT_DIR="$HOME/msreid"
 export PYTHONPATH="$HOME/msreid/platform"
+# Both a directory and an s3:// URI: Ray Train/Tune storage, and the generated (synthetic) data,
+# written once by the driver and read (checksums verified) from there by every trial.
 export MSREID_STORAGE_PATH="$MSREID_SHARED/ray_results"
-case "$MSREID_SHARED" in
-  *://*) unset MSREID_CACHE ;;  # object storage: the synthetic default cannot be shared; pass --data
-  *) export MSREID_CACHE="$MSREID_SHARED/cache" ;;  # generated data, readable by every node
-esac
+export MSREID_CACHE="$MSREID_SHARED/cache"
 # A driver started on a node (ray submit) joins the running cluster; token auth stays on
 # (`ray start` enables it when ~/.ray/auth_token exists; every node has the head's token).
 export RAY_ADDRESS=auto

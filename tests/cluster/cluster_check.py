@@ -6,7 +6,10 @@
   wait-finished-children  until benchmark NAME has COUNT FINISHED children
   wait-parent           until benchmark NAME's parent run has STATUS
   final                 MLflow (parents, children, cells, nodes, equal metrics) and the shared path
+                        (--s3-env: the bucket)
   mlflow-auth           the head's MLflow server refuses requests without the cluster's password
+  no-local-results      (--s3) no node wrote data or results to its disk outside /tmp/ray
+  no-secret             (--s3) the store's secret key is in no MLflow param/tag and no log
   no-leftovers          no Ray / MLflow process left in the nodes' PID namespaces
 
 It reads the head's MLflow server (http://127.0.0.1:5000, basic auth with the password the
@@ -39,12 +42,13 @@ def fail(message: str) -> None:
 
 
 def overlay(args) -> None:
-    """Deep-merge the overlay (keys replaced whole below the top level's mappings)."""
+    """The overlays over cluster-onprem.yaml, in order (top-level keys replaced whole)."""
     base = yaml.safe_load((ROOT / "cluster-onprem.yaml").read_text())
-    text = (HERE / "site-overlay.yaml").read_text()
-    text = text.replace("@WORK@", str(args.work)).replace("@VENV@", str(args.venv))
-    for key, value in yaml.safe_load(text).items():
-        base[key] = value
+    for name in ["site-overlay.yaml", *(["site-overlay-s3.yaml"] if args.s3 else [])]:
+        text = (HERE / name).read_text().replace("@WORK@", str(args.work))
+        text = text.replace("@VENV@", str(args.venv)).replace("@S3@", args.s3 or "")
+        for key, value in yaml.safe_load(text).items():
+            base[key] = value
     Path(args.out).write_text(yaml.safe_dump(base, sort_keys=False))
 
 
@@ -179,6 +183,9 @@ def final(args) -> None:
                 fail(f"trial {key}: {first} {a} != {other} {b}")
     print(f"  trials ran on {sorted(nodes)}; retried after the worker stopped: "
           f"{[k.data.tags['msreid.trial_key'] for k in retried]}; metrics of {args.runs} equal")
+    if args.s3_env:
+        check_bucket(args, {name: len(kids) for name, kids in by_run.items()})
+        return
     shared = args.work / "shared" / "msreid"
     for name in args.runs:
         state = list((shared / "ray_results" / name).glob("experiment_state-*.json"))
@@ -190,6 +197,86 @@ def final(args) -> None:
     if not any((shared / "mlflow-artifacts").rglob("cmc.csv")):
         fail(f"no MLflow artifacts under {shared}/mlflow-artifacts")
     print(f"  Tune state, checkpoints, synthetic data and MLflow artifacts under {shared}")
+
+
+def bucket(env_file: Path):
+    """(filesystem, root) of the object-storage test's prefix, with the test's own credentials."""
+    import pyarrow.fs as pafs
+
+    env = dict(line.split("=", 1) for line in env_file.read_text().splitlines() if "=" in line)
+    fs = pafs.S3FileSystem(access_key=env["AWS_ACCESS_KEY_ID"], region="us-east-1",
+                           secret_key=env["AWS_SECRET_ACCESS_KEY"],
+                           endpoint_override=env["AWS_ENDPOINT_URL"])
+    return fs, "msreid/cluster"
+
+
+def check_bucket(args, trials: dict[str, int]) -> None:
+    """Tune state, one stored final checkpoint per trial, the synthetic manifest with its
+    checksums, and the MLflow artifacts (tables of each run, evaluation CSVs) in the bucket."""
+    import pyarrow.fs as pafs
+
+    fs, root = bucket(args.s3_env)
+    keys = [i.path[len(root) + 1:] for i in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+            if i.type == pafs.FileType.File]
+    for name, count in trials.items():
+        state = [k for k in keys if re.fullmatch(rf"ray_results/{name}/experiment_state-.*\.json", k)]
+        final = rf"ray_results/{name}/train/[^/]+/checkpoint_epoch_final/checksums\.json"
+        finals = {k.split("/")[3] for k in keys if re.fullmatch(final, k)}
+        if not state or len(finals) != count:
+            fail(f"{name}: bucket holds Tune state {state} and final checkpoints of {sorted(finals)}"
+                 f" ({count} trials)")
+    for what, pattern in (("the synthetic manifest's parts", r"cache/synth-[^/]+/manifest/part-\d+\.parquet"),
+                          ("its checksums", r"cache/synth-[^/]+/manifest/_SHA256SUMS"),
+                          ("its completion marker", r"cache/synth-[^/]+/manifest\.done"),
+                          ("the trials' evaluation CSVs (MLflow)", r"mlflow-artifacts/.*/cmc\.csv"),
+                          ("the benchmark tables (MLflow)", r"mlflow-artifacts/.*/tables/.*")):
+        if not any(re.fullmatch(pattern, k) for k in keys):
+            fail(f"no {what} in the bucket (s3://{root}/{pattern}); it holds {len(keys)} objects")
+    print(f"  Tune state, {sum(trials.values())} final checkpoints, the synthetic manifest with "
+          f"_SHA256SUMS and the MLflow artifacts in s3://{root} ({len(keys)} objects)")
+
+
+RESULT_FILE = re.compile(r"\.(parquet|pt|safetensors|csv|png)$|_SHA256SUMS$|manifest\.done$|"
+                         r"experiment_state|checkpoint_|checksums\.json$")
+
+
+def no_local_results(args) -> None:
+    """No node wrote data or results to its own disk outside its Ray temp dir (/tmp/ray).
+
+    Allowed: the code copy (~/msreid), node settings and secrets, the head's MLflow backend
+    (SQLite, ~/mlflow) and pip/torch caches, none of which holds a result file.
+    """
+    found = []
+    for node in ("node1", "node2"):
+        for top, shown, skip in (("home", "~", "msreid"), ("tmp", "/tmp", "ray")):
+            base = args.work / node / top
+            for path in base.rglob("*"):
+                rel = path.relative_to(base)
+                if rel.parts[0] != skip and path.is_file() and RESULT_FILE.search(str(rel)):
+                    found.append(f"{node}:{shown}/{rel}")
+    if found:
+        fail("results written to a node's local disk:\n  " + "\n  ".join(found[:30]))
+    print("  no node wrote data or results to its disk outside its Ray temp dir")
+
+
+def no_secret(args) -> None:
+    """The store's secret key is in no MLflow param or tag, no log of the run, no printed output."""
+    secret = dict(line.split("=", 1) for line in args.s3_env.read_text().splitlines())[
+        "AWS_SECRET_ACCESS_KEY"]
+    mlf = client(args.work)
+    for exp in mlf.search_experiments():
+        for run in mlf.search_runs([exp.experiment_id], max_results=1000):
+            for kind, values in (("param", run.data.params), ("tag", run.data.tags)):
+                if any(secret in str(v) for v in values.values()):
+                    fail(f"run {run.info.run_id}: the S3 secret key is in a {kind}")
+    logs = [p for p in (args.work / "logs").glob("*.log")]
+    logs += [p for n in ("node1", "node2") for p in (args.work / n / "tmp" / "ray").rglob("*")
+             if p.is_file() and p.suffix in (".log", ".out", ".err", ".json")]
+    logs += list((args.work / "node1" / "home" / "mlflow").glob("*.log"))
+    leaked = [str(p) for p in logs if secret.encode() in p.read_bytes()]
+    if leaked:
+        fail(f"the S3 secret key is in {leaked[:10]}")
+    print(f"  the S3 secret key is in no MLflow param/tag and none of {len(logs)} log files")
 
 
 def mlflow_auth(args) -> None:
@@ -248,6 +335,7 @@ def main() -> None:
     o.add_argument("--root")
     o.add_argument("--venv", required=True)
     o.add_argument("--out", required=True)
+    o.add_argument("--s3", help="the object-storage variant: the S3 endpoint URL")
     for name in ("wait-nodes", "wait-running", "wait-finished-children", "wait-parent"):
         s = sub.add_parser(name)
         s.add_argument("--timeout", type=float, default=300)
@@ -258,6 +346,9 @@ def main() -> None:
     f = sub.add_parser("final")
     f.add_argument("--runs", nargs="+", required=True)
     f.add_argument("--stopped-worker-run", required=True)
+    f.add_argument("--s3-env", type=Path, help="object-storage variant: the store's AWS variables")
+    sub.add_parser("no-local-results")
+    sub.add_parser("no-secret").add_argument("--s3-env", type=Path, required=True)
     sub.add_parser("mlflow-auth")
     n = sub.add_parser("no-leftovers")
     n.add_argument("--ns-pids", type=int, nargs="+", required=True)
@@ -265,7 +356,8 @@ def main() -> None:
     args = p.parse_args()
     {"overlay": overlay, "wait-nodes": wait_nodes, "wait-running": wait_running,
      "wait-finished-children": wait_finished_children, "wait-parent": wait_parent,
-     "final": final, "mlflow-auth": mlflow_auth, "no-leftovers": no_leftovers}[args.cmd](args)
+     "final": final, "mlflow-auth": mlflow_auth, "no-leftovers": no_leftovers,
+     "no-local-results": no_local_results, "no-secret": no_secret}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -24,6 +24,15 @@
 # The checkout and the venv may live anywhere, /tmp included: each node's own /tmp would hide them,
 # so both stay visible inside every node at their own paths (start_node). The venv's path must not
 # have spaces (Ray cannot start workers from it).
+# `run_cluster_test.sh --s3` (`make cluster-test-s3`) is the cloud shape: the same run with NO shared
+# directory. An S3-compatible store (SeaweedFS, tests/s3_store.py) runs on 127.0.0.3; the site values
+# (site-overlay-s3.yaml) put MSREID_SHARED=s3://msreid/cluster and AWS_ENDPOINT_URL, each node has
+# its own ~/.aws/credentials, and each node sees neither the other node's directories nor the
+# store's (empty mounts over them), so a node reading another's files fails the run. After the
+# checks above it also checks the bucket (Tune state, checkpoints, the synthetic manifest with its
+# _SHA256SUMS, MLflow artifacts), that no node wrote results to its disk outside /tmp/ray, that the
+# worker rebuilds the tables (`msreid report`) through the head's MLflow server with no S3
+# credentials, and that the store's secret key is in no MLflow param/tag and no log.
 # `run_cluster_test.sh --nodes-only` stops after starting the two nodes: over SSH, each node runs
 # `node.sh setup` from the checkout with the test's site values (the venv check that `ray up` runs
 # first) and shows that its /tmp is its own; seconds instead of minutes (tests/cluster/
@@ -36,6 +45,7 @@ HERE="$ROOT/tests/cluster"
 if [ "${1:-}" != "--in-netns" ]; then
   MODE=full
   if [ "${1:-}" = "--nodes-only" ]; then MODE=nodes-only; fi
+  if [ "${1:-}" = "--s3" ]; then MODE=s3; fi
   if [ "$(id -u)" != 0 ]; then
     echo "cluster test: needs root (network/PID namespaces, one sshd per node)" >&2; exit 2
   fi
@@ -78,7 +88,9 @@ MODE="$3"
 VENV="$(cd "$VENV" && pwd -P)"
 T0=$(date +%s)
 LOGS="$WORK/logs"
-mkdir -p "$LOGS" "$WORK/client/tmp" "$WORK/shared" "$WORK/home"
+mkdir -p "$LOGS" "$WORK/client/tmp" "$WORK/home"
+[ "$MODE" = s3 ] || mkdir -p "$WORK/shared"  # the object-storage shape has no shared directory
+S3_ENV="$WORK/client/s3.env"  # --s3: the store's AWS variables (the client's view only)
 CFG="$WORK/cluster.yaml"
 KEY="$WORK/client/id_ed25519"
 SSH=(ssh -i "$KEY" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR
@@ -105,11 +117,13 @@ cleanup() {
   trap - EXIT INT TERM
   if [ $rc != 0 ]; then
     log "FAILED; last lines of the logs:"
-    for f in "$LOGS"/*.log "$WORK"/node*/home/mlflow/server.log; do
+    for f in "$LOGS"/*.log "$WORK"/node*/home/mlflow/server.log "$WORK"/s3/weed.log; do
       [ -f "$f" ] && { echo "---- $f"; tail -25 "$f"; }
     done
   fi
   for pid in "${BG_PIDS[@]}"; do kill -TERM "$pid" 2> /dev/null || true; done
+  # --s3: the store itself runs in its own session; its launcher stops it, this makes sure.
+  if [ -s "$WORK/s3/weed.pid" ]; then kill -TERM "$(cat "$WORK/s3/weed.pid")" 2> /dev/null || true; fi
   # Killing a node's namespace holder kills its PID 1 and so every process of that node.
   for pid in "${NS_PIDS[@]}"; do kill -KILL "$pid" 2> /dev/null || true; done
   wait 2> /dev/null || true
@@ -130,11 +144,14 @@ ray_ports() {  # distinct ports per node: both nodes share this namespace's loop
 # PID 1 of a node (bash -c "$NODE_INIT" node-init NODE_DIR HOME_PATH VISIBLE...): its own
 # /etc/passwd, $HOME and /tmp, then its sshd. Each VISIBLE path under /tmp (the checkout, the venv)
 # is first bind-mounted at the same place inside the node's /tmp, so it stays where the client has it.
+# HIDE (colon-separated, --s3): directories this node must not see, covered by empty mounts.
 NODE_INIT='set -e
 d=$1 home=$2
 shift 2
 mount --bind "$d/passwd" /etc/passwd
 mount --bind "$d/home" "$home"
+IFS=: read -ra hide <<< "${HIDE:-}"
+for path in "${hide[@]}"; do mount -t tmpfs -o ro,size=64k none "$path"; done
 for path in "$@"; do
   case "$path" in
     /tmp/*) mkdir -p "$d/tmp/${path#/tmp/}"; mount --bind "$path" "$d/tmp/${path#/tmp/}" ;;
@@ -153,12 +170,24 @@ start_node() {  # start_node N: sshd on 127.0.0.N in its own PID + mount namespa
   chmod 700 "$d/home" "$d/home/.ssh"
   chmod 1777 "$d/tmp"
   cp "$KEY.pub" "$d/home/.ssh/authorized_keys"
+  cp "$WORK/client/host_ed25519" "$d/host_ed25519"  # in the node's own directory
   : > "$d/home/.bashrc"
+  local hide=""
+  if [ "$MODE" = s3 ]; then
+    # The node's credentials where the AWS SDKs look (as `aws configure` or an instance role).
+    mkdir -p "$d/home/.aws"
+    "$VENV/bin/python" -c 'import sys
+env = dict(l.split("=", 1) for l in open(sys.argv[1]).read().splitlines())
+print("[default]\naws_access_key_id = %s\naws_secret_access_key = %s" % (
+    env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]))' "$S3_ENV" > "$d/home/.aws/credentials"
+    mkdir -p "$WORK/node$((3 - n))"
+    hide="$WORK/node$((3 - n)):$WORK/s3:$WORK/client"
+  fi
   echo "MSREID_RAY_START_ARGS='$(ray_ports $((20000 + 1000 * n)))'" > "$d/home/.msreid/node.env"
   cat > "$d/sshd_config" <<EOF
 ListenAddress 127.0.0.$n
 Port 22
-HostKey $WORK/client/host_ed25519
+HostKey $d/host_ed25519
 PidFile $d/sshd.pid
 PermitRootLogin prohibit-password
 PasswordAuthentication no
@@ -173,7 +202,7 @@ EOF
   # The node's root logs in with HOME = $WORK/home, the same path on both nodes as on real machines
   # (Ray syncs ~/... between nodes as absolute paths), holding this node's own $d/home.
   sed "s#^root:\([^:]*\):0:0:\([^:]*\):[^:]*:#root:\1:0:0:\2:$WORK/home:#" /etc/passwd > "$d/passwd"
-  unshare --pid --fork --kill-child=KILL --mount --mount-proc --propagation private \
+  HIDE="$hide" unshare --pid --fork --kill-child=KILL --mount --mount-proc --propagation private \
     bash -c "$NODE_INIT" node-init "$d" "$WORK/home" "${VISIBLE[@]}" > "$LOGS/sshd-node$n.log" 2>&1 &
   NS_PIDS+=($!)
   echo $! > "$d/ns.pid"
@@ -183,6 +212,16 @@ ip link set lo up
 mkdir -p /run/sshd
 ssh-keygen -q -t ed25519 -N '' -f "$KEY"
 ssh-keygen -q -t ed25519 -N '' -f "$WORK/client/host_ed25519"
+S3_ARGS=()
+if [ "$MODE" = s3 ]; then  # the object store, a third machine on 127.0.0.3
+  "$VENV/bin/python" "$ROOT/tests/s3_store.py" --dir "$WORK/s3" --ip 127.0.0.3 --bucket msreid \
+    --env-file "$S3_ENV" > "$LOGS/s3-store.log" 2>&1 &
+  BG_PIDS+=($!)
+  for _ in $(seq 300); do [ -s "$S3_ENV" ] && break; sleep 0.2; done
+  [ -s "$S3_ENV" ] || { log "the S3 store did not start"; exit 1; }
+  S3_ARGS=(--s3 "$(sed -n 's/^AWS_ENDPOINT_URL=//p' "$S3_ENV")")
+  log "S3 store (SeaweedFS) on ${S3_ARGS[1]}, bucket msreid"
+fi
 start_node 1
 start_node 2
 for n in 1 2; do
@@ -191,7 +230,7 @@ for n in 1 2; do
 done
 log "2 nodes (sshd on 127.0.0.1, 127.0.0.2, own PID/mount namespaces)"
 
-"${CHECK[@]}" overlay --root "$ROOT" --venv "$VENV" --out "$CFG"
+"${CHECK[@]}" overlay --root "$ROOT" --venv "$VENV" --out "$CFG" "${S3_ARGS[@]}"
 cd "$ROOT"  # file_mounts: ~/msreid <- "." (the repository root), as users run it
 
 if [ "$MODE" = nodes-only ]; then
@@ -252,7 +291,19 @@ ray exec "$CFG" 'tmux kill-server' > /dev/null 2>&1 || true  # the finished driv
 log "run B resumed and finished"
 
 # 4. what the cluster holds
-"${CHECK[@]}" final --runs ctest-a ctest-b --stopped-worker-run ctest-a
+if [ "$MODE" = s3 ]; then
+  "${CHECK[@]}" final --runs ctest-a ctest-b --stopped-worker-run ctest-a --s3-env "$S3_ENV"
+  "${CHECK[@]}" no-local-results
+  # The worker rebuilds the tables through the head's MLflow server, without any S3 credentials.
+  "${SSH[@]}" root@127.0.0.2 '. ~/.bashrc; env -u AWS_ENDPOINT_URL AWS_SHARED_CREDENTIALS_FILE=/dev/null \
+    AWS_CONFIG_FILE=/dev/null AWS_EC2_METADATA_DISABLED=true msreid report --experiment msreid-benchmark' \
+    > "$LOGS/report.log" 2>&1
+  grep -q "RGB-N-T MSN" "$LOGS/report.log" || { log "msreid report on the worker: no table"; exit 1; }
+  log "the worker rebuilt the tables (msreid report) through MLflow, without S3 credentials"
+  "${CHECK[@]}" no-secret --s3-env "$S3_ENV"
+else
+  "${CHECK[@]}" final --runs ctest-a ctest-b --stopped-worker-run ctest-a
+fi
 # MLflow: basic auth on every address; the head's localhost:5000 (the end of the tunnel that
 # `ray attach -p 5000` opens) serves it.
 "${CHECK[@]}" mlflow-auth

@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from msreid import SPECTRA
+from msreid import SPECTRA, storage
 from msreid.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -104,13 +104,7 @@ class ManifestInfo:
 
 def resolve_filesystem(path_or_uri: str) -> tuple[pafs.FileSystem, str]:
     """``(filesystem, path)`` for a local path or a URI (``file://``, ``s3://``, ``gs://``)."""
-    try:
-        return pafs.FileSystem.from_uri(str(path_or_uri))
-    except (pa.ArrowInvalid, ValueError):
-        # Plain relative paths are not URIs: resolve them locally.
-        import os
-
-        return pafs.LocalFileSystem(), os.path.abspath(str(path_or_uri))
+    return storage.filesystem(path_or_uri)
 
 
 def manifest_files(path_or_uri: str, filesystem: pafs.FileSystem | None = None) -> list[str]:
@@ -120,7 +114,10 @@ def manifest_files(path_or_uri: str, filesystem: pafs.FileSystem | None = None) 
     with the same filesystem; for local manifests they are plain local paths.
     """
     fs, path = (filesystem, str(path_or_uri)) if filesystem else resolve_filesystem(path_or_uri)
-    info = fs.get_file_info(path)
+    try:
+        info = fs.get_file_info(path)
+    except OSError as exc:  # object storage: no permission, unreachable endpoint, ...
+        raise UserError(f"manifest {storage.redact(path_or_uri)}: {storage.describe(exc)}") from None
     if info.type == pafs.FileType.File:
         return [path]
     if info.type != pafs.FileType.Directory:

@@ -24,13 +24,13 @@ from typing import Any
 
 from ray import tune
 
-from msreid import cli_options, grid
+from msreid import cli_options, grid, storage
 from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
-from msreid.data.schema import manifest_info
+from msreid.data.schema import manifest_info, verify_manifest
 from msreid.errors import DiskFullError, UserError, disk_full_report
 from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
-from msreid.orchestration.paths import default_storage_path, find_experiment_file
+from msreid.orchestration.paths import cache_dir, default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
 from msreid.tracking import comparison, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
@@ -136,7 +136,18 @@ def resolve_manifests(opts: BenchmarkOptions, suite_synth: dict | None = None
     else:
         manifests = {SMOKE_LAYOUT: synthetic_manifest({**(suite_synth or {}), **opts.synth})}
     prints = {ds: manifest_info(uri).fingerprint for ds, uri in manifests.items()}
+    for uri in manifests.values():
+        if storage.is_uri(uri):  # every byte as ingested, once here: before any trial starts
+            verify_manifest(uri)
     return manifests, prints
+
+
+def check_stores(opts: BenchmarkOptions) -> None:
+    """UserError, within seconds, when the object storage the run writes to is unusable."""
+    storage.check_store(opts.storage_path or default_storage_path(),
+                        "Ray Train/Tune storage (--storage-path, $MSREID_STORAGE_PATH)")
+    if not opts.data:
+        storage.check_store(cache_dir(), "the synthetic data's cache ($MSREID_CACHE)")
 
 
 def benchmark_name(opts: BenchmarkOptions, suite: grid.Suite, client, experiment_id: str) -> str:
@@ -230,6 +241,7 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
     base, forced, trials = prepare_trials(opts, suite, datasets)  # config errors: before compute
     if not opts.data:
         synth_spec({**suite.synth, **opts.synth})  # bad synthetic data options: before compute too
+    check_stores(opts)  # object storage: bucket, permission, endpoint; before any run is created
     experiment_id = ensure_experiment(uri, opts.experiment)
     client = runs.client_for(uri)
     ui.install_landing_view(client, experiment_id)

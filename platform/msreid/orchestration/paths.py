@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 import msreid
+from msreid import storage
 from msreid.errors import UserError
 
 
@@ -44,11 +45,12 @@ def find_experiment_file(name: str, kind: str) -> Path:
                     "give a path, or set MSREID_PROJECT_DIR to the msreid checkout")
 
 
-def cache_dir() -> Path:
-    """Where generated data is cached: ``$MSREID_CACHE`` or ``~/.cache/msreid``."""
+def cache_dir() -> str:
+    """Where generated data is cached: ``$MSREID_CACHE`` (a directory or ``s3://`` URI) or
+    ``~/.cache/msreid``."""
     root = os.environ.get("MSREID_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "msreid")
-    return Path(root).expanduser().absolute()
+    return root if storage.is_uri(root) else str(Path(root).expanduser().absolute())
 
 
 def default_storage_path() -> str:

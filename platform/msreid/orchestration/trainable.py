@@ -36,6 +36,7 @@ from msreid.errors import UserError
 from msreid.tracking import comparison, entities, runs
 from msreid.tracking.trial_logging import log_history, log_trial_artifacts
 from msreid.train.fit import TrainOutcome
+from msreid.train.session import temp_files_in_scratch
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +137,8 @@ def check_manifest_here(cfg: TrainConfig, node_ip: str) -> None:
     except UserError as exc:
         raise UserError(f"node {node_ip}: cannot read the manifest {cfg.data.manifest} ({exc}). "
                         "Every node of a cluster must see it: use shared storage (s3://, or the "
-                        "cluster's shared path; generated data goes to $MSREID_CACHE)") from None
+                        "cluster's shared path; generated data goes to $MSREID_CACHE, which may "
+                        "be either)") from None
 
 
 def _record_node(client, run_id: str, node_ip: str) -> None:
@@ -246,17 +248,21 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     runs.log_params(client, run_id, {**config_to_dict(cfg), **batch_params(cfg)})
     fit = import_callable(ctx.fit)
     callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
-    try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
-        check_manifest_here(cfg, node_ip)
-        with data_in_trial_reservation(), entities.system_metrics(
-                ctx.tracking_uri, run_id, ctx.system_metrics):
-            outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
-                          max_failures=ctx.train_max_failures)
-    except BaseException as exc:
-        runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
-        client.set_terminated(run_id, "FAILED")
-        raise
-    final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, config))
+    with temp_files_in_scratch():  # copies and figures: under the node's Ray temp dir
+        try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
+            check_manifest_here(cfg, node_ip)
+            with data_in_trial_reservation(), entities.system_metrics(
+                    ctx.tracking_uri, run_id, ctx.system_metrics):
+                outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
+                              max_failures=ctx.train_max_failures)
+        except BaseException as exc:
+            runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
+            client.set_terminated(run_id, "FAILED")
+            raise
+        try:
+            final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, config))
+        finally:
+            outcome.release()  # object storage: the local copy of the final checkpoint
     client.set_terminated(run_id, "FINISHED")
     tune.report({**final, "mlflow_run_id": run_id})
 
@@ -275,10 +281,10 @@ def log_outcome(client, run_id: str, cfg: TrainConfig, outcome: TrainOutcome, ct
     log_history(client, run_id, outcome.history)
     final = final_metrics(outcome)
     comparison.log_trial_result(client, ctx.experiment_id, run_id, name or run_id, final,
-                                outcome.checkpoint_path, outcome.artifacts_dir, dataset,
+                                outcome.stored_at, outcome.artifacts_dir, dataset,
                                 params=config_to_dict(cfg))
     tags = {"msreid.best_epoch": int(final.get("best_epoch", 0)),
-            "msreid.checkpoint": str(outcome.checkpoint_path or "")}
+            "msreid.checkpoint": str(outcome.stored_at or "")}
     if "selection/within_noise" in final:  # validated runs only (docs/TRAINING.md)
         tags[runs.TAG_WITHIN_NOISE] = str(bool(final["selection/within_noise"])).lower()
     runs.set_tags(client, run_id, tags)

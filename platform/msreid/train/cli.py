@@ -103,5 +103,6 @@ def main(args: argparse.Namespace) -> int:
         out = fit(cfg, storage_path=args.storage, name=name, callbacks=[ProgressPrinter()],
                   max_failures=args.max_failures)
     print(format_metrics(out.metrics, cfg.run.selection))
-    print(f"checkpoint and artifacts: {out.checkpoint_path}")
+    print(f"checkpoint and artifacts: {out.stored_at}")
+    out.release()
     return 0

@@ -20,12 +20,15 @@ from __future__ import annotations
 import math
 import os
 import secrets
+import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+import pyarrow.fs as pafs
 import ray
 import ray.train
 import torch
@@ -48,7 +51,15 @@ from msreid.train import loop
 from msreid.train.loop import QueryGallery, TrainJob
 from msreid.train.pipeline import DecodeSpec, eval_dataset, load_manifest, train_dataset
 from msreid.train.sampling import RowMeta, SplitRows, epoch_plan, split_rows, worker_share
-from msreid.train.session import KEEP_CHECKPOINTS, LocalSession, RaySession, latest_run_checkpoint, read_json
+from msreid.train.session import (
+    KEEP_CHECKPOINTS,
+    LocalSession,
+    RaySession,
+    RunMirror,
+    latest_run_checkpoint,
+    local_scratch,
+    read_json,
+)
 
 LOOPBACK = "127.0.0.1"  # the node address of a local Ray: every Ray process binds to it
 
@@ -61,6 +72,18 @@ class TrainOutcome:
     history: list[dict]  # one dict per epoch as reported, then the final metrics
     checkpoint_path: str  # final checkpoint dir: best_model.pt (selected), model.pt (last)
     artifacts_dir: str  # where cmc.csv, missing_modality.csv, per_challenge.csv, ranking.json are
+    checkpoint_uri: str = ""  # where the final checkpoint is stored (object storage: the URI)
+    local_copy: str = ""  # object storage: the temporary local copy the paths above point into
+
+    @property
+    def stored_at(self) -> str:
+        """The final checkpoint's lasting address (its URI on object storage)."""
+        return self.checkpoint_uri or self.checkpoint_path
+
+    def release(self) -> None:
+        """Remove the temporary local copy of a run stored on object storage (no-op otherwise)."""
+        if self.local_copy:
+            shutil.rmtree(self.local_copy, ignore_errors=True)
 
 
 @dataclass(frozen=True)
@@ -324,9 +347,15 @@ def _ordered_ingest():
     return options
 
 
-def _outcome(checkpoint: ray.train.Checkpoint | None, where: str) -> TrainOutcome:
+def _outcome(checkpoint: ray.train.Checkpoint | None, where: str, *, stored_at: str = "",
+             local_copy: str = "") -> TrainOutcome:
     if checkpoint is None:
         raise RuntimeError(f"the run {where} ended without a checkpoint")
+    if not isinstance(checkpoint.filesystem, pafs.LocalFileSystem):  # object storage: a local copy
+        local_copy = tempfile.mkdtemp(prefix="msreid-outcome-", dir=local_scratch())
+        stored_at = f"{checkpoint.filesystem.type_name}://{checkpoint.path}"
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint.to_directory(
+            str(Path(local_copy, Path(checkpoint.path).name))))
     with checkpoint.as_directory() as d:
         metrics = ck.load_json(d, ck.FINAL_METRICS_FILE)
         history = ck.load_json(d, ck.HISTORY_FILE, [])
@@ -336,7 +365,7 @@ def _outcome(checkpoint: ray.train.Checkpoint | None, where: str) -> TrainOutcom
         history = [*history, metrics]
     path = str(checkpoint.path)
     return TrainOutcome(metrics=metrics, history=history, checkpoint_path=path,
-                        artifacts_dir=path)
+                        artifacts_dir=path, checkpoint_uri=stored_at, local_copy=local_copy)
 
 
 def _datasets(cfg: TrainConfig, index, spectra, size, rows: SplitRows, validate: bool,
@@ -356,12 +385,9 @@ def _datasets(cfg: TrainConfig, index, spectra, size, rows: SplitRows, validate:
                for k, v in evals.items()}}
 
 
-def _run_dir(storage_path: str, name: str, local: bool) -> str:
+def _run_dir(storage_path: str, name: str) -> str:
     if "://" not in storage_path:
         return str(Path(storage_path).absolute() / name)
-    if local:
-        raise UserError(f"storage_path={storage_path}: local mode (run.num_workers=0) "
-                        "writes checkpoints itself and needs a local directory")
     return f"{storage_path.rstrip('/')}/{name}"
 
 
@@ -407,7 +433,6 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: Sequence =
     verify_manifest(cfg.data.manifest)  # every part byte as ingested, before Ray reads it
     callbacks = list(callbacks or ())
     local = cfg.run.num_workers == 0  # the one place the mode is chosen
-    session_type = LocalSession if local else RaySession
     init_ray(ray_address, train_cpus=cfg.run.num_workers * cfg.run.cpus_per_worker)
     check_resources(cfg, joined=bool(ray_address or os.environ.get("RAY_ADDRESS")))
     index, meta = load_manifest(cfg.data.manifest, num_cpus=cfg.data.decode_cpus)
@@ -418,16 +443,41 @@ def fit(cfg: TrainConfig, *, storage_path: str, name: str, callbacks: Sequence =
     if rows.test_query.size == 0 or rows.test_gallery.size == 0:
         raise UserError(f"manifest {d.manifest} has no query or gallery rows to test on")
     plan = plan_epochs(cfg, rows)
-    run_dir = _run_dir(storage_path, name, local)
+    run_dir = _run_dir(storage_path, name)
+    if local:
+        return _fit_local(cfg, callbacks, run_dir, lambda work_dir: (
+            _job(spectra, size, meta, rows, validate, plan, run_dir, epoch_hooks),
+            _datasets(cfg, index, spectra, size, rows, validate, plan, work_dir,
+                      LocalSession.resume_epoch)))
     check_reuse(cfg, run_dir)
     job = _job(spectra, size, meta, rows, validate, plan, run_dir, epoch_hooks)
     datasets = _datasets(cfg, index, spectra, size, rows, validate, plan, run_dir,
-                         session_type.resume_epoch)
-    if local:  # no trainer: the loop runs here, the session does what Ray's controller would
-        session = LocalSession(cfg.run.use_gpu, run_dir, {
-            k: v() if callable(v) else v for k, v in datasets.items()}, callbacks)
-        loop.train(cfg, job, session)
-        return _outcome(session.latest_checkpoint(), run_dir)
+                         RaySession.resume_epoch)
     storage = storage_path if "://" in storage_path else str(Path(storage_path).absolute())
     result = _trainer(cfg, job, datasets, storage, name, callbacks, max_failures).fit()
     return _outcome(result.checkpoint, str(result.path))
+
+
+def _fit_local(cfg: TrainConfig, callbacks: list, run_dir: str, prepare) -> TrainOutcome:
+    """Local mode: no trainer, the loop runs here and the session does what Ray's controller would.
+
+    A run on object storage works in a local mirror of its checkpoints (``RunMirror``);
+    ``prepare(work_dir)`` gives the job and the datasets for the run's local directory.
+    """
+    mirror = RunMirror(run_dir) if "://" in run_dir else None
+    work_dir = mirror.local if mirror else run_dir
+    try:
+        check_reuse(cfg, work_dir)
+        job, datasets = prepare(work_dir)
+        session = LocalSession(cfg.run.use_gpu, work_dir, {
+            k: v() if callable(v) else v for k, v in datasets.items()}, callbacks, mirror)
+        loop.train(cfg, job, session)
+        latest = session.latest_checkpoint()
+        if mirror is None:
+            return _outcome(latest, run_dir)
+        return _outcome(latest, run_dir, stored_at=mirror.uri_of(latest.path) if latest else "",
+                        local_copy=mirror.local)
+    except BaseException:
+        if mirror is not None:
+            mirror.close()
+        raise

@@ -27,24 +27,50 @@ of a loss, and near a selection tie that moves the selected epoch (issue 23).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
+import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Protocol, Sequence
 
+import pyarrow.fs as pafs
 import ray.train
 import ray.train.torch
 import torch
 import torch.distributed as dist
 
+from msreid import storage
 from msreid.data.schema import resolve_filesystem
 from msreid.train import checkpoint as ck
 
 SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
 KEEP_CHECKPOINTS = 2  # the newest two: a crash while writing one leaves the previous
+
+
+def local_scratch() -> str | None:
+    """Where this process keeps temporary local copies (checkpoints going to or coming from
+    storage, figures): ``<the node's Ray temp dir>/msreid`` inside a Ray cluster, so that a
+    worker killed with its node leaves them among Ray's own temporary files, never elsewhere on
+    the node's disk; None (the system's temp dir) outside Ray."""
+    if not ray.is_initialized():
+        return None
+    directory = os.path.join(ray.get_runtime_context().get_temp_dir(), "msreid")
+    os.makedirs(directory, exist_ok=True)
+    return directory
+
+
+@contextlib.contextmanager
+def temp_files_in_scratch() -> Iterator[None]:
+    """``tempfile``'s default directory is ``local_scratch()`` inside (restored after)."""
+    saved, tempfile.tempdir = tempfile.tempdir, local_scratch()
+    try:
+        yield
+    finally:
+        tempfile.tempdir = saved
 
 
 def worker_threads(cpus_per_worker: float) -> int:
@@ -111,18 +137,26 @@ class RaySession:
         return ray.train.get_dataset_shard(name)
 
     def latest_checkpoint(self) -> ray.train.Checkpoint | None:
-        """Ray's latest checkpoint, or the newest whole one beside it when it is damaged."""
+        """Ray's latest checkpoint, or the newest whole one beside it when it is damaged.
+
+        On object storage the checksums are checked on a local copy (kept for the
+        loop to load; removed when this worker process exits).
+        """
         latest = ray.train.get_checkpoint()
-        if latest is None or "://" in str(latest.path) or not Path(latest.path).is_dir():
-            return latest  # remote storage: Ray's record is used as is
-        if ck.checkpoint_problem(latest.path) is None:
+        if latest is None:
+            return None
+        if not isinstance(latest.filesystem, pafs.LocalFileSystem):
+            uri = f"{latest.filesystem.type_name}://{latest.path}"
+            found = intact_remote_checkpoint(uri.rsplit("/", 1)[0], uri.rsplit("/", 1)[1])
+            return ray.train.Checkpoint.from_directory(str(found)) if found else None
+        if not Path(latest.path).is_dir() or ck.checkpoint_problem(latest.path) is None:
             return latest
         found = ck.newest_intact(ck.run_checkpoints(Path(latest.path).parent))
         return ray.train.Checkpoint.from_directory(str(found)) if found else None
 
     def checkpoint_dir(self, tag: int | str) -> Path:
         """A temporary directory: Ray copies it into the run's storage on report."""
-        return Path(tempfile.mkdtemp(prefix="msreid-ckpt-")) / f"{ck.LOCAL_PREFIX}{tag}"
+        return Path(tempfile.mkdtemp(prefix="msreid-ckpt-", dir=local_scratch())) / f"{ck.LOCAL_PREFIX}{tag}"
 
     def report(self, metrics: dict, directory: Path | None) -> None:
         checkpoint = ray.train.Checkpoint.from_directory(str(directory)) if directory else None
@@ -142,6 +176,9 @@ class RaySession:
             with fs.open_input_stream(f"{path}/{SNAPSHOT_FILE}") as f:
                 snapshot = json.loads(f.read())
             name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+            if storage.is_uri(run_dir):  # checksums checked on a local copy
+                found = intact_remote_checkpoint(run_dir, name)
+                return 0 if found is None else int(ck.load_json(found, ck.META_FILE)["epoch"]) + 1
             if Path(path, name).is_dir() and ck.checkpoint_problem(Path(path, name)) is not None:
                 found = ck.newest_intact(ck.run_checkpoints(path))  # as latest_checkpoint does
                 return 0 if found is None else int(ck.load_json(found, ck.META_FILE)["epoch"]) + 1
@@ -159,10 +196,11 @@ class LocalSession:
     distributed = False
 
     def __init__(self, use_gpu: bool, run_dir: str, datasets: dict[str, Any],
-                 callbacks: Sequence = ()):
+                 callbacks: Sequence = (), mirror: RunMirror | None = None):
         gpu = use_gpu and torch.cuda.is_available()
         self.device = torch.device("cuda", torch.cuda.current_device()) if gpu else torch.device("cpu")
-        self.run_dir = run_dir
+        self.run_dir = run_dir  # local: the run's directory, or its mirror's local copy
+        self.mirror = mirror  # the run lives on object storage: every checkpoint is uploaded
         self.datasets = datasets  # name -> ray.data.Dataset (iterated whole: one process)
         self.callbacks = list(callbacks)  # ray.train.UserCallback: after_report(...)
         self.last_checkpoint: ray.train.Checkpoint | None = None
@@ -189,6 +227,8 @@ class LocalSession:
             callback.after_report(run_context=None, metrics=[dict(metrics)], checkpoint=checkpoint)
         if directory is not None:
             ck.prune_local_checkpoints(directory.parent, keep=KEEP_CHECKPOINTS)
+            if self.mirror is not None:
+                self.mirror.push(directory)
 
     @staticmethod
     def resume_epoch(run_dir: str) -> int:
@@ -226,3 +266,55 @@ def latest_run_checkpoint(run_dir: str) -> str | None:
         return None
     found = ck.newest_intact(ck.local_checkpoints(run_dir))
     return str(found) if found else None
+
+
+class RunMirror:
+    """A local-mode run whose directory is on object storage (``s3://...``).
+
+    The session works in a local temporary copy holding the run's checkpoints as
+    stored (damaged ones too: ``newest_intact`` checks their checksums and falls
+    back, as for a local run); each new checkpoint is uploaded whole and the
+    pruned ones are deleted from the store. ``close`` removes the local copy.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        self.local = tempfile.mkdtemp(prefix="msreid-run-", dir=local_scratch())
+        try:
+            for name in storage.list_dirs(self.uri):
+                if name.startswith(ck.LOCAL_PREFIX):
+                    storage.download_dir(storage.join(self.uri, name), Path(self.local, name))
+        except BaseException:
+            self.close()
+            raise
+
+    def push(self, directory: Path) -> None:
+        """Upload checkpoint ``directory``; delete the stored ones pruned locally."""
+        storage.upload_dir(directory, storage.join(self.uri, directory.name))
+        kept = {p.name for p in ck.local_checkpoints(self.local)}
+        for name in storage.list_dirs(self.uri):
+            if name.startswith(ck.LOCAL_PREFIX) and name not in kept:
+                storage.delete_dir(storage.join(self.uri, name))
+
+    def uri_of(self, local_path: str | Path) -> str:
+        return storage.join(self.uri, Path(local_path).name)
+
+    def close(self) -> None:
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
+def intact_remote_checkpoint(run_uri: str, name: str) -> Path | None:
+    """A local copy of checkpoint ``name`` of the run at ``run_uri`` when it is whole, else of
+    the newest whole checkpoint of that run (warning about each damaged one); None: none stored.
+
+    The copy lives in a temporary directory removed when this process exits.
+    """
+    local = Path(tempfile.mkdtemp(prefix="msreid-ckpt-", dir=local_scratch()))
+    atexit.register(shutil.rmtree, local, True)
+    latest = storage.download_dir(storage.join(run_uri, name), local / name)
+    if ck.checkpoint_problem(latest) is None:
+        return latest
+    for other in storage.list_dirs(run_uri):
+        if other.startswith("checkpoint_") and other != name:
+            storage.download_dir(storage.join(run_uri, other), local / other)
+    return ck.newest_intact(ck.run_checkpoints(local))
