@@ -32,7 +32,7 @@ from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
-from msreid.tracking import comparison, runs, tables, ui
+from msreid.tracking import comparison, cross_spectral, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from msreid.train.fit import init_ray
 
@@ -299,7 +299,10 @@ def publish_tables(suite, results, errors, client, parent, experiment_id, uri, n
     """Assemble, log and return the tables (every cell also a parent metric); register each
     cell's best model when asked; close the parent run."""
     frames = tables.assemble_suite(suite, results)
+    matrices = cross_spectral.log_parent_matrices(client, experiment_id, parent)
     markdown = tables.suite_markdown(suite, frames)
+    if matrices:  # the query x gallery spectrum matrix of every cell, after the tables
+        markdown += "\n" + cross_spectral.all_markdown(matrices)
     checks = tables.run_checks(suite, frames)
     log_tables(client, parent, suite, frames, checks)
     comparison.log_parent_results(client, parent, suite, frames)

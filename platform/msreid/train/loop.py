@@ -418,14 +418,14 @@ def final_test(t: Training) -> None:
         metrics["best_val/mAP"] = p.best_metric
         metrics.update(selection_metrics(p.history, job.val.query.size))
     files[ck.FINAL_METRICS_FILE] = metrics
-    by_subset = ({ev.subset_name(s): ev.rank_features(feats[ev.subset_name(s)], rows, q, g,
-                                                      labels) for s in subsets}
-                 if len(subsets) > 1 else None)
+    # the query x gallery spectrum matrix; its diagonal is the missing-modality table
+    matrix = ev.spectrum_matrix(feats, spectra, rows, q, g, labels) if len(subsets) > 1 else None
+    by_subset = {a: res for (a, b), res in matrix.items() if a == b} if matrix else None
     challenges = ev.per_challenge(full, rows, q, g, labels) if cfg.run.per_challenge else None
     ranking = ev.ranking_lists(full, rows, q, g, labels, cfg.run.ranking_queries)
     directory = ck.write_checkpoint(
         t.session.checkpoint_dir("final"), files,
-        extra=lambda d: ev.write_artifacts(d, test, by_subset, challenges, ranking))
+        extra=lambda d: ev.write_artifacts(d, test, by_subset, challenges, ranking, matrix))
     p.history.append(metrics)
     t.session.report(metrics, directory)
 
