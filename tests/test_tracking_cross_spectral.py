@@ -60,7 +60,9 @@ def test_trial_heatmap_is_a_png_of_the_matrix(tmp_path):
 
 def test_parent_gets_mean_and_std_over_seeds(benchmark):
     uri, exp, client, parent = benchmark
-    matrices = cross_spectral.log_parent_matrices(client, exp, parent)
+    per_seed = cross_spectral.log_parent_matrices(client, exp, parent)
+    assert [len(v) for v in per_seed.values()] == [2]
+    matrices = cross_spectral.summarize(per_seed)
     (cell,) = matrices
     assert cell == tuple(CELL)
     summary = matrices[cell].set_index(["query", "gallery"])
@@ -90,3 +92,28 @@ def test_report_rebuilds_the_matrices(benchmark, tmp_path, capsys):
     assert "| R | 22.00 ± 2.83 | 23.00 ± 2.83 | 24.00 ± 2.83 |" in printed
     saved = pd.read_csv(out / "cross_spectral" / "table3__RGB-N-T_MSN__test_resnet.csv")
     assert saved["mAP"].tolist() == [22.0, 23.0, 24.0, 32.0, 33.0, 34.0, 42.0, 43.0, 44.0]
+
+
+@pytest.mark.parametrize("treated, verdict", [((20.0, 24.0), "within the seed spread"),
+                                              ((30.0, 31.0), "PASS"),
+                                              ((10.0, 12.0), "no gain")])
+def test_matrix_check_passes_only_above_the_seed_spread(treated, verdict):
+    """_matrix(b): off-diagonal mean = (9b + 99 - (3b + 33)) / 6 = b + 11; full R+N cell b + 22.
+
+    Baseline seeds b = 20, 21: off 31, 32 -> 31.5 +- 0.71. Treated 20, 24: 33 +- 2.83, +1.5 <
+    spread sqrt(2.83^2 + 0.71^2) = 2.92 -> FAIL; treated 30, 31: +10 > 1.00 -> PASS."""
+    from types import SimpleNamespace
+
+    from msreid.grid import MatrixCheck
+
+    suite = SimpleNamespace(matrix_checks=[MatrixCheck("rob", "drop", "msn")])
+    per_cell = {("rob", "drop", "c"): [_matrix(b) for b in treated],
+                ("rob", "msn", "c"): [_matrix(b) for b in (20.0, 21.0)]}
+    ((ok, message),) = cross_spectral.run_matrix_checks(suite, per_cell)
+    assert ok == (verdict == "PASS") and verdict in message
+    if treated == (20.0, 24.0):
+        assert ("mean off-diagonal mAP: drop 33.00 ± 2.83 vs msn 31.50 ± 0.71 (2 vs 2 seeds): "
+                "+1.50, seed spread 2.92") in message
+        assert "full R+N diagonal cell: 44.00 ± 2.83 vs 42.50 ± 0.71 = +1.50" in message
+    one = {k: v[:1] for k, v in per_cell.items()}
+    assert "needs >= 2 seeds" in cross_spectral.run_matrix_checks(suite, one)[0][1]

@@ -83,7 +83,9 @@ class Recorder:
 
 
 LOCAL_REPORTS = Recorder()
-MODES = {"uniform": (), "pk": LOCAL}  # smoke's hamnet losses; pk adds the batch-hard triplet
+# pk: smoke's hamnet losses plus the batch-hard triplet; uniform: the MSN losses with modality
+# dropout (issue 20), whose per-tuple draws must not depend on the worker count either
+MODES = {"uniform": ("loss.ablation=msn", "data.modality_dropout=0.5"), "pk": LOCAL}
 
 
 def _mode_cfg(manifest: str, mode: str, workers: int):

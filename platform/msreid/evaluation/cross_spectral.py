@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -113,3 +114,65 @@ def cell_value(frame: pd.DataFrame, query: str, gallery: str, metric: str = "mAP
     """One cell of a matrix table (NaN when the pair is absent)."""
     hit = frame[(frame["query"] == query) & (frame["gallery"] == gallery)]
     return float(hit[metric].iloc[0]) if len(hit) else float("nan")
+
+
+@dataclass(frozen=True)
+class MatrixComparison:
+    """Matrices of a treated model vs a baseline, over seeds (all values in %).
+
+    ``off_*``: per seed, the mean ``metric`` over the off-diagonal pairs; then mean and sample
+    std (ddof=1) over seeds. ``full_*``: the all-spectra diagonal cell (e.g. RGB-N-T vs
+    RGB-N-T). ``spread``: sqrt(std_treated^2 + std_baseline^2), the seed spread of a
+    difference of two seeds' values; NaN with fewer than 2 seeds per side.
+    """
+
+    metric: str
+    full_key: str
+    seeds: tuple[int, int]  # (treated, baseline)
+    off: tuple[float, float]
+    off_std: tuple[float, float]
+    full: tuple[float, float]
+    full_std: tuple[float, float]
+
+    @property
+    def off_diff(self) -> float:
+        return self.off[0] - self.off[1]
+
+    @property
+    def full_diff(self) -> float:
+        return self.full[0] - self.full[1]
+
+    @property
+    def spread(self) -> float:
+        return math.hypot(*self.off_std)
+
+    @property
+    def full_spread(self) -> float:
+        return math.hypot(*self.full_std)
+
+    @property
+    def passed(self) -> bool:
+        """True only when the off-diagonal gain is larger than the seed spread."""
+        return math.isfinite(self.spread) and self.off_diff > self.spread
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    mean = float(np.mean(values)) if values else float("nan")
+    return mean, float(np.std(values, ddof=1)) if len(values) > 1 else float("nan")
+
+
+def compare_matrices(treated: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame],
+                     metric: str = "mAP") -> MatrixComparison:
+    """Per-seed matrix tables (``matrix_table`` frames) of two models -> MatrixComparison."""
+    frames = [*treated, *baseline]
+    if not treated or not baseline:
+        raise UserError("compare_matrices needs at least one matrix per model")
+    full_key = max(frames[0]["query"], key=len)  # the subset with every spectrum
+    sides = []
+    for side in (treated, baseline):
+        off = _mean_std([off_diagonal_mean(f, metric) for f in side])
+        full = _mean_std([cell_value(f, full_key, full_key, metric) for f in side])
+        sides.append((len(side), off, full))
+    (n_t, off_t, full_t), (n_b, off_b, full_b) = sides
+    return MatrixComparison(metric, full_key, (n_t, n_b), (off_t[0], off_b[0]),
+                            (off_t[1], off_b[1]), (full_t[0], full_b[0]), (full_t[1], full_b[1]))

@@ -170,7 +170,8 @@ def parent_description(suite: grid.Suite) -> str:
 def benchmark_settings(opts: BenchmarkOptions, suite: grid.Suite, base: dict, forced: dict,
                        prints: dict[str, str]) -> dict[str, Any]:
     """Everything that decides a benchmark's results, flat and JSON-normalised (SETTINGS_FILE)."""
-    packing = ("source", "seeds", "trial_resources", "max_concurrent_trials", "max_failures", "checks")
+    packing = ("source", "seeds", "trial_resources", "max_concurrent_trials", "max_failures", "checks",
+               "matrix_checks")
     definition = {k: v for k, v in grid.suite_to_dict(suite).items() if k not in packing}
     digest = hashlib.sha1(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
     settings = {"suite": suite.name, "suite.definition_sha1": digest, "seeds": list(suite.seeds),
@@ -299,11 +300,11 @@ def publish_tables(suite, results, errors, client, parent, experiment_id, uri, n
     """Assemble, log and return the tables (every cell also a parent metric); register each
     cell's best model when asked; close the parent run."""
     frames = tables.assemble_suite(suite, results)
-    matrices = cross_spectral.log_parent_matrices(client, experiment_id, parent)
+    per_cell = cross_spectral.log_parent_matrices(client, experiment_id, parent)
     markdown = tables.suite_markdown(suite, frames)
-    if matrices:  # the query x gallery spectrum matrix of every cell, after the tables
-        markdown += "\n" + cross_spectral.all_markdown(matrices)
-    checks = tables.run_checks(suite, frames)
+    if per_cell:  # the query x gallery spectrum matrix of every cell, after the tables
+        markdown += "\n" + cross_spectral.all_markdown(cross_spectral.summarize(per_cell))
+    checks = tables.run_checks(suite, frames) + cross_spectral.run_matrix_checks(suite, per_cell)
     log_tables(client, parent, suite, frames, checks)
     comparison.log_parent_results(client, parent, suite, frames)
     registered = comparison.register_best_models(client, experiment_id, parent) if register else {}

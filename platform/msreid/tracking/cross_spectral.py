@@ -20,6 +20,7 @@ import pandas as pd
 from msreid.evaluation.cross_spectral import (
     MATRIX_METRICS,
     check_matrix_table,
+    compare_matrices,
     mean_std_over_seeds,
     pivot,
 )
@@ -95,11 +96,11 @@ def _trial_matrix(client, run_id: str) -> pd.DataFrame | None:
         return check_matrix_table(pd.read_csv(path), f"run {run_id}: {CSV_ARTIFACT}")
 
 
-def cell_matrices(client, experiment_id: str, parent_id: str) -> dict[tuple, pd.DataFrame]:
-    """``{cell: mean +- std over seeds}`` from the FINISHED children's ``cross_spectral.csv``.
+def cell_seed_matrices(client, experiment_id: str, parent_id: str) -> dict[tuple, list[pd.DataFrame]]:
+    """``{cell: [one matrix table per seed]}`` from the FINISHED children's ``cross_spectral.csv``.
 
     A trial feeding several cells (shared trials) counts in each; cells in the order
-    first seen. Children without the file (2-spectrum-less runs, older msreid) are skipped.
+    first seen. Children without the file (one-spectrum runs, older msreid) are skipped.
     """
     per_cell: dict[tuple, list[pd.DataFrame]] = {}
     for child in runs.children(client, experiment_id, parent_id):
@@ -110,7 +111,54 @@ def cell_matrices(client, experiment_id: str, parent_id: str) -> dict[tuple, pd.
             continue
         for cell in json.loads(child.data.tags.get(runs.TAG_CELLS, "[]")):
             per_cell.setdefault(tuple(cell), []).append(frame)
+    return per_cell
+
+
+def cell_matrices(client, experiment_id: str, parent_id: str) -> dict[tuple, pd.DataFrame]:
+    """``{cell: mean +- std over seeds}`` of :func:`cell_seed_matrices`."""
+    return summarize(cell_seed_matrices(client, experiment_id, parent_id))
+
+
+def summarize(per_cell: dict[tuple, list[pd.DataFrame]]) -> dict[tuple, pd.DataFrame]:
+    """``{cell: mean_std_over_seeds(its per-seed matrices)}``."""
     return {cell: mean_std_over_seeds(frames) for cell, frames in per_cell.items()}
+
+
+def _fmt(mean: float, std: float) -> str:
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "")
+
+
+def run_matrix_checks(suite, per_cell: dict[tuple, list[pd.DataFrame]]) -> list[tuple[bool, str]]:
+    """The suite's ``matrix_checks``, per column of their table: ``[(passed, message)]``.
+
+    PASS only when ``row``'s mean off-diagonal metric beats ``against``'s by more than the
+    seed spread (``MatrixComparison.spread``); the all-spectra diagonal cell's change (what
+    the treatment costs where nothing is missing) is printed beside it, never checked.
+    """
+    out = []
+    for check in suite.matrix_checks:
+        columns = dict.fromkeys(c[2] for c in per_cell if c[0] == check.table)
+        for column in columns:
+            treated = per_cell.get((check.table, check.row, column), [])
+            baseline = per_cell.get((check.table, check.against, column), [])
+            if not treated or not baseline:
+                out.append((False, f"{check.table} [{column}] {check.row} vs {check.against}: "
+                                   "no spectrum matrix for one of them: FAIL"))
+                continue
+            c = compare_matrices(treated, baseline, check.metric)
+            verdict = "PASS" if c.passed else (
+                "FAIL (needs >= 2 seeds per model)" if not math.isfinite(c.spread)
+                else "FAIL (the difference is within the seed spread)" if c.off_diff > 0
+                else "FAIL (no gain)")
+            full = subset_label(c.full_key)
+            out.append((c.passed, (
+                f"{check.table} [{column}] mean off-diagonal {c.metric}: {check.row} "
+                f"{_fmt(c.off[0], c.off_std[0])} vs {check.against} {_fmt(c.off[1], c.off_std[1])} "
+                f"({c.seeds[0]} vs {c.seeds[1]} seeds): {c.off_diff:+.2f}, seed spread "
+                f"{c.spread:.2f}: {verdict}; cost on the full {full} diagonal cell: "
+                f"{_fmt(c.full[0], c.full_std[0])} vs {_fmt(c.full[1], c.full_std[1])} = "
+                f"{c.full_diff:+.2f} (seed spread {c.full_spread:.2f})")))
+    return out
 
 
 def matrix_markdown(cell, summary: pd.DataFrame, metric: str = "mAP") -> str:
@@ -153,14 +201,16 @@ def write_matrices(matrices: dict[tuple, pd.DataFrame], out: str | Path) -> list
     return written
 
 
-def log_parent_matrices(client, experiment_id: str, parent_id: str) -> dict[tuple, pd.DataFrame]:
-    """Assemble the per-cell matrices from the children and log them under ``cross_spectral/``
-    of the parent run; returns them."""
-    matrices = cell_matrices(client, experiment_id, parent_id)
+def log_parent_matrices(client, experiment_id: str,
+                        parent_id: str) -> dict[tuple, list[pd.DataFrame]]:
+    """Assemble the per-cell matrices from the children and log their mean +- std under
+    ``cross_spectral/`` of the parent run; returns the per-seed matrices of every cell."""
+    per_cell = cell_seed_matrices(client, experiment_id, parent_id)
     with tempfile.TemporaryDirectory() as tmp:
-        runs.log_files(client, parent_id, write_matrices(matrices, tmp), PARENT_DIR)
-    return matrices
+        runs.log_files(client, parent_id, write_matrices(summarize(per_cell), tmp), PARENT_DIR)
+    return per_cell
 
 
 __all__ = ["CSV_ARTIFACT", "MATRIX_METRICS", "PARENT_DIR", "all_markdown", "cell_matrices",
-           "heatmap", "log_parent_matrices", "matrix_markdown", "trial_heatmap", "write_matrices"]
+           "cell_seed_matrices", "heatmap", "log_parent_matrices", "matrix_markdown",
+           "run_matrix_checks", "summarize", "trial_heatmap", "write_matrices"]

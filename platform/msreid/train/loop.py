@@ -36,7 +36,7 @@ from msreid.models import MultiStreamNet
 from msreid.models.sync_batchnorm import convert_sync_batchnorm
 from msreid.train import checkpoint as ck
 from msreid.train import evaluate as ev
-from msreid.train.distributed import gather_outputs, sync_bn_wanted
+from msreid.train.distributed import gather_labels, gather_outputs, sync_bn_wanted
 from msreid.train.sampling import RowMeta
 from msreid.train.session import RaySession, Session, intra_op_threads, worker_threads
 
@@ -221,12 +221,13 @@ def train_epoch(t: Training, batches: Iterator[dict], epoch: int) -> dict[str, f
         _check_order(batch, epoch, step, t.session.rank)
         images = _batch_images(batch, t)
         labels = batch["labels"][0].to(t.device, non_blocking=True)
+        keep = _kept(batch, t)
         with _autocast(t):
             out = t.model(images, return_cams=bool(kwargs.get("caid")))
             out_all, labels_all = gather_outputs(out, labels)  # the global batch
             if cfg.data.batch_mode == "pk":
                 check_pk(labels_all, cfg.data.P, cfg.data.K)
-            terms = compute_losses(out_all, labels_all, **kwargs)
+            terms = compute_losses(out_all, labels_all, keep=keep, **kwargs)
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(terms["loss"]).backward()
         t.scaler.step(t.optimizer)
@@ -239,6 +240,14 @@ def train_epoch(t: Training, batches: Iterator[dict], epoch: int) -> dict[str, f
                if term == "loss" or term in terms or term in _expected(kwargs)]
     return {"tuples": float(seen), "seconds": time.perf_counter() - start,
             **{term: sums[term] for term in present}}
+
+
+def _kept(batch: dict, t: Training) -> torch.Tensor | None:
+    """The global batch's modality-dropout mask ``[B, S]`` bool (None: dropout off)."""
+    if t.cfg.data.modality_dropout <= 0:
+        return None
+    keep = batch["keep"][0].to(t.device, non_blocking=True).to(torch.uint8)
+    return gather_labels(keep).bool()  # every worker's share, in rank order, as the outputs
 
 
 def check_pk(labels: torch.Tensor, p: int, k: int) -> None:
