@@ -113,3 +113,28 @@ def test_config_checks(override, message):
         load_config(preset, ["data.manifest=x", *override])
     cfg = load_config(preset, ["data.manifest=x", "data.modality_dropout=0.3", "loss.ablation=msn"])
     assert cfg.data.modality_dropout == 0.3
+
+
+def test_run_names_and_tables_show_the_dropout():
+    from msreid.grid import Level, TableSpec
+    from msreid.tracking.runs import trial_run_name
+    from msreid.tracking.tables import TrialResult, assemble_table, to_markdown, trained_as
+
+    cells = [("robustness", "MSN + modality dropout", "test_resnet")]
+    assert trial_run_name(("rgb", "nir", "tir"), "msn", "test_resnet", 1, cells, 0.5) == \
+        "RGB-N-T MSN drop0.5 test_resnet · s1 · robustness"
+    assert "drop" not in trial_run_name(("rgb", "nir", "tir"), "msn", "test_resnet", 1, cells)
+    table = TableSpec(name="robustness", title="T", rows=(Level("MSN"), Level("MSN + modality dropout")),
+                      columns=(Level("test_resnet"),), metrics=("mAP",), base=Level("", dataset="rgbnt100"))
+    flat = {"model.backbone": "test_resnet", "run.selection": "validation"}
+    results = [TrialResult(cells=(("robustness", "MSN", "test_resnet"),), seed=0,
+                           metrics={"test/mAP": 30.0},
+                           config=trained_as({**flat, "data.modality_dropout": 0.0})),
+               TrialResult(cells=(("robustness", "MSN + modality dropout", "test_resnet"),), seed=0,
+                           metrics={"test/mAP": 28.0},
+                           config=trained_as({**flat, "data.modality_dropout": 0.5}))]
+    frame = assemble_table(table, results)
+    assert frame["modality_dropout"].tolist() == ["0", "0.5"]
+    md = to_markdown(table, frame)
+    assert "| Row | Column | seeds | modality dropout | mAP |" in md and "| 0.5 | 28.0 |" in md
+    assert "| Row | Column | seeds | mAP |" in to_markdown(table, assemble_table(table, results[:1]))

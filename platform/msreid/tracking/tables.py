@@ -93,8 +93,8 @@ def cell_dropout(cell_id: CellId, results: list[TrialResult]) -> str:
 def assemble_table(table: TableSpec, results: list[TrialResult],
                    suite_set: dict | None = None) -> pd.DataFrame:
     """One line per cell: labels, ``seeds``, ``backbone`` and ``selection`` as trained, then
-    per metric ``<m>``, ``<m>_std``, ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %, and
-    ``noisy_seeds`` (:func:`noisy_seeds`).
+    per metric ``<m>``, ``<m>_std``, ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %,
+    ``modality_dropout`` as trained and ``noisy_seeds`` (:func:`noisy_seeds`).
 
     ``std`` is the sample standard deviation over seeds (ddof=1; NaN for one seed).
     """
@@ -117,9 +117,9 @@ def assemble_table(table: TableSpec, results: list[TrialResult],
         line["noisy_seeds"] = noisy_seeds(cell.id, results)
         lines.append(line)
     frame = pd.DataFrame(lines)
-    order = [table.row_label, table.column_label, "seeds", "backbone", "selection",
-             "modality_dropout"] + [
-        f"{m}{s}" for m in table.metrics for s in ("", "_std", "_paper", "_diff")] + ["noisy_seeds"]
+    order = [table.row_label, table.column_label, "seeds", "backbone", "selection"] + [
+        f"{m}{s}" for m in table.metrics for s in ("", "_std", "_paper", "_diff")] + [
+        "modality_dropout", "noisy_seeds"]
     return frame[order]
 
 
