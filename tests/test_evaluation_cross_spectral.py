@@ -161,3 +161,20 @@ def test_matrix_table_is_in_percent_rounded():
     table = matrix_table({("r", "n"): res})
     assert list(table.columns) == ["query", "gallery", "mAP", "R1", "R5", "R10", "mINP"]
     assert table.iloc[0].tolist() == ["r", "n", 33.33, 12.35, 50.0, 98.77, 10.0]
+
+
+@pytest.mark.timeout(180)
+def test_cost_script_runs_as_documented_at_a_tiny_size():
+    """perf/cross_spectral_cost.py (docs/PERFORMANCE.md) as a user runs it, tiny sizes."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "perf" / "cross_spectral_cost.py"),
+                          "--backbone", "test_resnet", "--size", "32", "64", "--sample", "4",
+                          "--batch", "4", "--scale", "40", "120", "16", "--pairs", "6"],
+                         capture_output=True, text=True, timeout=170, cwd=root)
+    assert out.returncode == 0, out.stderr
+    assert "42 off-diagonal rankings (the matrix's cost; 6 timed)" in out.stdout
+    assert "ratio extra / baseline, wall:" in out.stdout
