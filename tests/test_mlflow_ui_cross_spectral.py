@@ -74,6 +74,4 @@ def test_heatmaps_render_in_the_mlflow_ui(tmp_path):
             page.goto(run_url(base, exp, child, "artifacts/figures/cross_spectral.png"))
             width, height = _image_size(page)
             assert width > 400 and height > 300
-            page.goto(run_url(base, exp, parent, "artifacts/cross_spectral/all.md"))
-            page.get_by_text("mean ± std over 2 seed(s)").first.wait_for(timeout=60_000)
     assert Path(tmp_path / "ui.log").is_file()
