@@ -119,3 +119,18 @@ def test_embedding_table_compares_the_three_test_features_as_columns():
     for cell in expand_cells(table):  # every cell is a valid training config
         flat = {**config_to_dict(load_config(None)), **cell.overrides, "data.manifest": "x"}
         config_from_dict(flat)
+
+
+def test_robustness_suite_pairs_msn_with_and_without_dropout():
+    from msreid.orchestration.benchmark import BenchmarkOptions, load_benchmark_suite, prepare_trials
+
+    suite = load_suite(GRIDS / "robustness.yaml")
+    assert suite.synth == {"variant": "hard"} and len(suite.seeds) >= 3
+    (check,) = suite.matrix_checks
+    assert (check.table, check.row, check.against) == ("robustness", "MSN + modality dropout", "MSN")
+    assert suite_from_dict(suite_to_dict(suite)) == suite  # the parent's suite.json keeps it
+    opts = BenchmarkOptions(preset="robustness")
+    _, _, trials = prepare_trials(opts, load_benchmark_suite(opts), {"rgbnt100"})  # every config valid
+    assert len(trials) == 2 * len(suite.seeds)
+    drops = sorted({t.overrides.get("data.modality_dropout", 0.0) for t in trials})
+    assert drops[0] == 0.0 and drops[1] > 0 and {t.overrides["loss.ablation"] for t in trials} == {"msn"}

@@ -83,7 +83,9 @@ class Recorder:
 
 
 LOCAL_REPORTS = Recorder()
-MODES = {"uniform": (), "pk": LOCAL}  # smoke's hamnet losses; pk adds the batch-hard triplet
+# pk: smoke's hamnet losses plus the batch-hard triplet; uniform: the MSN losses with modality
+# dropout (issue 20), whose per-tuple draws must not depend on the worker count either
+MODES = {"uniform": ("loss.ablation=msn", "data.modality_dropout=0.5"), "pk": LOCAL}
 
 
 def _mode_cfg(manifest: str, mode: str, workers: int):
@@ -147,6 +149,12 @@ def test_local_mode_run_reports_metrics_and_artifacts(local_run, manifest):
     assert len(cmc) == 50 and float(cmc[0]["cmc"]) == pytest.approx(out.metrics["test/R1"])
     subsets = [r["subset"] for r in csv.DictReader(open(art / "missing_modality.csv"))]
     assert subsets == ["r", "n", "t", "rn", "rt", "nt", "rnt"]
+    # the query x gallery matrix: 49 pairs; its diagonal is the missing-modality row (in %)
+    matrix = {(r["query"], r["gallery"]): r for r in csv.DictReader(open(art / "cross_spectral.csv"))}
+    assert list(matrix) == [(a, b) for a in subsets for b in subsets]
+    for row in csv.DictReader(open(art / "missing_modality.csv")):
+        for m in METRICS:
+            assert float(matrix[row["subset"], row["subset"]][m]) == round(100 * float(row[m]), 2)
     assert (art / "per_challenge.csv").exists()  # synth tags every tuple with a challenge
     # ranking.json uses manifest row indices: check the match flags against read_manifest
     pid = read_manifest(manifest, columns=["pid"]).column("pid").to_numpy()

@@ -65,6 +65,13 @@ class DataConfig:
     pad: int = _f(10, "zero padding before the random crop back to image_size (0 = no crop)")
     erase_prob: float = _f(0.0, "probability of random erasing (same box for every spectrum); "
                                 "the official code uses 0.5, the paper does not mention it")
+    modality_dropout: float = _f(0.0, "training with missing spectra: the probability of "
+                                      "dropping each spectrum of a training tuple (at least one "
+                                      "is kept), drawn per tuple from (seed, epoch, plan position) "
+                                      "like the augmentation; a dropped stream's feature is left "
+                                      "out of the tuple's losses, as the missing-modality test "
+                                      "leaves it out of the embedding (docs/TRAINING.md); msn "
+                                      "losses only")
     mean: tuple[float, float, float] = _f(IMAGENET_MEAN, "per-channel mean for normalisation "
                                                          "(0-1 scale)")
     std: tuple[float, float, float] = _f(IMAGENET_STD, "per-channel std for normalisation")
@@ -401,6 +408,9 @@ def check_config(cfg: TrainConfig) -> None:
     for key, value in positive.items():
         if value < 1:
             raise UserError(f"{key}={value} must be >= 1")
+    if not 0 <= d.modality_dropout < 1:
+        raise UserError(f"data.modality_dropout={d.modality_dropout} must be in [0, 1) "
+                        "(1 would drop every spectrum; one is always kept)")
     ranges = {"data.flip_prob": (d.flip_prob, 0, 1), "data.erase_prob": (d.erase_prob, 0, 1),
               "loss.label_smoothing": (cfg.loss.label_smoothing, 0, 1)}
     for key, (value, lo, hi) in ranges.items():
@@ -452,6 +462,11 @@ def _check_ablation(cfg: TrainConfig) -> None:
     if name != "one_stream" and n == 1:
         raise UserError(f"loss.ablation={name} needs >= 2 spectra, data.spectra="
                         f"{list(cfg.data.spectra)}: use loss.ablation=one_stream")
+    if cfg.data.modality_dropout > 0 and name != "msn":
+        raise UserError(f"data.modality_dropout={cfg.data.modality_dropout} with loss.ablation="
+                        f"{name}: dropout leaves a dropped stream out of the per-stream terms "
+                        "(L_msid, triplet) only; L_hsc / L_caid have no rule for a missing "
+                        "stream yet. Use loss.ablation=msn or data.modality_dropout=0")
 
 
 def effective_val_ids(cfg: TrainConfig) -> float:

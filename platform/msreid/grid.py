@@ -100,6 +100,17 @@ class Check:
 
 
 @dataclass(frozen=True)
+class MatrixCheck:
+    """A check on the query x gallery spectrum matrices: does ``row`` raise the mean
+    off-diagonal ``metric`` over ``against`` by more than the seed spread (per column)?"""
+
+    table: str
+    row: str
+    against: str
+    metric: str = "mAP"
+
+
+@dataclass(frozen=True)
 class Suite:
     """A benchmark: tables, training preset, seeds and how trials are packed."""
 
@@ -114,6 +125,7 @@ class Suite:
     checks: tuple[Check, ...] = ()
     source: str = ""
     synth: dict[str, Any] = field(default_factory=dict)  # SynthSpec fields of the synthetic default data
+    matrix_checks: tuple[MatrixCheck, ...] = ()
 
     def table(self, name: str) -> TableSpec:
         """The table called ``name``."""
@@ -231,6 +243,11 @@ def load_suite(path: str | Path) -> Suite:
         tables.append(table)
     checks = tuple(Check(table=c["table"], metric=c.get("metric", "mAP"), row=c["row"],
                          above=tuple(c["above"])) for c in data.get("checks", []))
+    try:
+        matrix_checks = tuple(MatrixCheck(**c) for c in data.get("matrix_checks", []))
+    except TypeError as exc:
+        raise UserError(f"suite file {path}: matrix_checks: {exc}; each entry needs table, row, "
+                        "against (and optionally metric)") from None
     resources = _bundles(data.get("trial_resources") or {"CPU": 1}, f"{path}: trial_resources")
     synth = data.get("synth") or {}
     if not isinstance(synth, dict):
@@ -241,7 +258,7 @@ def load_suite(path: str | Path) -> Suite:
                  set=dict(data.get("set") or {}), trial_resources=resources,
                  max_concurrent_trials=int(data.get("max_concurrent_trials", 0)),
                  max_failures=int(data.get("max_failures", 1)), checks=checks, source=str(path),
-                 synth=dict(synth))
+                 synth=dict(synth), matrix_checks=matrix_checks)
 
 
 def expand_cells(table: TableSpec, suite_set: dict[str, Any] | None = None) -> list[Cell]:
@@ -328,7 +345,8 @@ def suite_to_dict(suite: Suite) -> dict:
     d = dict(suite.__dict__)
     d.update(tables=[table(t) for t in suite.tables], seeds=list(suite.seeds),
              trial_resources=[dict(b) for b in suite.trial_resources],
-             checks=[dict(c.__dict__, above=list(c.above)) for c in suite.checks])
+             checks=[dict(c.__dict__, above=list(c.above)) for c in suite.checks],
+             matrix_checks=[dict(c.__dict__) for c in suite.matrix_checks])
     return d
 
 
@@ -345,4 +363,5 @@ def suite_from_dict(d: dict) -> Suite:
     return Suite(**{**d, "tables": tuple(table(t) for t in d["tables"]),
                     "seeds": tuple(d["seeds"]),
                     "trial_resources": tuple(d["trial_resources"]),
-                    "checks": tuple(Check(**{**c, "above": tuple(c["above"])}) for c in d["checks"])})
+                    "checks": tuple(Check(**{**c, "above": tuple(c["above"])}) for c in d["checks"]),
+                    "matrix_checks": tuple(MatrixCheck(**c) for c in d.get("matrix_checks", []))})

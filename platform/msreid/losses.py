@@ -158,10 +158,35 @@ def _check_choices(**given: str) -> None:
             raise ValueError(f"{name} must be one of {allowed[name]}, got {value!r}")
 
 
+def kept_rows(values: Sequence[Tensor], labels: Tensor,
+              keep: Tensor | None) -> list[tuple[Tensor, Tensor]]:
+    """Per stream j, ``(values[j], labels)`` restricted to the tuples that kept spectrum j.
+
+    keep: [B, m] bool (modality dropout; None = every stream of every tuple). A dropped
+    stream's feature/score is left out of the tuple's terms, as ``embed(missing="drop")``
+    leaves it out of the test embedding.
+    """
+    if keep is None:
+        return [(v, labels) for v in values]
+    if keep.shape != (len(labels), len(values)):
+        raise ValueError(f"keep must be [B, m] = [{len(labels)}, {len(values)}], "
+                         f"got {tuple(keep.shape)}")
+    return [(v[keep[:, j]], labels[keep[:, j]]) for j, v in enumerate(values)]
+
+
+def _stream_id_loss(scores: Tensor, labels: Tensor, label_smoothing: float) -> Tensor:
+    """id_loss over the tuples a stream kept; when it kept none, a zero still connected to the
+    graph (cross entropy over no sample would be NaN)."""
+    if len(labels) == 0:
+        return scores.sum() * 0.0
+    return id_loss(scores, labels, label_smoothing)
+
+
 def compute_losses(out, labels: Tensor, *, hsc_alpha: float | None = None, caid: bool = False,
                    triplet_margin: float | None = None, label_smoothing: float = 0.0,
                    hsc_variant: str = "paper", hsc_reduction: str = "mean",
-                   caid_variant: str = "paper", triplet_on: str = "pooled") -> dict[str, Tensor]:
+                   caid_variant: str = "paper", triplet_on: str = "pooled",
+                   keep: Tensor | None = None) -> dict[str, Tensor]:
     """All requested terms and their total, ready for logging.
 
     out: a ``StreamOutput`` (features m x [B, d], scores m x [B, C], cams
@@ -172,10 +197,20 @@ def compute_losses(out, labels: Tensor, *, hsc_alpha: float | None = None, caid:
     and, with a triplet margin, the triplet loss on those scores joins "triplet".
     Triplet: sum over streams of the batch-hard loss on each stream's pooled
     feature (triplet_on="pooled") or BN-necked feature ("necked").
+    keep: [B, m] bool modality-dropout mask (None = none dropped): stream j's ID and
+    triplet terms see only the tuples that kept it (:func:`kept_rows`); L_hsc and L_caid
+    have no rule for a missing stream and refuse a mask.
     """
     _check_choices(hsc_variant=hsc_variant, hsc_reduction=hsc_reduction,
                    caid_variant=caid_variant, triplet_on=triplet_on)
-    terms = {"id": multi_stream_id_loss(out.scores, labels, label_smoothing)}  # eq. 4
+    if keep is not None and (hsc_alpha is not None or caid):
+        raise ValueError("a modality-dropout mask (keep) works with the per-stream terms "
+                         "(L_msid, triplet) only, not with L_hsc or L_caid")
+    if keep is None:
+        terms = {"id": multi_stream_id_loss(out.scores, labels, label_smoothing)}  # eq. 4
+    else:  # eq. 4 over each stream's kept tuples
+        terms = {"id": sum(_stream_id_loss(s, y, label_smoothing)
+                           for s, y in kept_rows(out.scores, labels, keep))}
     total = terms["id"]
     if hsc_alpha is not None:
         if len(out.scores) < 2:
@@ -198,8 +233,8 @@ def compute_losses(out, labels: Tensor, *, hsc_alpha: float | None = None, caid:
         total = total + terms["caid"]  # eq. 13
     if triplet_margin is not None:
         feats = out.features if triplet_on == "pooled" else _necked(out)
-        feats = list(feats) + ([fused] if fused is not None else [])
-        terms["triplet"] = sum(triplet_loss(f, labels, triplet_margin) for f in feats)
+        pairs = kept_rows(list(feats), labels, keep) + ([(fused, labels)] if fused is not None else [])
+        terms["triplet"] = sum(triplet_loss(f, y, triplet_margin) for f, y in pairs)
         total = total + terms["triplet"]
     return {"loss": total, **terms}
 

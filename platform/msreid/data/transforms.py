@@ -166,6 +166,26 @@ def augment(batch: np.ndarray, rngs: Sequence[np.random.Generator],
     return apply(batch, draw_each(rngs, batch.shape[-2:], params), params)
 
 
+def draw_kept_spectra(rng: np.random.Generator, num_spectra: int, drop_prob: float) -> np.ndarray:
+    """Modality dropout of one tuple: ``[S]`` bool, True = the spectrum is kept.
+
+    Each spectrum is dropped independently with probability ``drop_prob``; when
+    that would drop all of them, one drawn uniformly from the same generator is
+    kept (at least one spectrum per tuple).
+    """
+    keep = rng.random(num_spectra) >= drop_prob
+    if not keep.any():
+        keep[rng.integers(num_spectra)] = True
+    return keep
+
+
+def kept_spectra(rngs: Sequence[np.random.Generator], num_spectra: int,
+                 drop_prob: float) -> np.ndarray:
+    """``[N, S]`` bool: ``draw_kept_spectra`` of tuple i from ``rngs[i]`` alone."""
+    return np.stack([draw_kept_spectra(rng, num_spectra, drop_prob) for rng in rngs]) \
+        if len(rngs) else np.zeros((0, num_spectra), dtype=bool)
+
+
 def normalize(images: torch.Tensor, mean: tuple[float, float, float],
               std: tuple[float, float, float], dtype: torch.dtype | None = None) -> torch.Tensor:
     """uint8 ``[B, 3, H, W]`` -> ``(x / 255 - mean) / std`` as ``dtype`` (default float32),

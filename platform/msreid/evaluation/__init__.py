@@ -1,4 +1,5 @@
-"""Re-ID evaluation: CMC / mAP / mINP (Market-1501 protocol), re-ranking, breakdowns.
+"""Re-ID evaluation: CMC / mAP / mINP (Market-1501 protocol), re-ranking, breakdowns,
+the query x gallery spectrum matrix.
 
 Plain torch / numpy / pandas; see docs/EVALUATION.md for the exact definitions.
 """
@@ -10,6 +11,11 @@ from msreid.evaluation.breakdowns import (
     spectrum_subsets,
     subset_name,
     subset_table,
+)
+from msreid.evaluation.cross_spectral import (
+    cross_spectral_matrix,
+    matrix_table,
+    mean_std_over_seeds,
 )
 from msreid.evaluation.distance import METRICS, compute_distance_matrix
 from msreid.evaluation.rank import (
@@ -31,10 +37,13 @@ __all__ = [
     "RankResult",
     "challenge_table",
     "compute_distance_matrix",
+    "cross_spectral_matrix",
     "evaluate_features",
     "evaluate_rank",
     "evaluate_subsets",
     "feature_stats",
+    "matrix_table",
+    "mean_std_over_seeds",
     "rank_stats",
     "re_ranking",
     "rgbnt201_protocol",

@@ -32,7 +32,7 @@ from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import cache_dir, default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
-from msreid.tracking import comparison, runs, tables, ui
+from msreid.tracking import comparison, cross_spectral, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from msreid.train.fit import init_ray
 
@@ -181,7 +181,8 @@ def parent_description(suite: grid.Suite) -> str:
 def benchmark_settings(opts: BenchmarkOptions, suite: grid.Suite, base: dict, forced: dict,
                        prints: dict[str, str]) -> dict[str, Any]:
     """Everything that decides a benchmark's results, flat and JSON-normalised (SETTINGS_FILE)."""
-    packing = ("source", "seeds", "trial_resources", "max_concurrent_trials", "max_failures", "checks")
+    packing = ("source", "seeds", "trial_resources", "max_concurrent_trials", "max_failures", "checks",
+               "matrix_checks")
     definition = {k: v for k, v in grid.suite_to_dict(suite).items() if k not in packing}
     digest = hashlib.sha1(json.dumps(definition, sort_keys=True, default=str).encode()).hexdigest()
     settings = {"suite": suite.name, "suite.definition_sha1": digest, "seeds": list(suite.seeds),
@@ -311,8 +312,11 @@ def publish_tables(suite, results, errors, client, parent, experiment_id, uri, n
     """Assemble, log and return the tables (every cell also a parent metric); register each
     cell's best model when asked; close the parent run."""
     frames = tables.assemble_suite(suite, results)
+    per_cell = cross_spectral.log_parent_matrices(client, experiment_id, parent)
     markdown = tables.suite_markdown(suite, frames)
-    checks = tables.run_checks(suite, frames)
+    if per_cell:  # the query x gallery spectrum matrix of every cell, after the tables
+        markdown += "\n" + cross_spectral.all_markdown(cross_spectral.summarize(per_cell))
+    checks = tables.run_checks(suite, frames) + cross_spectral.run_matrix_checks(suite, per_cell)
     log_tables(client, parent, suite, frames, checks)
     comparison.log_parent_results(client, parent, suite, frames)
     registered = comparison.register_best_models(client, experiment_id, parent) if register else {}

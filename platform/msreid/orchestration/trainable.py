@@ -218,7 +218,8 @@ def _identity(ctx: TrialContext, config: dict, cfg: TrainConfig) -> tuple[str, d
         except Exception:  # noqa: BLE001 (only the run's name depends on it)
             spectra = ()
     return comparison.trial_identity(cells, int(trial["seed"]), trial["dataset"], manifest, spectra,
-                                     cfg.loss.ablation, cfg.model.backbone, cfg.optim.epochs)
+                                     cfg.loss.ablation, cfg.model.backbone, cfg.optim.epochs,
+                                     cfg.data.modality_dropout)
 
 
 def _dataset(ctx: TrialContext, config: dict):

@@ -51,9 +51,10 @@ def from_percent(metrics: dict[str, float]) -> dict[str, float]:
 
 
 def trial_identity(cells: list, seed: int, dataset: str, manifest: str, spectra, ablation: str,
-                   backbone: str, epochs: int) -> tuple[str, dict[str, str]]:
+                   backbone: str, epochs: int,
+                   modality_dropout: float = 0.0) -> tuple[str, dict[str, str]]:
     """``(run name, tags)`` of a trial's child run: the name, the cell tag and the description."""
-    name = runs.trial_run_name(spectra, ablation, backbone, seed, cells)
+    name = runs.trial_run_name(spectra, ablation, backbone, seed, cells, modality_dropout)
     tags = {runs.TAG_CELL: runs.cell_key(cells[0]),
             runs.TAG_NOTE: runs.trial_description(cells, dataset, manifest, seed, epochs)}
     return name, tags

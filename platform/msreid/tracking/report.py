@@ -6,7 +6,9 @@
 The parent run stores the suite (``suite.json``); each child run carries the
 cells it feeds (tag ``msreid.cells``), its seed and its final ``test/*``
 metrics. Numbers are the test set evaluated with the checkpoint selected by
-validation mAP, in %, mean +- std over seeds, beside the paper's.
+validation mAP, in %, mean +- std over seeds, beside the paper's. The query x gallery
+spectrum matrix of every cell (mean +- std over seeds) follows, rebuilt from the
+children's ``evaluation/cross_spectral.csv`` (``--out``: ``cross_spectral/<cell>.csv/.png``).
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ def main(args: argparse.Namespace) -> int:
     """Print (and optionally write) the tables of a benchmark run."""
     import mlflow  # only when the command runs, not for --help
 
+    from msreid.tracking import cross_spectral
     from msreid.tracking.runs import client_for
 
     uri = resolve_tracking_uri(args.tracking_uri)
@@ -107,6 +110,11 @@ def main(args: argparse.Namespace) -> int:
                 (out / f"{name}.{ext}").write_text(text)
         if args.format != "md":
             print(rendered[args.format])
+    matrices = cross_spectral.cell_matrices(client, experiment_id, parent.info.run_id)
+    if out and matrices:
+        cross_spectral.write_matrices(matrices, out / "cross_spectral")
     if args.format == "md":
         print(tables.suite_markdown(suite, frames), end="")
+        if matrices:
+            print("\n" + cross_spectral.all_markdown(matrices), end="")
     return 0

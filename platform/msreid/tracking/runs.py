@@ -246,11 +246,14 @@ def cell_key(cell: Iterable[str]) -> str:
 
 
 def trial_run_name(spectra: Iterable[str], ablation: str, backbone: str, seed: int,
-                   cells: Iterable[Iterable[str]]) -> str:
-    """What tells runs apart first (the UI truncates names): modality, model, backbone, then the
-    seed, then the table(s): ``RGB-N-T MSN resnet50 · s0 · table3+table5``."""
+                   cells: Iterable[Iterable[str]], modality_dropout: float = 0.0) -> str:
+    """What tells runs apart first (the UI truncates names): modality, model (with its modality
+    dropout when on), backbone, then the seed, then the table(s):
+    ``RGB-N-T MSN resnet50 · s0 · table3+table5``, ``RGB-N-T MSN drop0.3 test_resnet · s1 · robustness``."""
     tables = list(dict.fromkeys(str(next(iter(c))) for c in cells))
     model = MODEL_LABELS.get(ablation, ablation)
+    if modality_dropout > 0:
+        model += f" drop{modality_dropout:g}"
     return f"{modality_label(spectra)} {model} {backbone} · s{seed} · {'+'.join(tables)}"
 
 

@@ -27,7 +27,7 @@ PROTOCOLS = {
 }
 """How each run.selection is named in table titles."""
 
-TITLE_KEYS = ("model.backbone", "run.selection")
+TITLE_KEYS = ("model.backbone", "run.selection", "data.modality_dropout")
 """The flat config keys a TrialResult carries (what the titles report)."""
 
 WITHIN_NOISE = "selection/within_noise"
@@ -83,11 +83,18 @@ def cell_trained(cell_id: CellId, results: list[TrialResult]) -> tuple[str, str]
     return ", ".join(backbone), ", ".join(selection)
 
 
+def cell_dropout(cell_id: CellId, results: list[TrialResult]) -> str:
+    """The data.modality_dropout the cell's trials ran with (``", "``-joined when they differ)."""
+    values = sorted({float(r.config.get("data.modality_dropout", 0.0))
+                     for r in results if cell_id in r.cells})
+    return ", ".join(f"{v:g}" for v in values)
+
+
 def assemble_table(table: TableSpec, results: list[TrialResult],
                    suite_set: dict | None = None) -> pd.DataFrame:
     """One line per cell: labels, ``seeds``, ``backbone`` and ``selection`` as trained, then
-    per metric ``<m>``, ``<m>_std``, ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %, and
-    ``noisy_seeds`` (:func:`noisy_seeds`).
+    per metric ``<m>``, ``<m>_std``, ``<m>_paper``, ``<m>_diff`` (ours - paper), all in %,
+    ``modality_dropout`` as trained and ``noisy_seeds`` (:func:`noisy_seeds`).
 
     ``std`` is the sample standard deviation over seeds (ddof=1; NaN for one seed).
     """
@@ -95,6 +102,7 @@ def assemble_table(table: TableSpec, results: list[TrialResult],
     for cell in expand_cells(table, suite_set):
         line: dict = {table.row_label: cell.id[1], table.column_label: cell.id[2]}
         line["backbone"], line["selection"] = cell_trained(cell.id, results)
+        line["modality_dropout"] = cell_dropout(cell.id, results)
         seeds = 0
         for metric in table.metrics:
             values = cell_values(cell.id, metric, results)
@@ -110,7 +118,8 @@ def assemble_table(table: TableSpec, results: list[TrialResult],
         lines.append(line)
     frame = pd.DataFrame(lines)
     order = [table.row_label, table.column_label, "seeds", "backbone", "selection"] + [
-        f"{m}{s}" for m in table.metrics for s in ("", "_std", "_paper", "_diff")] + ["noisy_seeds"]
+        f"{m}{s}" for m in table.metrics for s in ("", "_std", "_paper", "_diff")] + [
+        "modality_dropout", "noisy_seeds"]
     return frame[order]
 
 
@@ -123,6 +132,8 @@ def _fmt(value: float, signed: bool = False) -> str:
 def display_frame(table: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
     """Strings for people: ``41.2 ± 0.5`` (or ``41.2`` for one seed), paper value, signed diff."""
     out = frame[[table.row_label, table.column_label, "seeds"]].copy()
+    if _has_dropout(frame):  # only tables that trained with missing spectra get the column
+        out["modality dropout"] = frame["modality_dropout"]
     for m in table.metrics:
         ours = [_fmt(v) + ("" if math.isnan(s) else f" ± {s:.1f}")
                 if not math.isnan(v) else "n/a" for v, s in zip(frame[m], frame[f"{m}_std"])]
@@ -133,6 +144,11 @@ def display_frame(table: TableSpec, frame: pd.DataFrame) -> pd.DataFrame:
         out["selection"] = [f"within noise in {int(n)}/{int(s)} seeds" if n else ""
                             for n, s in zip(frame["noisy_seeds"], frame["seeds"])]
     return out
+
+
+def _has_dropout(frame: pd.DataFrame) -> bool:
+    return "modality_dropout" in frame and any(
+        v not in ("", "0") for v in frame["modality_dropout"].astype(str))
 
 
 def _has_noise(frame: pd.DataFrame) -> bool:

@@ -7,12 +7,14 @@ import tempfile
 from pathlib import Path
 
 from msreid.tracking.comparison import epoch_metrics
+from msreid.tracking.cross_spectral import trial_heatmap
 from msreid.tracking.figures import cam_overlays, cmc_plot, ranked_list_figure
 from msreid.tracking.runs import log_files, log_metrics
 
 log = logging.getLogger(__name__)
 
-EVAL_FILES = ("cmc.csv", "missing_modality.csv", "per_challenge.csv", "ranking.json")
+EVAL_FILES = ("cmc.csv", "missing_modality.csv", "per_challenge.csv", "ranking.json",
+              "cross_spectral.csv")
 
 
 def log_history(client, run_id: str, history: list[dict]) -> None:
@@ -32,7 +34,8 @@ def log_history(client, run_id: str, history: list[dict]) -> None:
 
 
 def log_trial_artifacts(client, run_id: str, cfg, outcome, figures: dict) -> None:
-    """Evaluation tables (CSV/JSON), the CMC plot, the ranked-list figure and CAM overlays."""
+    """Evaluation tables (CSV/JSON), the CMC plot, the query x gallery spectrum heatmap
+    (``figures/cross_spectral.png``), the ranked-list figure and CAM overlays."""
     art = Path(outcome.artifacts_dir) if outcome.artifacts_dir else None
     if art is None or not art.is_dir():
         return
@@ -42,6 +45,7 @@ def log_trial_artifacts(client, run_id: str, cfg, outcome, figures: dict) -> Non
         made = []
         if (art / "cmc.csv").is_file():
             made.append(cmc_plot(art / "cmc.csv", out / "cmc.png"))
+        made.append(trial_heatmap(art / "cross_spectral.csv", out / "cross_spectral.png"))
         if (art / "ranking.json").is_file() and figures.get("ranked_list", True):
             made.append(ranked_list_figure(art / "ranking.json", cfg.data.manifest,
                                              out / "ranked_list.png"))

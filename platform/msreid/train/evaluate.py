@@ -5,8 +5,9 @@ Ray Data iterator but this module does not import Ray.
 
 Artifacts written into the final checkpoint (see docs/TRAINING.md):
 ``cmc.csv`` (rank, cmc), ``missing_modality.csv`` (subset, metrics),
-``per_challenge.csv`` (challenge, num_queries, metrics) and ``ranking.json``
-(top-10 gallery rows of a few queries, with match flags).
+``per_challenge.csv`` (challenge, num_queries, metrics), ``ranking.json``
+(top-10 gallery rows of a few queries, with match flags) and ``cross_spectral.csv``
+(query subset, gallery subset, metrics in %: the query x gallery spectrum matrix).
 """
 
 from __future__ import annotations
@@ -25,7 +26,9 @@ from msreid.errors import UserError
 from msreid.evaluation import (
     RankResult,
     challenge_table,
+    cross_spectral_matrix,
     evaluate_features,
+    matrix_table,
     spectrum_subsets,
     subset_name,
     subset_table,
@@ -33,7 +36,7 @@ from msreid.evaluation import (
 from msreid.train.sampling import RowMeta
 
 __all__ = ["extract_features", "rank_features", "per_challenge", "ranking_lists",
-           "write_artifacts", "spectrum_subsets", "subset_name"]
+           "spectrum_matrix", "write_artifacts", "spectrum_subsets", "subset_name"]
 
 METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
 
@@ -77,6 +80,22 @@ def rank_features(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray,
     scenes = (labels.scene[query], labels.scene[gallery]) if labels.has_scenes else (None, None)
     return evaluate_features(feats[qp], feats[gp], labels.pid[query], labels.pid[gallery],
                              labels.camera[query], labels.camera[gallery], *scenes)
+
+
+def spectrum_matrix(feats: Mapping[str, torch.Tensor], spectra: Sequence[str], rows: np.ndarray,
+                    query: np.ndarray, gallery: np.ndarray,
+                    labels: RowMeta) -> dict[tuple[str, str], RankResult]:
+    """``msreid.evaluation.cross_spectral_matrix`` of the per-subset features ``feats``
+    ({subset name: [N, D]}, as ``extract_features`` returns them) on ``query`` x ``gallery``.
+
+    Its diagonal ``(k, k)`` is ``rank_features(feats[k], ...)``: the same call.
+    """
+    qp, gp = _positions(rows, query), _positions(rows, gallery)
+    scenes = (labels.scene[query], labels.scene[gallery]) if labels.has_scenes else (None, None)
+    return cross_spectral_matrix(
+        lambda s: (feats[subset_name(s)][qp], feats[subset_name(s)][gp]), spectra,
+        labels.pid[query], labels.pid[gallery], labels.camera[query], labels.camera[gallery],
+        *scenes)
 
 
 def per_challenge(feats: torch.Tensor, rows: np.ndarray, query: np.ndarray,
@@ -125,11 +144,12 @@ def _write_csv(path: Path, rows: list[dict]) -> None:
 
 def write_artifacts(directory: str | Path, test: RankResult,
                     subsets: Mapping[str, RankResult] | None,
-                    challenges: pd.DataFrame | None, ranking: list[dict]) -> list[str]:
+                    challenges: pd.DataFrame | None, ranking: list[dict],
+                    matrix: Mapping[tuple[str, str], RankResult] | None = None) -> list[str]:
     """Write the artifact files into ``directory``; returns the names written.
 
-    missing_modality.csv and per_challenge.csv are ``msreid.evaluation``'s
-    ``subset_table`` / ``challenge_table`` as CSV.
+    missing_modality.csv, per_challenge.csv and cross_spectral.csv are
+    ``msreid.evaluation``'s ``subset_table`` / ``challenge_table`` / ``matrix_table`` as CSV.
     """
     d = Path(directory)
     written = ["cmc.csv", "ranking.json"]
@@ -144,4 +164,7 @@ def write_artifacts(directory: str | Path, test: RankResult,
     if challenges is not None and len(challenges):
         challenges.to_csv(d / "per_challenge.csv", index=False)
         written.append("per_challenge.csv")
+    if matrix:
+        matrix_table(matrix).to_csv(d / "cross_spectral.csv", index=False)
+        written.append("cross_spectral.csv")
     return written

@@ -372,7 +372,8 @@ def _datasets(cfg: TrainConfig, index, spectra, size, rows: SplitRows, validate:
               plan: Plan, run_dir: str, resume_epoch: Callable[[str], int]) -> dict[str, Any]:
     """"train_<rank>" per worker (factories: see _train_factory), "test" and maybe "val"."""
     d = cfg.data
-    train_spec = DecodeSpec(index, spectra, size, _augment(cfg), cfg.run.seed)
+    train_spec = DecodeSpec(index, spectra, size, _augment(cfg), cfg.run.seed,
+                            cfg.data.modality_dropout)
     eval_spec = DecodeSpec(index, spectra, size, None, cfg.run.seed)
     evals = {"test": np.concatenate([rows.test_query, rows.test_gallery])}
     if validate:

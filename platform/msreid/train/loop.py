@@ -36,7 +36,7 @@ from msreid.models import MultiStreamNet
 from msreid.models.sync_batchnorm import convert_sync_batchnorm
 from msreid.train import checkpoint as ck
 from msreid.train import evaluate as ev
-from msreid.train.distributed import gather_outputs, sync_bn_wanted
+from msreid.train.distributed import gather_labels, gather_outputs, sync_bn_wanted
 from msreid.train.sampling import RowMeta
 from msreid.train.session import RaySession, Session, intra_op_threads, worker_threads
 
@@ -221,12 +221,13 @@ def train_epoch(t: Training, batches: Iterator[dict], epoch: int) -> dict[str, f
         _check_order(batch, epoch, step, t.session.rank)
         images = _batch_images(batch, t)
         labels = batch["labels"][0].to(t.device, non_blocking=True)
+        keep = _kept(batch, t)
         with _autocast(t):
             out = t.model(images, return_cams=bool(kwargs.get("caid")))
             out_all, labels_all = gather_outputs(out, labels)  # the global batch
             if cfg.data.batch_mode == "pk":
                 check_pk(labels_all, cfg.data.P, cfg.data.K)
-            terms = compute_losses(out_all, labels_all, **kwargs)
+            terms = compute_losses(out_all, labels_all, keep=keep, **kwargs)
         t.optimizer.zero_grad(set_to_none=True)
         t.scaler.scale(terms["loss"]).backward()
         t.scaler.step(t.optimizer)
@@ -239,6 +240,14 @@ def train_epoch(t: Training, batches: Iterator[dict], epoch: int) -> dict[str, f
                if term == "loss" or term in terms or term in _expected(kwargs)]
     return {"tuples": float(seen), "seconds": time.perf_counter() - start,
             **{term: sums[term] for term in present}}
+
+
+def _kept(batch: dict, t: Training) -> torch.Tensor | None:
+    """The global batch's modality-dropout mask ``[B, S]`` bool (None: dropout off)."""
+    if t.cfg.data.modality_dropout <= 0:
+        return None
+    keep = batch["keep"][0].to(t.device, non_blocking=True).to(torch.uint8)
+    return gather_labels(keep).bool()  # every worker's share, in rank order, as the outputs
 
 
 def check_pk(labels: torch.Tensor, p: int, k: int) -> None:
@@ -418,14 +427,14 @@ def final_test(t: Training) -> None:
         metrics["best_val/mAP"] = p.best_metric
         metrics.update(selection_metrics(p.history, job.val.query.size))
     files[ck.FINAL_METRICS_FILE] = metrics
-    by_subset = ({ev.subset_name(s): ev.rank_features(feats[ev.subset_name(s)], rows, q, g,
-                                                      labels) for s in subsets}
-                 if len(subsets) > 1 else None)
+    # the query x gallery spectrum matrix; its diagonal is the missing-modality table
+    matrix = ev.spectrum_matrix(feats, spectra, rows, q, g, labels) if len(subsets) > 1 else None
+    by_subset = {a: res for (a, b), res in matrix.items() if a == b} if matrix else None
     challenges = ev.per_challenge(full, rows, q, g, labels) if cfg.run.per_challenge else None
     ranking = ev.ranking_lists(full, rows, q, g, labels, cfg.run.ranking_queries)
     directory = ck.write_checkpoint(
         t.session.checkpoint_dir("final"), files,
-        extra=lambda d: ev.write_artifacts(d, test, by_subset, challenges, ranking))
+        extra=lambda d: ev.write_artifacts(d, test, by_subset, challenges, ranking, matrix))
     p.history.append(metrics)
     t.session.report(metrics, directory)
 

@@ -33,8 +33,8 @@ import ray
 from msreid import SPECTRA
 from msreid.data.decode import decode_row
 from msreid.data.schema import manifest_files, resolve_filesystem
-from msreid.data.transforms import AugmentParams, augment, stack_tuples
-from msreid.train.sampling import RowMeta, sample_rngs
+from msreid.data.transforms import AugmentParams, augment, kept_spectra, stack_tuples
+from msreid.train.sampling import RowMeta, dropout_rngs, sample_rngs
 
 META_COLUMNS = ["split", "pid", "camera", "scene", "challenge"]
 DECODE_COLUMNS = ["blobs"] + [f"{s}_{k}" for s in SPECTRA for k in ("src", "box")]
@@ -62,6 +62,7 @@ class DecodeSpec:
     size: tuple[int, int]  # (H, W)
     augment: AugmentParams | None  # None = no augmentation (evaluation)
     seed: int = 0
+    modality_dropout: float = 0.0  # data.modality_dropout (training plans only)
 
 
 @ray.remote(num_returns=2)
@@ -133,18 +134,25 @@ def _decode_plan_rows(batch: dict[str, np.ndarray], spec: DecodeSpec,
                       refs: tuple[Any, ...]) -> dict[str, np.ndarray]:
     """map_batches UDF: plan row ids ``batch["id"] [n]`` -> n decoded (shares of) batches.
 
-    Output: "epoch", "step" [n]; "rows", "labels" [n, b]; one uint8 [n, b, 3, H, W]
-    column per spectrum. Tuple j of plan row i is augmented from (seed, epoch,
-    starts[i] + j), its position in the epoch's plan (``sampling.sample_rngs``):
-    the same whichever task, worker or share decodes it.
+    Output: "epoch", "step" [n]; "rows", "labels" [n, b]; "keep" [n, b, S] bool (modality
+    dropout: False = spectrum dropped); one uint8 [n, b, 3, H, W] column per spectrum.
+    Tuple j of plan row i is augmented from (seed, epoch, starts[i] + j), its position in
+    the epoch's plan (``sampling.sample_rngs``), and its spectra kept or dropped from the
+    same key on a stream of its own (``sampling.dropout_rngs``): the same whichever task,
+    worker or share decodes it.
     """
     plan, labels, epochs, steps, starts = ray.get(list(refs))  # nested refs: not auto-resolved
     ids = np.asarray(batch["id"], dtype=np.int64)
-    out: dict[str, list] = {k: [] for k in ("epoch", "step", "rows", "labels", *spec.spectra)}
+    out: dict[str, list] = {k: [] for k in ("epoch", "step", "rows", "labels", "keep",
+                                            *spec.spectra)}
     for i in ids:
         e, s = int(epochs[i]), int(steps[i])
-        rngs = sample_rngs(spec.seed, e, starts[i] + np.arange(plan.shape[1]))
-        x = decode_tuples(spec, plan[i], rngs)
+        positions = starts[i] + np.arange(plan.shape[1])
+        x = decode_tuples(spec, plan[i], sample_rngs(spec.seed, e, positions))
+        out["keep"].append(
+            kept_spectra(dropout_rngs(spec.seed, e, positions), len(spec.spectra),
+                         spec.modality_dropout) if spec.modality_dropout > 0
+            else np.ones((len(positions), len(spec.spectra)), dtype=bool))
         for j, name in enumerate(spec.spectra):
             out[name].append(x[:, j])
         out["epoch"].append(e)

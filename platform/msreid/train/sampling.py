@@ -69,6 +69,12 @@ def sample_rngs(seed: int, epoch: int, positions: np.ndarray) -> list[np.random.
     return [np.random.default_rng([seed, epoch, 1, int(p)]) for p in np.asarray(positions)]
 
 
+def dropout_rngs(seed: int, epoch: int, positions: np.ndarray) -> list[np.random.Generator]:
+    """One modality-dropout generator per tuple, keyed like ``sample_rngs`` but on a stream of
+    its own: turning dropout on leaves every augmentation draw unchanged."""
+    return [np.random.default_rng([seed, epoch, 2, int(p)]) for p in np.asarray(positions)]
+
+
 def uniform_plan(num_rows: int, batch_size: int, rng: np.random.Generator) -> np.ndarray:
     """A shuffled permutation cut into ``[num_rows // batch_size, batch_size]`` positions.
 
