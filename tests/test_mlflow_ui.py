@@ -115,7 +115,8 @@ def bench(tmp_path_factory, ray_session):
     out = run_benchmark(opts)
     assert out.errors == []
     alpha = run_alpha_search(AlphaOptions(
-        data=(manifest,), num_samples=ALPHAS, overrides=("optim.epochs=2", "data.image_size=[16,32]", "data.batch_size=4"), seed=0,
+        data=(manifest,), num_samples=ALPHAS, seed=0,
+        overrides=("optim.epochs=2", "data.image_size=[16,32]", "data.batch_size=4"),
         grace_period=2, reduction_factor=2, probe_steps=0, probe_batches=1, repeat_top=0, repeat_seeds=0,
         max_concurrent_trials=2, tracking_uri=out.tracking_uri, experiment="msreid-alpha",
         storage_path=str(tmp / "results"), fit=orchestration_fakes.fit, verbose=0))
