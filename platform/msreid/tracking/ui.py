@@ -182,8 +182,10 @@ def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
     """``mlflow server`` for a store (artifacts of a SQLite store are read where they were
     written, beside the database)."""
     mlflow_bin = Path(sys.executable).with_name("mlflow")
+    # One worker: uvicorn's default 4 on a loaded 2-core machine start slowly, and its supervisor
+    # killed a worker that missed a health check ("Child process died"); one person's UI needs one.
     return [str(mlflow_bin), "server", "--backend-store-uri", tracking_uri,
-            "--host", host, "--port", str(port)]
+            "--host", host, "--port", str(port), "--workers", "1"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
