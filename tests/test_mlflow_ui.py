@@ -220,10 +220,10 @@ def test_parent_holds_every_cell(bench):
 
 def _bars(traces: list[list[dict]], metric: str) -> dict[str, dict[str, float]] | None:
     """``{series: {row label: value}}`` of the bar chart whose first series is ``metric``; a bar's
-    category is the UI's group key ``tag.<tag>.<label>``."""
+    category is the UI's group key ``tag.msreid.row.<table>.<label>``."""
     for chart in traces:
         if chart and chart[0]["type"] == "bar" and chart[0]["name"] == metric:
-            return {t["name"]: {y.split(".", 3)[-1]: x for x, y in zip(t["x"], t["y"])}
+            return {t["name"]: {y.split(".", 4)[-1]: x for x, y in zip(t["x"], t["y"])}
                     for t in chart}
     return None
 
