@@ -228,15 +228,10 @@ def _bars(traces: list[list[dict]], metric: str) -> dict[str, dict[str, float]] 
     return None
 
 
-def _curves(traces: list[list[dict]], metric: str) -> dict[str, list] | None:
-    """``{row label: x values}`` of the line chart of ``metric`` (traces named ``<label> (<metric>)``)."""
-    suffix = f" ({metric})"
-    for chart in traces:
-        lines = {t["name"][:-len(suffix)]: t["x"] for t in chart
-                 if t["type"] == "scatter" and (t["name"] or "").endswith(suffix)}
-        if lines:
-            return lines
-    return None
+def _line_charts(traces: list[list[dict]]) -> list[list[list]]:
+    """The x values of each line chart's traces (the UI names the lines in its own legend)."""
+    return [[t["x"] for t in chart] for chart in traces
+            if chart and all(t["type"] == "scatter" for t in chart)]
 
 
 def check_table_view(browser, url: str, table: str) -> None:
@@ -245,19 +240,23 @@ def check_table_view(browser, url: str, table: str) -> None:
     from mlflow_browser import fresh_tab, wait_for_traces
 
     rows = ROWS[table]
-    page = fresh_tab(browser, url)
+    page = fresh_tab(browser, url, height=2400)  # the UI draws only the charts in view
     bars = wait_for_traces(page, lambda t: (b := _bars(t, "test/mAP")) and len(
         b["test/mAP"]) == len(rows) and b, f"{table}'s mAP bars")
     assert set(bars) >= {"test/mAP", f"paper/{table}/mAP"}
     assert bars["test/mAP"] == pytest.approx({k: 100 * v[0] for k, v in rows.items()}, abs=1e-3)
     assert bars[f"paper/{table}/mAP"] == {k: v[1] for k, v in rows.items()}
-    curves = wait_for_traces(page, lambda t: (c := _curves(t, "val/mAP")) and len(c) == len(
-        rows) and c, f"{table}'s val/mAP curves")
-    assert curves == {label: [0, 1] for label in rows}  # x = the epoch metric
+    # val/mAP and train/loss per epoch: per row a line over the epochs 0 and 1 (x = the epoch
+    # metric), named "<row> (<metric>)" in the chart's legend.
+    lines = wait_for_traces(page, lambda t: (c := _line_charts(t)) and len(c) == 2 and c,
+                            f"{table}'s per-epoch curves")
+    for chart in lines:
+        assert sum(1 for x in chart if x == [0, 1]) >= len(rows)
     body = page.inner_text("body")
     assert f"{len(rows)} matching runs" in body and "Additional runs" not in body
-    for label in rows:  # the groups of the runs list and the difference table's columns
+    for label in rows:  # the groups of the runs list, the difference table's columns, legends
         assert f"Group: {label}" in body and body.count(label) >= 2
+        assert f"{label} (val/mAP)" in body and f"{label} (train/loss)" in body
     page.context.close()
 
 
