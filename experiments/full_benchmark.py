@@ -80,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
           + (f" --tracking-uri {out.tracking_uri}" if args.tracking_uri else ""))
     served = "" if out.tracking_uri.startswith(("http://", "https://")) else " (after `make ui`)"
     print(f"Compare the cells in the MLflow UI{served}: {out.landing_url}")
+    for title, link in out.links.items():
+        print(f"  {title}: {link}")
     return 1 if out.errors or not all(ok for ok, _ in out.checks) else 0
 
 

@@ -74,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     print("\n" + out.markdown)
     print(f"wall time {done.seconds:.0f} s; MLflow {out.tracking_uri}, experiment "
           f"{opts.experiment!r}, parent run {out.parent_run_id} (alpha/map_vs_alpha.png)")
+    served = "" if out.tracking_uri.startswith(("http://", "https://")) else " (after `make ui`)"
+    print(f"loss.alpha against validation mAP in the MLflow UI{served}: {out.link}")
     return 0
 
 

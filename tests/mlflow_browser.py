@@ -73,14 +73,100 @@ def mlflow_ui(tracking_uri: str, experiment: str, log_path: Path, timeout_s: flo
 
 
 @contextlib.contextmanager
-def chromium_page(width: int = 1600, height: int = 1000):
-    """A Playwright page in headless Debian Chromium."""
+def chromium_browser():
+    """Headless Debian Chromium through Playwright."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            yield page
+            yield browser
         finally:
             browser.close()
+
+
+def fresh_tab(browser, url: str, width: int = 1600, height: int = 1000):
+    """``url`` opened in a new browser context: a fresh tab, as when a printed link is pasted
+    (no state of MLflow's single-page app carried over)."""
+    context = browser.new_context(viewport={"width": width, "height": height})
+    page = context.new_page()
+    page.goto(url)
+    return page
+
+
+@contextlib.contextmanager
+def chromium_page(width: int = 1600, height: int = 1000):
+    """A Playwright page in headless Debian Chromium."""
+    with chromium_browser() as browser:
+        yield browser.new_page(viewport={"width": width, "height": height})
+
+
+def plot_traces(page) -> list[list[dict]]:
+    """The Plotly traces of every chart the page has drawn: per chart, ``{type, name, x, y}``."""
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(
+        p => (p.data || []).map(t => ({type: t.type, name: t.name || null,
+                                        x: Array.from(t.x || []), y: Array.from(t.y || [])})))""")
+
+
+def wait_for_traces(page, found, what: str, timeout_s: float = 90.0):
+    """Poll ``plot_traces`` until ``found(traces)`` returns something truthy; return it."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        got = found(plot_traces(page))
+        if got:
+            return got
+        time.sleep(0.5)
+    raise AssertionError(f"no {what} in the page; charts: {plot_traces(page)}")
+
+
+SHOTS = {"table5": "mlflow_table5.png", "table3": "mlflow_table3.png"}
+"""README's pictures: the saved view of each table (msreid.tracking.views)."""
+
+
+def printed_links(printed: str) -> dict[str, str]:
+    """``{label: link}`` of the lines `msreid ui` printed (``<label>: http...``)."""
+    return {line.split(": ", 1)[0]: line.split(": ", 1)[1]
+            for line in printed.splitlines() if ": http" in line}
+
+
+def save_screenshots(browser, links: dict[str, str], folder: Path) -> list[Path]:
+    """Screenshots of the latest benchmark's table views (as `msreid ui` printed them) and the
+    parent's labelled figure of Table 3, each opened in a fresh tab."""
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = []
+    for table, name in SHOTS.items():
+        url = next((u for label, u in links.items() if label.startswith(f"{table} of ")), None)
+        if url is None:
+            continue
+        page = fresh_tab(browser, url)
+        wait_for_traces(page, lambda t: sum(1 for c in t if c) >= 3, f"{table}'s charts")
+        with contextlib.suppress(Exception):  # the assistant side panel, when it is open
+            page.locator("button[aria-label='Close']").last.click(timeout=5000)
+        time.sleep(2)
+        page.screenshot(path=str(folder / name))
+        saved.append(folder / name)
+        page.context.close()
+    return saved
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Retake README's MLflow screenshots from a store (a real smoke run: `make benchmark`)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--tracking-uri", required=True, help="sqlite:///<abs path>/mlflow.db")
+    parser.add_argument("--experiment", default="msreid-benchmark")
+    parser.add_argument("--out", default="docs/img", help="folder of the PNG files")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with mlflow_ui(args.tracking_uri, args.experiment, out / "mlflow_ui.log") as (base, printed):
+        with chromium_browser() as browser:
+            saved = save_screenshots(browser, printed_links(printed), out)
+    (out / "mlflow_ui.log").unlink()
+    print("\n".join(str(p) for p in saved))
+    return 0 if len(saved) == len(SHOTS) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

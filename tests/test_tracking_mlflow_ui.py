@@ -84,26 +84,36 @@ def test_trial_entities_in_the_store(store, tmp_path):
                                      tags={**runs.context_tags(ROOT), runs.TAG_NOTE: "hello"})
     fingerprint = "ab" * 32  # a sha256 hex digest
     dataset = entities.manifest_dataset("rgbnt100", str(tmp_path / "manifest"), fingerprint, 12)
-    entities.log_dataset_input(client, child, dataset)
+    parts = entities.log_dataset_inputs(client, child, dataset)
     ckpt = tmp_path / "ckpt"
+    note = entities.model_description("t3 / RGB / r", "best val", 3, str(ckpt), child)
     model_id = entities.log_checkpoint_model(client, exp, child, "RGB MSN r s0: t3", str(ckpt),
-                                      {"model.backbone": "r"})
-    runs.log_final_metrics(client, child, runs.in_percent({"test/mAP": 0.5, "best_val/mAP": 0.25}),
-                        model_id=model_id, dataset=(dataset.name, dataset.digest))
+                                             {"model.backbone": "r"}, note)
+    runs.log_final_metrics(client, child, runs.in_percent({"test/mAP": 0.5}), model_id=model_id,
+                           dataset=(parts["test"].name, dataset.digest))
+    runs.log_final_metrics(client, child, runs.in_percent({"best_val/mAP": 0.25}),
+                           model_id=model_id, dataset=(parts["validation"].name, dataset.digest))
     run = client.get_run(child)
     assert run.data.tags["mlflow.note.content"] == "hello"
     assert run.data.tags["mlflow.source.git.commit"] == runs.git_commit(ROOT)
     assert run.data.metrics == {"test/mAP": 50.0, "best_val/mAP": 25.0}
     assert [m.step for m in client.get_metric_history(child, "test/mAP")] == [0]
-    (inp,) = run.inputs.dataset_inputs
-    assert inp.dataset.digest == fingerprint[:36] and inp.dataset.name == "rgbnt100"
-    assert json.loads(inp.dataset.source) == {"uri": str(tmp_path / "manifest")}
-    assert json.loads(inp.dataset.profile)["fingerprint"] == fingerprint
+    # One input per context the manifest served, each named after its split (MLflow keeps one
+    # input per name and digest).
+    inputs = {i.tags[0].value: i.dataset for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["test", "train", "validation"]
+    for split, inp in inputs.items():
+        assert inp.digest == fingerprint[:36] and inp.name == f"rgbnt100/{split}"
+        assert json.loads(inp.source) == {"uri": str(tmp_path / "manifest")}
+        assert json.loads(inp.profile)["fingerprint"] == fingerprint
     model = client.get_logged_model(model_id)
     assert model.source_run_id == child and str(model.status) == "READY"
     assert entities.checkpoint_of(client, model_id) == str(ckpt)
-    assert {m.key: (m.value, m.dataset_digest) for m in model.metrics} == {
-        "test/mAP": (50.0, fingerprint[:36]), "best_val/mAP": (25.0, fingerprint[:36])}
+    described = model.tags["mlflow.note.content"]
+    assert "**Cell** t3 / RGB / r" in described and "epoch 3" in described
+    assert str(ckpt) in described and child in described
+    assert {m.key: (m.value, m.dataset_name) for m in model.metrics} == {
+        "test/mAP": (50.0, "rgbnt100/test"), "best_val/mAP": (25.0, "rgbnt100/validation")}
     assert [o.model_id for o in run.outputs.model_outputs] == [model_id]
     version = entities.register_model(client, "msreid t3 / RGB: MSN", model_id, child)
     assert str(version) == "1"
@@ -132,15 +142,33 @@ def test_breakdowns_in_percent(store, tmp_path):
     assert table["data"] == [["r", "rgb", 50.0, 25.0, 4]]
 
 
-def test_parent_cell_metrics_and_utf8_html():
+def test_evaluation_csvs_in_percent_two_decimals(tmp_path):
+    (tmp_path / "in").mkdir()
+    pd.DataFrame({"rank": [1, 2], "cmc": [0.123456, 1 / 3]}).to_csv(tmp_path / "in" / "cmc.csv",
+                                                                     index=False)
+    pd.DataFrame({"subset": ["r"], "mAP": [0.1234567], "mINP": [0.5], "num_valid": [4]}).to_csv(
+        tmp_path / "in" / "missing_modality.csv", index=False)
+    cmc = entities.percent_csv(tmp_path / "in" / "cmc.csv", tmp_path)
+    assert cmc.read_text().splitlines() == ["rank,cmc", "1,12.35", "2,33.33"]
+    mm = entities.percent_csv(tmp_path / "in" / "missing_modality.csv", tmp_path)
+    assert mm.read_text().splitlines() == ["subset,mAP,mINP,num_valid", "r,12.35,50.0,4"]
+
+
+def _suite():
     from msreid.grid import Level, Suite, TableSpec
-    from msreid.tracking.tables import TrialResult, assemble_table
 
     table = TableSpec(name="table5", title="Δ T5", metrics=("mAP",), row_label="Model",
                       column_label="Dataset", rows=(Level(name="+ L_caid", set={"a": 1}),
                                                    Level(name="msn", set={"a": 2})),
                       columns=(Level(name="RGBNT100"),), base=Level(name="", dataset="d"))
-    suite = Suite(name="s", preset="p", tables=(table,))
+    return Suite(name="s", preset="p", tables=(table,))
+
+
+def test_parent_cell_metrics_and_utf8_html():
+    from msreid.tracking.tables import TrialResult, assemble_table
+
+    suite = _suite()
+    table = suite.tables[0]
     cell = ("table5", "+ L_caid", "RGBNT100")
     results = [TrialResult(cells=(cell,), seed=s, metrics={"test/mAP": v})
                for s, v in ((0, 40.0), (1, 44.0))]
@@ -184,6 +212,16 @@ def test_msreid_ui_prints_the_link(store, capsys):
     out = capsys.readouterr().out
     assert ui.landing_url("http://127.0.0.1:5123", exp) in out
     assert ui.run_url("http://127.0.0.1:5123", exp, parent, "artifacts/tables") in out
+    assert "viewStateShareKey" not in out.replace(ui.landing_url("http://127.0.0.1:5123", exp), "")
+    # Once a benchmark installed its table views, `msreid ui` prints them again.
+    suite = _suite()
+    runs.set_tags(client, parent, {runs.TAG_BENCHMARK: "smoke-1"})
+    links = ui.install_table_views(client, exp, "smoke-1", suite, "http://127.0.0.1:5123")
+    assert main(["ui", "--experiment", "ui", "--tracking-uri", uri, "--port", "5123"]) == 0
+    out = capsys.readouterr().out
+    assert list(links.values()) == [ui.landing_url("http://127.0.0.1:5123", exp,
+                                                   "msreid-smoke-1-table5")]
+    assert f"table5 of smoke-1: {links['Δ T5']}" in out
     assert ui.run_url("http://h", exp, parent, "/artifacts/tables/") == \
         f"http://h/#/experiments/{exp}/runs/{parent}/artifacts/tables?workflowType=machine_learning"
     assert main(["ui", "--experiment", "nope", "--tracking-uri", uri]) == 0

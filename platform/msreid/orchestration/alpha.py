@@ -50,7 +50,7 @@ from msreid.orchestration.asha import ToleranceASHA
 from msreid.orchestration.benchmark import BenchmarkOptions, resolve_manifests
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
-from msreid.tracking import runs
+from msreid.tracking import runs, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from msreid.train.fit import init_ray
 
@@ -115,6 +115,7 @@ class AlphaOutcome:
     markdown: str
     parent_run_id: str
     tracking_uri: str
+    link: str = ""  # the search's saved view in the MLflow UI: loss.alpha against val mAP
 
     @property
     def best(self) -> dict:
@@ -256,6 +257,7 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
         "asha.reduction_factor": opts.reduction_factor, "asha.tolerance": tolerance,
         "val_queries": probed.num_val_queries})
     log_probe(client, parent, probed, setting_label(opts))
+    ui.install_alpha_view(client, experiment_id, name, ui.ui_base(uri))  # while it runs
     with interrupts.stop_signals() as stop:
         try:
             table = _fit(opts, base, forced, manifests, prints, dataset, parent, name, stop,
@@ -280,9 +282,10 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     verdict = alpha_summary.verdict(summary, margin)
     markdown = alpha_summary.to_markdown(table, summary, verdict)
     log_summary(client, parent, table, summary, verdict, markdown)
+    link = ui.install_alpha_view(client, experiment_id, name, ui.ui_base(uri), parent)
     client.set_terminated(parent, "FINISHED")
     return AlphaOutcome(table=table, summary=summary, verdict=verdict, probe=probed,
-                        markdown=markdown, parent_run_id=parent, tracking_uri=uri)
+                        markdown=markdown, parent_run_id=parent, tracking_uri=uri, link=link)
 
 
 def _fit(opts: AlphaOptions, base: dict, forced: dict, manifests: dict, prints: dict, dataset: str,

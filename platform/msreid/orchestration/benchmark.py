@@ -86,6 +86,7 @@ class BenchmarkOutcome:
     errors: list[str]
     suite: grid.Suite
     landing_url: str = ""  # opens the cells in the MLflow UI (msreid.tracking.ui)
+    links: dict = field(default_factory=dict)  # table title -> its saved view in the MLflow UI
     registered: dict = field(default_factory=dict)  # cell key -> registered model (--register)
 
 
@@ -255,6 +256,7 @@ def run_benchmark(opts: BenchmarkOptions) -> BenchmarkOutcome:
         init_ray(opts.ray_address, quiet=True)  # before the parent run: no RUNNING run if Ray fails
         stop.install()  # ray.init replaced the SIGTERM handler with a plain sys.exit
         parent = start_parent(opts, suite, client, experiment_id, name, manifests, prints, settings)
+        ui.install_table_views(client, experiment_id, name, suite, ui.ui_base(uri))  # while it runs
         try:
             storage = opts.storage_path or default_storage_path()
             ctx = trial_context(base_config=base, force=forced, manifests=manifests,
@@ -319,12 +321,15 @@ def publish_tables(suite, results, errors, client, parent, experiment_id, uri, n
     checks = tables.run_checks(suite, frames) + cross_spectral.run_matrix_checks(suite, per_cell)
     log_tables(client, parent, suite, frames, checks)
     comparison.log_parent_results(client, parent, suite, frames)
+    comparison.log_cell_references(client, experiment_id, parent, suite, frames)
+    links = ui.install_table_views(client, experiment_id, name, suite, ui.ui_base(uri), parent)
     registered = comparison.register_best_models(client, experiment_id, parent) if register else {}
     client.set_terminated(parent, "FINISHED" if not errors else "FAILED")
     return BenchmarkOutcome(name=name, parent_run_id=parent, experiment_id=experiment_id,
                             tracking_uri=uri, frames=frames, markdown=markdown, checks=checks,
                             errors=errors, suite=suite, registered=registered,
-                            landing_url=ui.landing_url(ui.ui_base(uri), experiment_id))
+                            landing_url=ui.landing_url(ui.ui_base(uri), experiment_id),
+                            links=links)
 
 
 def log_tables(client, parent: str, suite: grid.Suite, frames: dict, checks) -> None:

@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 TAG_CHECKPOINT = "msreid.checkpoint"
 TAG_MODEL_ID = "msreid.model_id"
+TAG_NOTE = "mlflow.note.content"  # a run's or a LoggedModel's description in the UI
 DIGEST_LENGTH = 36  # MLflow's SQL stores hold dataset digests of at most 36 characters
 BREAKDOWNS = {"missing_modality.csv": "tables/missing_modality.json",
               "per_challenge.csv": "tables/per_challenge.json"}
@@ -45,10 +46,30 @@ def manifest_dataset(name: str, uri: str, fingerprint: str, num_rows: int | None
                    source=json.dumps({"uri": uri}), profile=json.dumps(profile))
 
 
-def log_dataset_input(client: MlflowClient, run_id: str, dataset: Dataset,
-                      context: str = "training") -> None:
-    """Record ``dataset`` as an input of the run (the runs table's Dataset column)."""
-    client.log_inputs(run_id, [DatasetInput(dataset, [InputTag("mlflow.data.context", context)])])
+SPLITS = {"train": "the train split's identities minus those held out for validation",
+          "validation": "the train identities held out for validation (query vs gallery), which "
+                        "select the checkpoint",
+          "test": "the query and gallery splits (test/* metrics)"}
+"""The parts of a manifest a trial uses, as MLflow dataset contexts."""
+
+
+def split_dataset(dataset: Dataset, split: str) -> Dataset:
+    """The manifest's dataset for one context: name ``<name>/<split>``, same digest and source
+    (MLflow keeps one input per dataset name and digest, so each context needs its own name)."""
+    profile = {**json.loads(dataset.profile or "{}"), "split": split, "rows": SPLITS[split]}
+    return Dataset(name=f"{dataset.name}/{split}", digest=dataset.digest,
+                   source_type=dataset.source_type, source=dataset.source,
+                   profile=json.dumps(profile))
+
+
+def log_dataset_inputs(client: MlflowClient, run_id: str, dataset: Dataset,
+                       splits: tuple[str, ...] = tuple(SPLITS)) -> dict[str, Dataset]:
+    """Record the manifest once per context it served (``train``, ``validation``, ``test``) as
+    inputs of the run (the runs table's Dataset column); returns ``{split: dataset}``."""
+    parts = {split: split_dataset(dataset, split) for split in splits}
+    client.log_inputs(run_id, [DatasetInput(d, [InputTag("mlflow.data.context", split)])
+                               for split, d in parts.items()])
+    return parts
 
 
 def model_name(text: str) -> str:
@@ -57,12 +78,26 @@ def model_name(text: str) -> str:
     return "-".join("".join(keep).split())[:200] or "model"
 
 
+def model_description(cell: str, protocol: str, epoch: int | None, checkpoint: str,
+                      run_id: str) -> str:
+    """The LoggedModel's description (markdown): its cell, how its weights were selected, where
+    they are and how to load them."""
+    chosen = f"epoch {epoch}" if epoch is not None else "the selected epoch"
+    return "\n".join([
+        f"**Cell** {cell}", "",
+        f"Protocol: {protocol}. Weights: {chosen} (`best_model.pt`; `model.pt` beside it holds the "
+        f"last epoch) in the checkpoint directory", "", f"`{checkpoint}`", "",
+        f"Source run `{run_id}`. Load with `msreid.train.checkpoint.load_model(<directory>)`; "
+        "the MLmodel here is MLflow's external-model pointer, the weights stay in Ray's storage."])
+
+
 def log_checkpoint_model(client: MlflowClient, experiment_id: str, run_id: str, name: str,
-                         checkpoint: str, params: dict | None = None) -> str:
+                         checkpoint: str, params: dict | None = None,
+                         description: str = "") -> str:
     """An external LoggedModel for ``checkpoint`` as the run's output; returns its model id.
 
     Its MLmodel file is MLflow's external-model spec (what ``mlflow.create_external_model``
-    writes), so the model can be registered.
+    writes), so the model can be registered. ``description``: the model page's description.
     """
     from mlflow.models.utils import get_external_mlflow_model_spec
     from mlflow.utils.mlflow_tags import MLFLOW_MODEL_IS_EXTERNAL
@@ -70,7 +105,8 @@ def log_checkpoint_model(client: MlflowClient, experiment_id: str, run_id: str, 
     params = {k: str(v)[:6000] for k, v in (params or {}).items()}
     model = client.create_logged_model(
         experiment_id, name=model_name(name), source_run_id=run_id, params=params,
-        model_type="msreid", tags={MLFLOW_MODEL_IS_EXTERNAL: "true", TAG_CHECKPOINT: checkpoint})
+        model_type="msreid", tags={MLFLOW_MODEL_IS_EXTERNAL: "true", TAG_CHECKPOINT: checkpoint,
+                                   **({TAG_NOTE: description} if description else {})})
     with tempfile.TemporaryDirectory() as tmp:
         get_external_mlflow_model_spec(model).save(str(Path(tmp) / "MLmodel"))
         client.log_model_artifacts(model.model_id, tmp)
@@ -117,12 +153,23 @@ def log_table(client: MlflowClient, run_id: str, frame: pd.DataFrame, artifact_f
         client.log_table(run_id, frame, artifact_file)
 
 
+PERCENT_DIGITS = 2
+"""Breakdown tables in % with 2 decimals: one test query of 100 moves mAP by up to 1 point."""
+
+
 def percent_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """A breakdown frame with its metric columns (mAP, mINP, R<k>, fractions) in %."""
+    """A breakdown frame with its metric columns (mAP, mINP, R<k>, CMC) in %, 2 decimals."""
     out = frame.copy()
     for column in out.columns:
-        if is_percent_metric(f"test/{column}"):
-            out[column] = (100.0 * out[column].astype(float)).round(4)
+        if is_percent_metric(f"test/{column}") or column == "cmc":
+            out[column] = (100.0 * out[column].astype(float)).round(PERCENT_DIGITS)
+    return out
+
+
+def percent_csv(path: str | Path, out_dir: str | Path) -> Path:
+    """``path`` (an evaluation CSV in fractions) rewritten in % under ``out_dir``, same name."""
+    out = Path(out_dir) / Path(path).name
+    percent_columns(pd.read_csv(path)).to_csv(out, index=False)
     return out
 
 

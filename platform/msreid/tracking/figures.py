@@ -158,3 +158,39 @@ def cam_overlays(checkpoint_dir: str | Path, ranking_json: str | Path, manifest:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def table_figure(frame, row_label: str, column_label: str, metrics: list[str], title: str,
+                 out: str | Path) -> Path:
+    """A benchmark table as labelled horizontal bars, one panel per metric: per row ours (mean
+    over seeds, whisker = sample std when seeds > 1) and the paper's value beside it (%).
+
+    ``frame``: ``msreid.tracking.tables.assemble_table``'s columns ``<m>``, ``<m>_std``,
+    ``<m>_paper``.
+    """
+    labels = [f"{r} / {c}" for r, c in zip(frame[row_label], frame[column_label])]
+    y = np.arange(len(labels))
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics) + 2.5,
+                                                       0.55 * len(labels) + 1.4),
+                             dpi=100, sharey=True, squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        ours = frame[metric].to_numpy(float)
+        std = np.nan_to_num(frame[f"{metric}_std"].to_numpy(float))
+        paper = frame[f"{metric}_paper"].to_numpy(float)
+        ax.barh(y - 0.2, np.nan_to_num(ours), 0.4, xerr=std, capsize=3, label="ours")
+        ax.barh(y + 0.2, np.nan_to_num(paper), 0.4, color="#bbbbbb", label="paper")
+        for yi, value in zip(y, ours):
+            if np.isfinite(value):
+                ax.annotate(f"{value:.1f}", (value, yi - 0.2), xytext=(3, -3),
+                            textcoords="offset points", fontsize=7)
+        ax.set(xlabel=f"{metric} (%)", xlim=(0, 100))
+        ax.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(y, labels)
+    axes[0][0].invert_yaxis()
+    axes[0][-1].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return Path(out)

@@ -28,6 +28,7 @@ TAG_TRIAL = "msreid.trial_key"
 TAG_CELLS = "msreid.cells"          # JSON list of [table, row, column] fed by this trial
 TAG_SEED = "msreid.seed"
 TAG_CELL = "msreid.cell"            # readable key of the run's (first) cell, for the UI's Group-by
+TAG_ROW_PREFIX = "msreid.row."      # msreid.row.<table> = "<row> / <column>": the run feeds that table
 TAG_PARENT = "mlflow.parentRunId"
 TAG_RUN_NAME = "mlflow.runName"
 TAG_NOTE = "mlflow.note.content"    # the run's description in the UI
@@ -243,6 +244,20 @@ def cell_key(cell: Iterable[str]) -> str:
     """The readable ``msreid.cell`` tag of a (table, row, column) cell: ``table3 / RGB-N-T MSN / R50``.
     Runs of one cell differ only by seed, so Group-by on this tag averages seeds."""
     return " / ".join(str(part) for part in cell)
+
+
+def row_tag(table: str) -> str:
+    """The tag a run feeding ``table`` carries (the table's view filters and groups by it)."""
+    return TAG_ROW_PREFIX + table
+
+
+def row_tags(cells: Iterable[Iterable[str]]) -> dict[str, str]:
+    """``{msreid.row.<table>: "<row> / <column>"}`` for each table a trial's cells belong to; a run
+    shared by Table 3 and Table 5 carries both, so each table's view selects exactly its rows."""
+    out: dict[str, list[str]] = {}
+    for table, row, col in (tuple(c) for c in cells):
+        out.setdefault(row_tag(str(table)), []).append(f"{row} / {col}")
+    return {tag: "; ".join(labels) for tag, labels in out.items()}
 
 
 def trial_run_name(spectra: Iterable[str], ablation: str, backbone: str, seed: int,

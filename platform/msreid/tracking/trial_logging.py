@@ -8,6 +8,7 @@ from pathlib import Path
 
 from msreid.tracking.comparison import epoch_metrics
 from msreid.tracking.cross_spectral import trial_heatmap
+from msreid.tracking.entities import percent_csv
 from msreid.tracking.figures import cam_overlays, cmc_plot, ranked_list_figure
 from msreid.tracking.runs import log_files, log_metrics
 
@@ -15,6 +16,7 @@ log = logging.getLogger(__name__)
 
 EVAL_FILES = ("cmc.csv", "missing_modality.csv", "per_challenge.csv", "ranking.json",
               "cross_spectral.csv")
+PERCENT_FILES = ("cmc.csv", "missing_modality.csv", "per_challenge.csv")  # logged in %, 2 decimals
 
 
 def log_history(client, run_id: str, history: list[dict]) -> None:
@@ -39,9 +41,11 @@ def log_trial_artifacts(client, run_id: str, cfg, outcome, figures: dict) -> Non
     art = Path(outcome.artifacts_dir) if outcome.artifacts_dir else None
     if art is None or not art.is_dir():
         return
-    log_files(client, run_id, [art / name for name in EVAL_FILES], "evaluation")
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        files = [percent_csv(art / n, out) if n in PERCENT_FILES and (art / n).is_file()
+                 else art / n for n in EVAL_FILES]
+        log_files(client, run_id, files, "evaluation")
         made = []
         if (art / "cmc.csv").is_file():
             made.append(cmc_plot(art / "cmc.csv", out / "cmc.png"))

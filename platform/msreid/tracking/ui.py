@@ -29,11 +29,12 @@ from urllib.parse import urlencode, urlsplit, urlunsplit
 from mlflow.tracking import MlflowClient
 
 from msreid.errors import UserError
-from msreid.tracking.runs import TAG_BENCHMARK, TAG_CELL, TAG_KIND, TAG_SEED, client_for, find_runs
+from msreid.tracking import views
+from msreid.tracking.runs import TAG_BENCHMARK, TAG_CELL, TAG_KIND, TAG_SEED, children, client_for, find_runs
 from msreid.tracking.store import resolve_tracking_uri
 
 SHARE_KEY = "msreid-cells"
-SHARE_TAG_PREFIX = "mlflow.sharedViewState."
+SHARE_TAG_PREFIX = views.SHARE_TAG_PREFIX
 KIND_TAG = "mlflow.experimentKind"
 KIND_ML = "custom_model_development"
 DEFAULT_UI = "http://127.0.0.1:5000"  # what `make ui` serves
@@ -103,19 +104,77 @@ def run_url(base: str, experiment_id: str, run_id: str, page: str = "") -> str:
             "?workflowType=machine_learning")
 
 
+def table_view_key(benchmark: str, table: str) -> str:
+    """The share key of one table's view of one benchmark: ``msreid-<benchmark>-<table>``."""
+    return views.view_key("msreid", benchmark, table)
+
+
+def alpha_view_key(search: str) -> str:
+    """The share key of one alpha search's view."""
+    return views.view_key("msreid", search, "alpha")
+
+
+def _metric_keys(client: MlflowClient, experiment_id: str, parent: str | None) -> list[str]:
+    if not parent:
+        return []
+    return sorted({k for run in children(client, experiment_id, parent) for k in run.data.metrics})
+
+
+def install_table_views(client: MlflowClient, experiment_id: str, benchmark: str, suite, base: str,
+                        parent: str | None = None) -> dict[str, str]:
+    """One saved view per table of ``suite`` (msreid.tracking.views); returns
+    ``{table title: link}``. With ``parent``, its children's other metrics are kept out of the
+    view (call it again once the trials have logged)."""
+    keys = _metric_keys(client, experiment_id, parent)
+    links = {}
+    for table in suite.tables:
+        key = table_view_key(benchmark, table.name)
+        title = table.title.split(":")[0] or table.name
+        state = views.table_view_state(benchmark, table.name, tuple(table.metrics), title, keys)
+        client.set_experiment_tag(experiment_id, SHARE_TAG_PREFIX + key, json.dumps(state))
+        links[table.title or table.name] = landing_url(base, experiment_id, key)
+    client.set_experiment_tag(experiment_id, KIND_TAG, KIND_ML)
+    return links
+
+
+def install_alpha_view(client: MlflowClient, experiment_id: str, search: str, base: str,
+                       parent: str | None = None) -> str:
+    """The saved view of one alpha search; returns its link."""
+    key = alpha_view_key(search)
+    state = views.alpha_view_state(search, _metric_keys(client, experiment_id, parent))
+    client.set_experiment_tag(experiment_id, SHARE_TAG_PREFIX + key, json.dumps(state))
+    client.set_experiment_tag(experiment_id, KIND_TAG, KIND_ML)
+    return landing_url(base, experiment_id, key)
+
+
+def saved_view_links(client: MlflowClient, experiment_id: str, name: str,
+                     base: str) -> dict[str, str]:
+    """``{view: link}`` of the saved views of benchmark or alpha search ``name`` (``table3``,
+    ``alpha``, ...), as installed by ``install_table_views`` / ``install_alpha_view``."""
+    prefix = SHARE_TAG_PREFIX + views.view_key("msreid", name) + "-"
+    tags = client.get_experiment(experiment_id).tags
+    return {key[len(prefix):]: landing_url(base, experiment_id, key[len(SHARE_TAG_PREFIX):])
+            for key in sorted(tags) if key.startswith(prefix) and "-" not in key[len(prefix):]}
+
+
 def print_links(client: MlflowClient, experiment: str, base: str) -> bool:
-    """Install the landing view and print its link (and the latest benchmark's parent run)."""
+    """Install the landing view and print its link, then the saved views and tables of the latest
+    benchmark and the latest alpha search."""
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         print(f"no MLflow experiment {experiment!r} yet: run `make benchmark` first")
         return False
     install_landing_view(client, exp.experiment_id)
     print(f"Compare the cells of {experiment!r}: {landing_url(base, exp.experiment_id)}")
-    parents = find_runs(client, exp.experiment_id, {TAG_KIND: "benchmark"})
-    if parents:
-        run = parents[0]
-        print(f"Tables of benchmark {run.data.tags.get(TAG_BENCHMARK, '')}: "
-              f"{run_url(base, exp.experiment_id, run.info.run_id, 'artifacts/tables')}")
+    for kind in ("benchmark", "tune_alpha"):
+        latest = find_runs(client, exp.experiment_id, {TAG_KIND: kind})[:1]
+        for run in latest:
+            name = run.data.tags.get(TAG_BENCHMARK, "")
+            for view, link in saved_view_links(client, exp.experiment_id, name, base).items():
+                print(f"{'Alpha search' if view == 'alpha' else view} of {name}: {link}")
+            if kind == "benchmark":
+                print(f"Tables of benchmark {name}: "
+                      f"{run_url(base, exp.experiment_id, run.info.run_id, 'artifacts/tables')}")
     return True
 
 
@@ -123,8 +182,10 @@ def server_command(tracking_uri: str, host: str, port: int) -> list[str]:
     """``mlflow server`` for a store (artifacts of a SQLite store are read where they were
     written, beside the database)."""
     mlflow_bin = Path(sys.executable).with_name("mlflow")
+    # One worker: uvicorn's default 4 on a loaded 2-core machine start slowly, and its supervisor
+    # killed a worker that missed a health check ("Child process died"); one person's UI needs one.
     return [str(mlflow_bin), "server", "--backend-store-uri", tracking_uri,
-            "--host", host, "--port", str(port)]
+            "--host", host, "--port", str(port), "--workers", "1"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
