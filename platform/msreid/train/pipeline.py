@@ -134,8 +134,8 @@ def _decode_plan_rows(batch: dict[str, np.ndarray], spec: DecodeSpec,
                       refs: tuple[Any, ...]) -> dict[str, np.ndarray]:
     """map_batches UDF: plan row ids ``batch["id"] [n]`` -> n decoded (shares of) batches.
 
-    Output: "epoch", "step" [n]; "rows", "labels" [n, b]; "keep" [n, b, S] bool (modality
-    dropout: False = spectrum dropped); one uint8 [n, b, 3, H, W] column per spectrum.
+    Output: "epoch", "step" [n]; "rows", "labels" [n, b]; with modality dropout on, "keep"
+    [n, b, S] bool (False = spectrum dropped); one uint8 [n, b, 3, H, W] column per spectrum.
     Tuple j of plan row i is augmented from (seed, epoch, starts[i] + j), its position in
     the epoch's plan (``sampling.sample_rngs``), and its spectra kept or dropped from the
     same key on a stream of its own (``sampling.dropout_rngs``): the same whichever task,
@@ -143,16 +143,16 @@ def _decode_plan_rows(batch: dict[str, np.ndarray], spec: DecodeSpec,
     """
     plan, labels, epochs, steps, starts = ray.get(list(refs))  # nested refs: not auto-resolved
     ids = np.asarray(batch["id"], dtype=np.int64)
-    out: dict[str, list] = {k: [] for k in ("epoch", "step", "rows", "labels", "keep",
-                                            *spec.spectra)}
+    dropout = spec.modality_dropout > 0  # off: no mask column (the loop reads none)
+    out: dict[str, list] = {k: [] for k in ("epoch", "step", "rows", "labels",
+                                            *(("keep",) if dropout else ()), *spec.spectra)}
     for i in ids:
         e, s = int(epochs[i]), int(steps[i])
         positions = starts[i] + np.arange(plan.shape[1])
         x = decode_tuples(spec, plan[i], sample_rngs(spec.seed, e, positions))
-        out["keep"].append(
-            kept_spectra(dropout_rngs(spec.seed, e, positions), len(spec.spectra),
-                         spec.modality_dropout) if spec.modality_dropout > 0
-            else np.ones((len(positions), len(spec.spectra)), dtype=bool))
+        if dropout:
+            out["keep"].append(kept_spectra(dropout_rngs(spec.seed, e, positions),
+                                            len(spec.spectra), spec.modality_dropout))
         for j, name in enumerate(spec.spectra):
             out[name].append(x[:, j])
         out["epoch"].append(e)
