@@ -33,6 +33,8 @@ def test_subset_table_rows_and_columns():
         "rn": RankResult(np.array([1.0, 1.0]), 0.9, 0.8, 3, 0),
     }
     table = subset_table(results)
+    assert list(table.columns) == ["subset", "spectra", "mAP", "mINP", "R1", "R5", "R10",
+                                   "num_valid", "num_skipped"]
     assert list(table["subset"]) == ["r", "rn"]
     assert list(table["spectra"]) == ["rgb", "rgb+nir"]
     assert list(table["mAP"]) == [0.4, 0.9] and list(table["R1"]) == [0.5, 1.0]

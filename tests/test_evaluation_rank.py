@@ -69,6 +69,7 @@ def test_hand_computed_three_queries(dtype, ranking_path):
         {"test/mAP": 25 / 36, "test/mINP": 11 / 18, "test/R1": 2 / 3, "test/R5": 1.0,
          "test/R10": float("nan")},
         nan_ok=True)
+    assert list(r.as_dict("test/")) == ["test/mAP", "test/mINP", "test/R1", "test/R5", "test/R10"]
     assert len(evaluate_rank(DIST, Q_IDS, G_IDS, Q_CAMS, G_CAMS).cmc) == 50
 
 

@@ -15,12 +15,13 @@ import pandas as pd
 
 from msreid import SPECTRA
 from msreid.errors import UserError
+from msreid.evaluation.names import METRIC_NAMES
 from msreid.evaluation.rank import RankResult, evaluate_features, feature_stats, summarize
 
 SHORT_NAMES = {"rgb": "r", "nir": "n", "tir": "t"}
 """One-letter spectrum names used in subset keys (``"rn"`` = RGB + NIR)."""
 
-_METRIC_COLUMNS = ["mAP", "mINP", "R1", "R5", "R10", "num_valid", "num_skipped"]
+_METRIC_COLUMNS = [*METRIC_NAMES, "num_valid", "num_skipped"]
 
 
 def spectrum_subsets(spectra: Sequence[str]) -> list[tuple[str, ...]]:

@@ -23,9 +23,10 @@ import pandas as pd
 
 from msreid.errors import UserError
 from msreid.evaluation.breakdowns import spectrum_subsets, subset_name
+from msreid.evaluation.names import MAP, TABLE_METRICS
 from msreid.evaluation.rank import RankResult, evaluate_features
 
-MATRIX_METRICS = ("mAP", "R1", "R5", "R10", "mINP")
+MATRIX_METRICS = TABLE_METRICS
 """Metric columns of ``cross_spectral.csv``, in %."""
 
 MATRIX_COLUMNS = ["query", "gallery", *MATRIX_METRICS]
@@ -76,7 +77,7 @@ def check_matrix_table(frame: pd.DataFrame, source: str) -> pd.DataFrame:
     return frame
 
 
-def pivot(frame: pd.DataFrame, metric: str = "mAP") -> pd.DataFrame:
+def pivot(frame: pd.DataFrame, metric: str = MAP) -> pd.DataFrame:
     """The matrix of one metric: rows = query subset, columns = gallery subset, in file order."""
     order = list(dict.fromkeys(frame["query"]))
     gorder = list(dict.fromkeys(frame["gallery"]))
@@ -104,13 +105,13 @@ def mean_std_over_seeds(frames: Iterable[pd.DataFrame]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def off_diagonal_mean(frame: pd.DataFrame, metric: str = "mAP") -> float:
+def off_diagonal_mean(frame: pd.DataFrame, metric: str = MAP) -> float:
     """Mean of ``metric`` over the pairs whose query and gallery subsets differ."""
     off = frame[frame["query"] != frame["gallery"]]
     return float(off[metric].astype(float).mean()) if len(off) else float("nan")
 
 
-def cell_value(frame: pd.DataFrame, query: str, gallery: str, metric: str = "mAP") -> float:
+def cell_value(frame: pd.DataFrame, query: str, gallery: str, metric: str = MAP) -> float:
     """One cell of a matrix table (NaN when the pair is absent)."""
     hit = frame[(frame["query"] == query) & (frame["gallery"] == gallery)]
     return float(hit[metric].iloc[0]) if len(hit) else float("nan")
@@ -162,7 +163,7 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def compare_matrices(treated: Sequence[pd.DataFrame], baseline: Sequence[pd.DataFrame],
-                     metric: str = "mAP") -> MatrixComparison:
+                     metric: str = MAP) -> MatrixComparison:
     """Per-seed matrix tables (``matrix_table`` frames) of two models -> MatrixComparison."""
     frames = [*treated, *baseline]
     if not treated or not baseline:

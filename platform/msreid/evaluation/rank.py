@@ -33,6 +33,7 @@ import torch
 
 from msreid.errors import UserError
 from msreid.evaluation.distance import iter_distance_chunks, prepare_features
+from msreid.evaluation.names import CMC_METRICS, CMC_RANKS, MAP, MINP
 
 Labels = Union[np.ndarray, torch.Tensor, Sequence[int]]
 """Integer labels (ids, cameras, scenes), one per row: numpy, torch or a list."""
@@ -58,10 +59,11 @@ class RankResult:
     num_skipped: int
 
     def as_dict(self, prefix: str = "") -> dict[str, float]:
-        """``{prefix+"mAP", "mINP", "R1", "R5", "R10"}`` as python floats, for logging."""
-        out = {f"{prefix}mAP": float(self.mAP), f"{prefix}mINP": float(self.mINP)}
-        for k in (1, 5, 10):
-            out[f"{prefix}R{k}"] = float(self.cmc[k - 1]) if k <= len(self.cmc) else float("nan")
+        """``{prefix + name: value}`` over ``names.METRIC_NAMES`` (mAP, mINP, R1, R5, R10), as
+        python floats, for logging."""
+        out = {prefix + MAP: float(self.mAP), prefix + MINP: float(self.mINP)}
+        for k, name in zip(CMC_RANKS, CMC_METRICS):
+            out[prefix + name] = float(self.cmc[k - 1]) if k <= len(self.cmc) else float("nan")
         return out
 
 

@@ -6,6 +6,7 @@ import logging
 import tempfile
 from pathlib import Path
 
+from msreid.evaluation import names
 from msreid.tracking.comparison import epoch_metrics
 from msreid.tracking.cross_spectral import trial_heatmap
 from msreid.tracking.entities import percent_csv
@@ -14,9 +15,8 @@ from msreid.tracking.runs import log_files, log_metrics
 
 log = logging.getLogger(__name__)
 
-EVAL_FILES = ("cmc.csv", "missing_modality.csv", "per_challenge.csv", "ranking.json",
-              "cross_spectral.csv")
-PERCENT_FILES = ("cmc.csv", "missing_modality.csv", "per_challenge.csv")  # logged in %, 2 decimals
+PERCENT_FILES = (names.CMC_FILE, names.MISSING_MODALITY_FILE,  # logged in %, 2 decimals
+                 names.PER_CHALLENGE_FILE)
 
 
 def log_history(client, run_id: str, history: list[dict]) -> None:
@@ -44,18 +44,19 @@ def log_trial_artifacts(client, run_id: str, cfg, outcome, figures: dict) -> Non
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
         files = [percent_csv(art / n, out) if n in PERCENT_FILES and (art / n).is_file()
-                 else art / n for n in EVAL_FILES]
+                 else art / n for n in names.ARTIFACT_FILES]
         log_files(client, run_id, files, "evaluation")
         made = []
-        if (art / "cmc.csv").is_file():
-            made.append(cmc_plot(art / "cmc.csv", out / "cmc.png"))
-        made.append(trial_heatmap(art / "cross_spectral.csv", out / "cross_spectral.png"))
-        if (art / "ranking.json").is_file() and figures.get("ranked_list", True):
-            made.append(ranked_list_figure(art / "ranking.json", cfg.data.manifest,
+        if (art / names.CMC_FILE).is_file():
+            made.append(cmc_plot(art / names.CMC_FILE, out / "cmc.png"))
+        made.append(trial_heatmap(art / names.CROSS_SPECTRAL_FILE, out / "cross_spectral.png"))
+        ranking = art / names.RANKING_FILE
+        if ranking.is_file() and figures.get("ranked_list", True):
+            made.append(ranked_list_figure(ranking, cfg.data.manifest,
                                              out / "ranked_list.png"))
         log_files(client, run_id, [p for p in made if p], "figures")
         cams = figures.get("cam_queries", 3)
         if cams and outcome.checkpoint_path:
-            paths = cam_overlays(outcome.checkpoint_path, art / "ranking.json",
+            paths = cam_overlays(outcome.checkpoint_path, ranking,
                                    cfg.data.manifest, out / "cams", max_queries=cams)
             log_files(client, run_id, paths, "figures/cams")

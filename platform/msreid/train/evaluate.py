@@ -3,9 +3,9 @@
 Plain torch / numpy on top of ``msreid.evaluation``; the batches come from a
 Ray Data iterator but this module does not import Ray.
 
-Artifacts written into the final checkpoint (see docs/TRAINING.md):
-``cmc.csv`` (rank, cmc), ``missing_modality.csv`` (subset, metrics),
-``per_challenge.csv`` (challenge, num_queries, metrics), ``ranking.json``
+Artifacts written into the final checkpoint (see docs/TRAINING.md; their names are
+``msreid.evaluation.names``): ``cmc.csv`` (rank, cmc), ``missing_modality.csv`` (subset,
+metrics), ``per_challenge.csv`` (challenge, num_queries, metrics), ``ranking.json``
 (top-10 gallery rows of a few queries, with match flags) and ``cross_spectral.csv``
 (query subset, gallery subset, metrics in %: the query x gallery spectrum matrix).
 """
@@ -29,6 +29,7 @@ from msreid.evaluation import (
     cross_spectral_matrix,
     evaluate_features,
     matrix_table,
+    names,
     spectrum_subsets,
     subset_name,
     subset_table,
@@ -37,8 +38,6 @@ from msreid.train.sampling import RowMeta
 
 __all__ = ["extract_features", "rank_features", "per_challenge", "ranking_lists",
            "spectrum_matrix", "write_artifacts", "spectrum_subsets", "subset_name"]
-
-METRIC_KEYS = ("mAP", "R1", "R5", "R10", "mINP")
 
 
 @torch.no_grad()
@@ -152,19 +151,19 @@ def write_artifacts(directory: str | Path, test: RankResult,
     ``msreid.evaluation``'s ``subset_table`` / ``challenge_table`` / ``matrix_table`` as CSV.
     """
     d = Path(directory)
-    written = ["cmc.csv", "ranking.json"]
-    with open(d / "cmc.csv", "w", newline="") as f:
+    written = [names.CMC_FILE, names.RANKING_FILE]
+    with open(d / names.CMC_FILE, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["rank", "cmc"])
         writer.writerows([k + 1, float(c)] for k, c in enumerate(test.cmc))
-    (d / "ranking.json").write_text(json.dumps(ranking, indent=1) + "\n")
+    (d / names.RANKING_FILE).write_text(json.dumps(ranking, indent=1) + "\n")
     if subsets:
-        subset_table(subsets).to_csv(d / "missing_modality.csv", index=False)
-        written.append("missing_modality.csv")
+        subset_table(subsets).to_csv(d / names.MISSING_MODALITY_FILE, index=False)
+        written.append(names.MISSING_MODALITY_FILE)
     if challenges is not None and len(challenges):
-        challenges.to_csv(d / "per_challenge.csv", index=False)
-        written.append("per_challenge.csv")
+        challenges.to_csv(d / names.PER_CHALLENGE_FILE, index=False)
+        written.append(names.PER_CHALLENGE_FILE)
     if matrix:
-        matrix_table(matrix).to_csv(d / "cross_spectral.csv", index=False)
-        written.append("cross_spectral.csv")
+        matrix_table(matrix).to_csv(d / names.CROSS_SPECTRAL_FILE, index=False)
+        written.append(names.CROSS_SPECTRAL_FILE)
     return written

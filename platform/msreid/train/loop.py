@@ -30,7 +30,7 @@ import torch.distributed as dist
 
 from msreid.config import OptimConfig, TrainConfig, config_to_dict, loss_kwargs
 from msreid.data.transforms import normalize
-from msreid.evaluation import selection
+from msreid.evaluation import names, selection
 from msreid.losses import compute_losses
 from msreid.models import MultiStreamNet
 from msreid.models.sync_batchnorm import convert_sync_batchnorm
@@ -41,6 +41,9 @@ from msreid.train.sampling import RowMeta
 from msreid.train.session import RaySession, Session, intra_op_threads, worker_threads
 
 log = logging.getLogger(__name__)
+
+VAL_MAP = names.VAL + names.MAP  # what selection ranks epochs by
+VAL_QUERIES = names.VAL + names.QUERIES
 
 LOSS_TERMS = ("loss", "id", "hsc", "caid", "triplet")
 
@@ -302,7 +305,7 @@ def evaluate(t: Training, name: str, prefix: str) -> dict:
     rows_of: QueryGallery = getattr(t.job, name)
     res = ev.rank_features(feats[ev.subset_name(t.job.spectra)], rows, rows_of.query,
                            rows_of.gallery, t.job.labels)
-    return {**res.as_dict(prefix), f"{prefix}queries": float(res.num_valid)}
+    return {**res.as_dict(prefix), prefix + names.QUERIES: float(res.num_valid)}
 
 
 def _state_dict(raw) -> dict[str, torch.Tensor]:
@@ -339,22 +342,22 @@ def _validate(t: Training, epoch: int, metrics: dict) -> bool:
     if t.job.val is None:  # no validation: the selected model is the last epoch's
         p.best_epoch, p.best_state = epoch, None
     elif _due(epoch, t.cfg.run.eval_every, last):
-        metrics.update(evaluate(t, "val", "val/"))
+        metrics.update(evaluate(t, "val", names.VAL))
         ran = True
         _, scores = validation_scores(p.history)
-        scores.append(metrics["val/mAP"])
-        rule, tolerance = t.cfg.run.selection_rule, selection.resolution(int(metrics["val/queries"]))
+        scores.append(metrics[VAL_MAP])
+        rule, tolerance = t.cfg.run.selection_rule, selection.resolution(int(metrics[VAL_QUERIES]))
         if selection.select(scores, rule, tolerance) == len(scores) - 1:  # rules move only here
-            p.best_metric, p.best_epoch, p.best_state = metrics["val/mAP"], epoch, _state_dict(t.raw)
+            p.best_metric, p.best_epoch, p.best_state = metrics[VAL_MAP], epoch, _state_dict(t.raw)
     if t.cfg.run.test_curve_every and _due(epoch, t.cfg.run.test_curve_every, last):
-        metrics.update(evaluate(t, "test", "test_curve/"))
+        metrics.update(evaluate(t, "test", names.TEST_CURVE))
     return ran
 
 
 def validation_scores(history: list[dict]) -> tuple[list[int], list[float]]:
     """(epochs, val mAPs) of the validations in ``history``, in order."""
-    done = [h for h in history if "val/mAP" in h]
-    return [int(h["epoch"]) for h in done], [float(h["val/mAP"]) for h in done]
+    done = [h for h in history if VAL_MAP in h]
+    return [int(h["epoch"]) for h in done], [float(h[VAL_MAP]) for h in done]
 
 
 def selection_metrics(history: list[dict], queries: int) -> dict[str, float]:
@@ -367,7 +370,7 @@ def selection_metrics(history: list[dict], queries: int) -> dict[str, float]:
     ``history`` recorded it (validated before ``val/queries`` existed, then resumed).
     """
     epochs, scores = validation_scores(history)
-    num_queries = int(next((h["val/queries"] for h in history if "val/queries" in h), queries))
+    num_queries = int(next((h[VAL_QUERIES] for h in history if VAL_QUERIES in h), queries))
     out = {"selection/resolution": selection.resolution(num_queries),
            "selection/val_queries": float(num_queries),
            "selection/within_noise": float(selection.within_noise(scores, num_queries))}
@@ -411,7 +414,7 @@ def final_test(t: Training) -> None:
     last_epoch = cfg.optim.epochs - 1
     final = {}  # the last epoch's weights beside the selected ones only when asked (run.log_final_test)
     if cfg.run.log_final_test and p.best_state is not None:
-        final = evaluate(t, "test", "final_test/")
+        final = evaluate(t, "test", names.FINAL_TEST)
     files = _checkpoint_files(t, last_epoch)
     if p.best_state is not None:
         t.raw.load_state_dict(p.best_state)
@@ -422,9 +425,10 @@ def final_test(t: Training) -> None:
     q, g, labels = job.test.query, job.test.gallery, job.labels
     full = feats[ev.subset_name(spectra)]
     test = ev.rank_features(full, rows, q, g, labels)
-    metrics = {"epoch": last_epoch, "best_epoch": p.best_epoch, **test.as_dict("test/"), **final}
+    metrics = {"epoch": last_epoch, "best_epoch": p.best_epoch, **test.as_dict(names.TEST),
+               **final}
     if job.val is not None:
-        metrics["best_val/mAP"] = p.best_metric
+        metrics[names.BEST_VAL + names.MAP] = p.best_metric
         metrics.update(selection_metrics(p.history, job.val.query.size))
     files[ck.FINAL_METRICS_FILE] = metrics
     # the query x gallery spectrum matrix; its diagonal is the missing-modality table
