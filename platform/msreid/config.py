@@ -7,9 +7,10 @@ and MLflow's params use; ``config_from_dict`` goes back.
 
 Every field carries ``metadata["help"]``; fields with a closed set of values
 carry ``metadata["choices"]``. An unknown key or a bad value raises ONE
-``UserError`` naming the key, the value and the valid choices. Checks that
-need other modules (the backbone name, the ablation name, the manifest's
-spectra) are in ``check_config`` and ``check_against_manifest``.
+``UserError`` naming the key, the value and the valid choices. Checks whose
+valid values a lower layer owns (the backbone name, the ablation and the
+loss terms' forms, the manifest's spectra) are in ``check_config`` and
+``check_against_manifest``.
 """
 
 from __future__ import annotations
@@ -120,8 +121,9 @@ class ModelConfig:
 class LossConfig:
     """Which losses (msreid.losses.compute_losses)."""
 
-    ablation: str = _f("hamnet", "one_stream | msn | msn+hsc | msn+caid | hamnet | "
-                                 "hamnet_official (msreid.losses.ABLATIONS)")
+    ablation: str = _f("hamnet", "a name of msreid.losses.ABLATIONS: the paper's Table 5 rows "
+                                 "(msn, msn+hsc, msn+caid, hamnet), one_stream, and the authors' "
+                                 "objective hamnet_official")
     alpha: float | None = _f(None, "the one weight of L_hsc (eq. 6) in every ablation and "
                                    "form; null = 0.001 (the paper's)")
     triplet: bool = _f(False, "add the batch-hard triplet loss (use with batch_mode=pk)")
@@ -439,18 +441,18 @@ def check_config(cfg: TrainConfig) -> None:
 
 
 def _check_ablation(cfg: TrainConfig) -> None:
-    from msreid.losses import ABLATIONS  # plain torch; imported late to keep this file light
+    from msreid.losses import ABLATIONS, LOSS_TERMS, active_terms  # torch: late, keeps this file light
 
     name = cfg.loss.ablation
     if name not in ABLATIONS:
         raise UserError(f"loss.ablation={name!r} is not valid: use one of "
                         f"{', '.join(ABLATIONS)}")
-    for key, value, valid in (("hsc_variant", cfg.loss.hsc_variant, ("paper", "official")),
-                              ("hsc_reduction", cfg.loss.hsc_reduction, ("mean", "sum")),
-                              ("caid_variant", cfg.loss.caid_variant, ("paper", "official"))):
-        if value not in (None, *valid):
-            raise UserError(f"loss.{key}={value!r}: use {' or '.join(valid)} (or null for the "
-                            "ablation's)")
+    for term in LOSS_TERMS.values():
+        for key, option in term.config.items():
+            valid, value = term.choices.get(option), getattr(cfg.loss, key)
+            if valid is not None and value not in (None, *valid):
+                raise UserError(f"loss.{key}={value!r}: use {' or '.join(valid)} (or null for "
+                                "the ablation's)")
     if cfg.loss.alpha is not None and cfg.loss.alpha < 0:
         raise UserError(f"loss.alpha={cfg.loss.alpha} must be >= 0")
     if cfg.optim.schedule_offset < 0:
@@ -462,11 +464,15 @@ def _check_ablation(cfg: TrainConfig) -> None:
     if name != "one_stream" and n == 1:
         raise UserError(f"loss.ablation={name} needs >= 2 spectra, data.spectra="
                         f"{list(cfg.data.spectra)}: use loss.ablation=one_stream")
-    if cfg.data.modality_dropout > 0 and name != "msn":
+    # dropout leaves a dropped stream out of the per-stream terms only (one stream: none to drop)
+    terms = [LOSS_TERMS[t] for t in active_terms(loss_kwargs(cfg.loss))]
+    if cfg.data.modality_dropout > 0 and (n == 1 or not all(t.per_stream for t in terms)):
+        per_stream = ", ".join(t.symbol for t in LOSS_TERMS.values() if t.per_stream)
+        others = " / ".join(t.symbol for t in LOSS_TERMS.values() if not t.per_stream)
         raise UserError(f"data.modality_dropout={cfg.data.modality_dropout} with loss.ablation="
                         f"{name}: dropout leaves a dropped stream out of the per-stream terms "
-                        "(L_msid, triplet) only; L_hsc / L_caid have no rule for a missing "
-                        "stream yet. Use loss.ablation=msn or data.modality_dropout=0")
+                        f"({per_stream}) only; {others} have no rule for a missing stream yet. "
+                        "Use loss.ablation=msn or data.modality_dropout=0")
 
 
 def effective_val_ids(cfg: TrainConfig) -> float:
@@ -475,21 +481,20 @@ def effective_val_ids(cfg: TrainConfig) -> float:
 
 
 def loss_kwargs(cfg: LossConfig) -> dict[str, Any]:
-    """Keyword arguments of ``msreid.losses.compute_losses`` for this config."""
-    from msreid.losses import ABLATIONS
+    """Keyword arguments of ``msreid.losses.compute_losses`` for this config: the ablation's,
+    then each term's config fields (``LossTerm.config``, e.g. alpha -> hsc_alpha) where the
+    term is on and the field is set."""
+    from msreid.losses import ABLATIONS, LOSS_TERMS, active_terms
 
     kwargs = dict(ABLATIONS[cfg.ablation])
-    if cfg.alpha is not None and "hsc_alpha" in kwargs:  # alpha alone weights L_hsc
-        kwargs["hsc_alpha"] = cfg.alpha
-    if cfg.hsc_variant is not None and "hsc_alpha" in kwargs:
-        kwargs["hsc_variant"] = cfg.hsc_variant
-    if cfg.hsc_reduction is not None and "hsc_alpha" in kwargs:
-        kwargs["hsc_reduction"] = cfg.hsc_reduction
-    if cfg.caid_variant is not None and kwargs.get("caid"):
-        kwargs["caid_variant"] = cfg.caid_variant
-    if cfg.triplet:
-        kwargs["triplet_margin"] = cfg.margin
-    kwargs["label_smoothing"] = cfg.label_smoothing
+    for name, term in LOSS_TERMS.items():
+        if term.enabled_by is not None and getattr(cfg, term.enabled_by[0]):
+            kwargs[term.switch] = getattr(cfg, term.enabled_by[1])
+        if name not in active_terms(kwargs):
+            continue
+        for key, option in term.config.items():
+            if getattr(cfg, key) is not None:
+                kwargs[option] = getattr(cfg, key)
     return kwargs
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from msreid.losses import compute_losses
+from msreid.losses import compute_losses, needs_cams
 
 
 def gradient_norm(loss: Tensor, params: Sequence[Tensor]) -> float:
@@ -42,7 +42,7 @@ def hsc_and_rest(model: nn.Module, images: Mapping[str, Tensor], labels: Tensor,
     """
     if loss_kwargs.get("hsc_alpha") is None:
         raise ValueError("the objective has no L_hsc term (hsc_alpha is None)")
-    out = model(dict(images), return_cams=bool(loss_kwargs.get("caid")))
+    out = model(dict(images), return_cams=needs_cams(loss_kwargs))
     terms = compute_losses(out, labels, **{**loss_kwargs, "hsc_alpha": 1.0})
     rest = sum(v for k, v in terms.items() if k not in ("loss", "hsc"))
     return terms["hsc"], rest

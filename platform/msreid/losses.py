@@ -9,7 +9,9 @@ Equation numbers refer to the HAMNet paper (docs/MODELS.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +43,12 @@ ABLATIONS: dict[str, dict] = {
 alpha (``hsc_alpha``) is the one weight of the L_hsc term in every entry: no
 term carries a constant of its own.
 """
+
+ABLATION_LABELS: dict[str, str] = {
+    "one_stream": "one-stream", "msn": "MSN", "msn+hsc": "MSN+HSC", "msn+caid": "MSN+CAID",
+    "hamnet": "HAMNet", "hamnet_official": "HAMNet-official",
+}
+"""The model each ablation trains, as run names and tables call it (one entry per ablation)."""
 
 
 def id_loss(scores: Tensor, labels: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -150,14 +158,6 @@ def triplet_loss(embeddings: Tensor, labels: Tensor, margin: float = 0.3) -> Ten
     return F.relu(d_ap - d_an + margin)[valid].mean()
 
 
-def _check_choices(**given: str) -> None:
-    allowed = {"hsc_variant": HSC_VARIANTS, "hsc_reduction": HSC_REDUCTIONS,
-               "caid_variant": CAID_VARIANTS, "triplet_on": TRIPLET_ON}
-    for name, value in given.items():
-        if value not in allowed[name]:
-            raise ValueError(f"{name} must be one of {allowed[name]}, got {value!r}")
-
-
 def kept_rows(values: Sequence[Tensor], labels: Tensor,
               keep: Tensor | None) -> list[tuple[Tensor, Tensor]]:
     """Per stream j, ``(values[j], labels)`` restricted to the tuples that kept spectrum j.
@@ -182,16 +182,153 @@ def _stream_id_loss(scores: Tensor, labels: Tensor, label_smoothing: float) -> T
     return id_loss(scores, labels, label_smoothing)
 
 
-def compute_losses(out, labels: Tensor, *, hsc_alpha: float | None = None, caid: bool = False,
-                   triplet_margin: float | None = None, label_smoothing: float = 0.0,
-                   hsc_variant: str = "paper", hsc_reduction: str = "mean",
-                   caid_variant: str = "paper", triplet_on: str = "pooled",
-                   keep: Tensor | None = None) -> dict[str, Tensor]:
+@dataclass
+class TermInput:
+    """What a term's ``compute`` sees: the (global) batch and every option of compute_losses."""
+
+    out: Any  # a StreamOutput
+    labels: Tensor  # [B]
+    keep: Tensor | None  # [B, m] modality-dropout mask, None = every stream kept
+    options: Mapping[str, Any]  # every keyword of compute_losses, defaults filled in
+    shared: dict[str, Tensor] = field(default_factory=dict)  # what a term leaves for later ones
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """One term of the objective. ``LOSS_TERMS`` is the only place a term is named: config
+    validation, ``loss_kwargs``, the loop's logged terms, the model's outputs and the run
+    labels all read it."""
+
+    symbol: str  # how messages name it ("L_hsc")
+    compute: Callable[[TermInput], Tensor]  # the unweighted term
+    switch: str | None = None  # keyword turning it on: on unless None or False (None: always on)
+    weight: str | None = None  # keyword whose value weights it in the total (None: added as is)
+    options: Mapping[str, Any] = field(default_factory=dict)  # its other keywords, defaults
+    choices: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # their closed sets
+    # loss config field -> the keyword it sets when the term is on (a null field: the ablation's)
+    config: Mapping[str, str] = field(default_factory=dict)
+    # (bool config field, field giving the switch's value): the config, not the ablation, turns
+    # the term on
+    enabled_by: tuple[str, str] | None = None
+    needs_cams: bool = False  # the model must return class activation maps
+    per_stream: bool = True  # a modality-dropout mask can leave a dropped stream out of it
+
+
+def _id_term(b: TermInput) -> Tensor:
+    smoothing = b.options["label_smoothing"]
+    if b.keep is None:
+        return multi_stream_id_loss(b.out.scores, b.labels, smoothing)  # eq. 4
+    return sum(_stream_id_loss(s, y, smoothing)  # eq. 4 over each stream's kept tuples
+               for s, y in kept_rows(b.out.scores, b.labels, b.keep))
+
+
+def _hsc_term(b: TermInput) -> Tensor:
+    if len(b.out.scores) < 2:
+        raise ValueError("L_hsc needs >= 2 streams (spectra); this model has 1: "
+                         "drop hsc_alpha for a one-stream model")
+    hsc = (heterogeneous_score_coherence if b.options["hsc_variant"] == "paper"
+           else official_score_coherence)
+    return hsc(b.out.scores, b.options["hsc_reduction"])  # weighted by alpha: eq. 6
+
+
+def _caid_term(b: TermInput) -> Tensor:
+    if b.out.cams is None:
+        raise ValueError("caid=True needs class activation maps: call "
+                         "model(images, return_cams=True)")
+    smoothing = b.options["label_smoothing"]
+    if b.options["caid_variant"] == "paper":
+        return class_aware_id_loss(b.out.cams, b.labels, smoothing)  # eq. 12
+    b.shared["fused"] = official_fused_scores(b.out.cams)  # the triplet term uses them too
+    return id_loss(b.shared["fused"], b.labels, smoothing)
+
+
+def _triplet_term(b: TermInput) -> Tensor:
+    feats = b.out.features if b.options["triplet_on"] == "pooled" else _necked(b.out)
+    pairs = kept_rows(list(feats), b.labels, b.keep)
+    if "fused" in b.shared:  # the authors' objective also ranks the fused scores
+        pairs.append((b.shared["fused"], b.labels))
+    return sum(triplet_loss(f, y, b.options["triplet_margin"]) for f, y in pairs)
+
+
+LOSS_TERMS: dict[str, LossTerm] = {
+    "id": LossTerm("L_msid", _id_term, options={"label_smoothing": 0.0},
+                   config={"label_smoothing": "label_smoothing"}),
+    "hsc": LossTerm("L_hsc", _hsc_term, switch="hsc_alpha", weight="hsc_alpha",
+                    options={"hsc_variant": "paper", "hsc_reduction": "mean"},
+                    choices={"hsc_variant": HSC_VARIANTS, "hsc_reduction": HSC_REDUCTIONS},
+                    config={"alpha": "hsc_alpha", "hsc_variant": "hsc_variant",
+                            "hsc_reduction": "hsc_reduction"},
+                    per_stream=False),
+    "caid": LossTerm("L_caid", _caid_term, switch="caid", options={"caid_variant": "paper"},
+                     choices={"caid_variant": CAID_VARIANTS},
+                     config={"caid_variant": "caid_variant"}, needs_cams=True,
+                     per_stream=False),
+    "triplet": LossTerm("triplet", _triplet_term, switch="triplet_margin",
+                        options={"triplet_on": "pooled"}, choices={"triplet_on": TRIPLET_ON},
+                        enabled_by=("triplet", "margin")),
+}
+"""Every term of the objective by the name :func:`compute_losses` returns it under (logged
+as ``train/<name>``), in the order they are added to the total.
+
+A new term is its compute function, one entry here and an ablation (``ABLATIONS``,
+``ABLATION_LABELS``) or ``enabled_by`` that turns it on; nothing outside this module names
+terms. A setting users change from the config also needs its ``LossConfig`` field
+(``msreid.config``), mapped in ``config``.
+"""
+
+
+def _is_on(value: Any) -> bool:
+    return value is not None and value is not False  # identity: alpha 0.0 is on
+
+
+def active_terms(options: Mapping[str, Any]) -> tuple[str, ...]:
+    """The terms :func:`compute_losses` returns for these keyword arguments, in order."""
+    return tuple(name for name, term in LOSS_TERMS.items()
+                 if term.switch is None or _is_on(options.get(term.switch)))
+
+
+def needs_cams(options: Mapping[str, Any]) -> bool:
+    """Whether these keyword arguments need the model's CAMs (``return_cams=True``)."""
+    return any(LOSS_TERMS[name].needs_cams for name in active_terms(options))
+
+
+def _resolve(given: Mapping[str, Any]) -> dict[str, Any]:
+    """Every term's keywords, ``given`` over the defaults; TypeError / ValueError on bad ones."""
+    defaults: dict[str, Any] = {}
+    for term in LOSS_TERMS.values():
+        if term.switch is not None:
+            defaults[term.switch] = None
+        defaults.update(term.options)
+    unknown = [name for name in given if name not in defaults]
+    if unknown:
+        raise TypeError(f"compute_losses() got an unexpected keyword argument {unknown[0]!r}: "
+                        f"use {', '.join(defaults)}")
+    options = {**defaults, **given}
+    for term in LOSS_TERMS.values():
+        for name, allowed in term.choices.items():
+            if options[name] not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {options[name]!r}")
+    return options
+
+
+def _check_keep(active: Sequence[str]) -> None:
+    if all(LOSS_TERMS[name].per_stream for name in active):
+        return
+    per_stream = [t.symbol for t in LOSS_TERMS.values() if t.per_stream]
+    others = [t.symbol for t in LOSS_TERMS.values() if not t.per_stream]
+    raise ValueError(f"a modality-dropout mask (keep) works with the per-stream terms "
+                     f"({', '.join(per_stream)}) only, not with {' or '.join(others)}")
+
+
+def compute_losses(out, labels: Tensor, *, keep: Tensor | None = None,
+                   **options: Any) -> dict[str, Tensor]:
     """All requested terms and their total, ready for logging.
 
     out: a ``StreamOutput`` (features m x [B, d], scores m x [B, C], cams
-    m x [B, C, h, w] or None, necked m x [B, d] or None); labels: [B]. Returns
-    {"loss", "id", and when requested "hsc", "caid", "triplet"}:
+    m x [B, C, h, w] or None, necked m x [B, d] or None); labels: [B]. options: the
+    keywords of ``LOSS_TERMS`` (hsc_alpha=None, caid=False, triplet_margin=None,
+    label_smoothing=0.0, hsc_variant="paper", hsc_reduction="mean", caid_variant="paper",
+    triplet_on="pooled"). Returns {"loss", "id", and when requested "hsc", "caid", "triplet"}:
     L = L_msid + alpha L_hsc + L_caid (+ triplet); "hsc" is the unweighted term.
     caid_variant="official": L_caid is the ID loss of :func:`official_fused_scores`
     and, with a triplet margin, the triplet loss on those scores joins "triplet".
@@ -201,41 +338,18 @@ def compute_losses(out, labels: Tensor, *, hsc_alpha: float | None = None, caid:
     triplet terms see only the tuples that kept it (:func:`kept_rows`); L_hsc and L_caid
     have no rule for a missing stream and refuse a mask.
     """
-    _check_choices(hsc_variant=hsc_variant, hsc_reduction=hsc_reduction,
-                   caid_variant=caid_variant, triplet_on=triplet_on)
-    if keep is not None and (hsc_alpha is not None or caid):
-        raise ValueError("a modality-dropout mask (keep) works with the per-stream terms "
-                         "(L_msid, triplet) only, not with L_hsc or L_caid")
-    if keep is None:
-        terms = {"id": multi_stream_id_loss(out.scores, labels, label_smoothing)}  # eq. 4
-    else:  # eq. 4 over each stream's kept tuples
-        terms = {"id": sum(_stream_id_loss(s, y, label_smoothing)
-                           for s, y in kept_rows(out.scores, labels, keep))}
-    total = terms["id"]
-    if hsc_alpha is not None:
-        if len(out.scores) < 2:
-            raise ValueError("L_hsc needs >= 2 streams (spectra); this model has 1: "
-                             "drop hsc_alpha for a one-stream model")
-        hsc = (heterogeneous_score_coherence if hsc_variant == "paper"
-               else official_score_coherence)
-        terms["hsc"] = hsc(out.scores, hsc_reduction)
-        total = total + hsc_alpha * terms["hsc"]  # eq. 6
-    fused = None
-    if caid:
-        if out.cams is None:
-            raise ValueError("caid=True needs class activation maps: call "
-                             "model(images, return_cams=True)")
-        if caid_variant == "paper":
-            terms["caid"] = class_aware_id_loss(out.cams, labels, label_smoothing)  # eq. 12
-        else:
-            fused = official_fused_scores(out.cams)
-            terms["caid"] = id_loss(fused, labels, label_smoothing)
-        total = total + terms["caid"]  # eq. 13
-    if triplet_margin is not None:
-        feats = out.features if triplet_on == "pooled" else _necked(out)
-        pairs = kept_rows(list(feats), labels, keep) + ([(fused, labels)] if fused is not None else [])
-        terms["triplet"] = sum(triplet_loss(f, y, triplet_margin) for f, y in pairs)
-        total = total + terms["triplet"]
+    resolved = _resolve(options)
+    active = active_terms(resolved)
+    if keep is not None:
+        _check_keep(active)
+    batch = TermInput(out, labels, keep, resolved)
+    terms: dict[str, Tensor] = {}
+    total = None
+    for name in active:
+        term = LOSS_TERMS[name]
+        terms[name] = term.compute(batch)
+        weighted = terms[name] if term.weight is None else resolved[term.weight] * terms[name]
+        total = weighted if total is None else total + weighted
     return {"loss": total, **terms}
 
 

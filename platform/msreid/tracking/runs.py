@@ -228,10 +228,6 @@ def log_final_metrics(client: MlflowClient, run_id: str, metrics: dict[str, floa
         client.log_batch(run_id, metrics=items[i:i + 1000])
 
 
-MODEL_LABELS = {"one_stream": "one-stream", "msn": "MSN", "msn+hsc": "MSN+HSC",
-                "msn+caid": "MSN+CAID", "hamnet": "HAMNet"}
-
-
 def modality_label(spectra: Iterable[str]) -> str:
     """The paper's modality names: ``[rgb]`` -> RGB, ``[rgb, nir, tir]`` -> RGB-N-T."""
     names = [s.upper() for s in spectra]
@@ -265,8 +261,12 @@ def trial_run_name(spectra: Iterable[str], ablation: str, backbone: str, seed: i
     """What tells runs apart first (the UI truncates names): modality, model (with its modality
     dropout when on), backbone, then the seed, then the table(s):
     ``RGB-N-T MSN resnet50 · s0 · table3+table5``, ``RGB-N-T MSN drop0.3 test_resnet · s1 · robustness``."""
+    # torch + timm come with the losses: late, so `msreid ui` / `report` (which import this
+    # module but never name a trial) start without them
+    from msreid.losses import ABLATION_LABELS
+
     tables = list(dict.fromkeys(str(next(iter(c))) for c in cells))
-    model = MODEL_LABELS.get(ablation, ablation)
+    model = ABLATION_LABELS.get(ablation, ablation)
     if modality_dropout > 0:
         model += f" drop{modality_dropout:g}"
     return f"{modality_label(spectra)} {model} {backbone} · s{seed} · {'+'.join(tables)}"

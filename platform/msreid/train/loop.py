@@ -31,7 +31,7 @@ import torch.distributed as dist
 from msreid.config import OptimConfig, TrainConfig, config_to_dict, loss_kwargs
 from msreid.data.transforms import normalize
 from msreid.evaluation import names, selection
-from msreid.losses import compute_losses
+from msreid.losses import active_terms, compute_losses, needs_cams
 from msreid.models import MultiStreamNet
 from msreid.models.sync_batchnorm import convert_sync_batchnorm
 from msreid.train import checkpoint as ck
@@ -44,8 +44,6 @@ log = logging.getLogger(__name__)
 
 VAL_MAP = names.VAL + names.MAP  # what selection ranks epochs by
 VAL_QUERIES = names.VAL + names.QUERIES
-
-LOSS_TERMS = ("loss", "id", "hsc", "caid", "triplet")
 
 
 @dataclass(frozen=True)
@@ -217,7 +215,7 @@ def train_epoch(t: Training, batches: Iterator[dict], epoch: int) -> dict[str, f
     t.model.train()
     cfg = t.cfg
     kwargs = loss_kwargs(cfg.loss)
-    sums = {term: 0.0 for term in LOSS_TERMS}
+    sums = dict.fromkeys(("loss", *active_terms(kwargs)), 0.0)  # what compute_losses returns
     seen, start = 0, time.perf_counter()
     for step in range(t.job.steps_per_epoch[epoch]):
         batch = next(batches)
@@ -226,7 +224,7 @@ def train_epoch(t: Training, batches: Iterator[dict], epoch: int) -> dict[str, f
         labels = batch["labels"][0].to(t.device, non_blocking=True)
         keep = _kept(batch, t)
         with _autocast(t):
-            out = t.model(images, return_cams=bool(kwargs.get("caid")))
+            out = t.model(images, return_cams=needs_cams(kwargs))
             out_all, labels_all = gather_outputs(out, labels)  # the global batch
             if cfg.data.batch_mode == "pk":
                 check_pk(labels_all, cfg.data.P, cfg.data.K)
@@ -239,10 +237,7 @@ def train_epoch(t: Training, batches: Iterator[dict], epoch: int) -> dict[str, f
         for term, v in terms.items():
             sums[term] += float(v.detach()) * n
         seen += n
-    present = [term for term in LOSS_TERMS
-               if term == "loss" or term in terms or term in _expected(kwargs)]
-    return {"tuples": float(seen), "seconds": time.perf_counter() - start,
-            **{term: sums[term] for term in present}}
+    return {"tuples": float(seen), "seconds": time.perf_counter() - start, **sums}
 
 
 def _kept(batch: dict, t: Training) -> torch.Tensor | None:
@@ -258,17 +253,6 @@ def check_pk(labels: torch.Tensor, p: int, k: int) -> None:
     ids = labels.view(p, k)
     if not bool((ids == ids[:, :1]).all()) or ids[:, 0].unique().numel() != p:
         raise RuntimeError(f"batch is not {p} ids x {k} tuples: {labels.tolist()}")
-
-
-def _expected(kwargs: dict) -> set[str]:
-    out = {"id"}
-    if kwargs.get("hsc_alpha") is not None:
-        out.add("hsc")
-    if kwargs.get("caid"):
-        out.add("caid")
-    if kwargs.get("triplet_margin") is not None:
-        out.add("triplet")
-    return out
 
 
 def reduce_epoch(stats: dict[str, float], session: Session) -> dict[str, float]:
