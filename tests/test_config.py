@@ -77,6 +77,7 @@ def test_defaults_build_without_a_file():
     ("data.flip_prob=yes", ["data.flip_prob", "number"]),
     ("run.use_gpu=1", ["run.use_gpu", "true or false"]),
     ("data.batch_mode=random", ["data.batch_mode", "uniform, pk"]),
+    ("model.head=shared", ["model.head='shared' is not valid: use one of paper, official"]),
     ("loss.hsc_reduction=max", ["loss.hsc_reduction='max': use mean or sum (or null for the "
                                 "ablation's)"]),
     ("loss.ablation=hamnett", ["loss.ablation", "hamnett", "msn+hsc"]),

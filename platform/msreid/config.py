@@ -8,9 +8,9 @@ and MLflow's params use; ``config_from_dict`` goes back.
 Every field carries ``metadata["help"]``; fields with a closed set of values
 carry ``metadata["choices"]``. An unknown key or a bad value raises ONE
 ``UserError`` naming the key, the value and the valid choices. Checks whose
-valid values a lower layer owns (the backbone name, the ablation and the
-loss terms' forms, the manifest's spectra) are in ``check_config`` and
-``check_against_manifest``.
+valid values a lower layer owns (the model head, the backbone name, the
+ablation and the loss terms' forms, the manifest's spectra) are in
+``check_config`` and ``check_against_manifest``.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ class ModelConfig:
     neck: str = _f("none", "none | bnneck (validated by msreid.models)")
     head: str = _f("paper", "paper: a bias-free classifier per stream whose weights give the "
                             "CAMs | official: one shared classifier with bias, CAMs from a "
-                            "1x1 conv per stream (the authors' code)", ("paper", "official"))
+                            "1x1 conv per stream (the authors' code); msreid.models.HEADS")
     embedding: str = _f("sum", "how stream features are fused for retrieval: sum (paper, MSN) "
                                "| concat | cam_official (the authors' CAM weighting) | "
                                "cam_weighted (msreid's own CAM weighting); docs/MODELS.md")
@@ -430,6 +430,7 @@ def check_config(cfg: TrainConfig) -> None:
         raise UserError(f"data.decode_cpus={d.decode_cpus} must be > 0 (e.g. 0.5 or 1)")
     if any(b <= a for a, b in zip(o.milestones, o.milestones[1:])):
         raise UserError(f"optim.milestones={list(o.milestones)} must increase")
+    _check_head(cfg)
     _check_ablation(cfg)
     if cfg.model.pretrained_file:  # before Ray starts: a corrupt file fails here, naming it
         from msreid.models.backbones import check_weights_file  # torch + timm: late, keeps this light
@@ -438,6 +439,14 @@ def check_config(cfg: TrainConfig) -> None:
             check_weights_file(cfg.model.pretrained_file)
         except UserError as exc:
             raise UserError(f"model.{exc}") from None
+
+
+def _check_head(cfg: TrainConfig) -> None:
+    from msreid.models import HEADS  # torch + timm: late, keeps importing this file light
+
+    if cfg.model.head not in HEADS:
+        raise UserError(f"model.head={cfg.model.head!r} is not valid: use one of "
+                        f"{', '.join(HEADS)}")
 
 
 def _check_ablation(cfg: TrainConfig) -> None:
