@@ -59,15 +59,19 @@ from msreid.train.fit import init_ray
 class AlphaOptions:
     """What ``experiments/tune_alpha.py`` passes to ``run_alpha_search``."""
 
-    data: tuple[str, ...] = field(default=(), metadata={"help": "one manifest; default synthetic"})
-    config: str = field(default="smoke", metadata={"help": "training preset"})
-    ablation: str = field(default="hamnet", metadata={"help": "loss.ablation with L_hsc"})
+    data: tuple[str, ...] = field(default=(), metadata={
+        "help": "the manifest to tune on (default: the synthetic RGBNT100-shaped one)"})
+    config: str = field(default="smoke", metadata={"help": "training preset (experiments/presets/)"})
+    ablation: str = field(default="hamnet", metadata={
+        "help": "loss.ablation with L_hsc: hamnet, msn+hsc or hamnet_official"})
     hsc_variant: str = field(default="official", metadata={
-        "help": "form of L_hsc: official (the authors' 1 - cosine of logits; alpha acts over the "
-                "default range) or paper (eq. 5)", "choices": HSC_VARIANTS})
+        "help": "form of L_hsc: official = the authors' 1 - cosine of the logits (default; alpha "
+                "acts over [1e-4, 1e-1]), paper = eq. 5", "choices": HSC_VARIANTS})
     hsc_reduction: str = field(default="sum", metadata={
-        "help": "L_hsc over the batch: sum (the authors') or mean", "choices": HSC_REDUCTIONS})
-    overrides: tuple[str, ...] = field(default=(), metadata={"help": "key=value for every trial"})
+        "help": "how L_hsc is reduced over the batch: sum (the authors', default) or mean (eq. 5 "
+                "with the mean is inert over the default range)", "choices": HSC_REDUCTIONS})
+    overrides: tuple[str, ...] = field(default=(), metadata={
+        "help": "config override for every trial, e.g. --set optim.epochs=6"})
     num_samples: int = field(default=4, metadata={"help": "search trials, alpha=0.001 included"})
     low: float = field(default=1e-4, metadata={"help": "lower bound of alpha"})
     high: float = field(default=1e-1, metadata={"help": "upper bound of alpha"})
@@ -94,11 +98,15 @@ class AlphaOptions:
     trial_resources: tuple | None = field(default=None, metadata={
         "help": "placement-group bundles per trial; None = two of data.decode_cpus CPU"})
     experiment: str = field(default="msreid-tune-alpha", metadata={"help": "MLflow experiment"})
-    tracking_uri: str | None = None
-    storage_path: str | None = None
+    tracking_uri: str | None = field(default=None, metadata={
+        "help": "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"})
+    storage_path: str | None = field(default=None, metadata={
+        "help": "Ray results dir (default ./ray_results)"})
     name: str | None = None
-    ray_address: str | None = None
-    synth: dict = field(default_factory=dict)
+    ray_address: str | None = field(default=None, metadata={
+        "help": "Ray cluster (default $RAY_ADDRESS or local)"})
+    synth: dict = field(default_factory=dict, metadata={
+        "help": "JSON SynthSpec overrides for the synthetic data"})
     fit: Any = DEFAULT_FIT
     verbose: int = 1
     command: tuple[str, ...] = ()  # the command line that started the search (to run it again)

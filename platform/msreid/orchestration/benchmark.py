@@ -46,20 +46,34 @@ SETTINGS_FILE = "settings.json"  # on the parent: what --resume must match
 class BenchmarkOptions:
     """Everything ``experiments/full_benchmark.py`` passes to ``run_benchmark``."""
 
-    preset: str = field(default="smoke", metadata={"help": "suite name or path (experiments/grids)"})
-    data: tuple[str, ...] = field(default=(), metadata={"help": "manifests: [dataset=]URI"})
-    config: str | None = field(default=None, metadata={"help": "training preset overriding the suite's"})
-    overrides: tuple[str, ...] = field(default=(), metadata={"help": "key=value for every trial"})
-    seeds: tuple[int, ...] | None = field(default=None, metadata={"help": "override the suite's seeds"})
+    preset: str = field(default="smoke", metadata={
+        "help": "benchmark suite: smoke (default without --data), paper (default with --data), or "
+                "a suite YAML path (experiments/grids/)"})
+    data: tuple[str, ...] = field(default=(), metadata={
+        "help": "a manifest (local path or s3://...) written by `msreid ingest`; the dataset is "
+                "read from its metadata unless given; repeat per dataset"})
+    config: str | None = field(default=None, metadata={
+        "help": "training preset (experiments/presets/) instead of the suite's"})
+    overrides: tuple[str, ...] = field(default=(), metadata={
+        "help": "config override for every trial, e.g. --set optim.epochs=2"})
+    seeds: tuple[int, ...] | None = field(default=None, metadata={"help": "seeds (suite's default)"})
     experiment: str = field(default="msreid-benchmark", metadata={"help": "MLflow experiment"})
-    tracking_uri: str | None = field(default=None, metadata={"help": "MLflow tracking URI"})
-    storage_path: str | None = field(default=None, metadata={"help": "Ray results (shared on clusters)"})
-    name: str | None = field(default=None, metadata={"help": "benchmark name (Tune experiment)"})
-    resume: str | None = field(default=None, metadata={"help": "'' = latest of this suite, or a name"})
-    max_concurrent_trials: int | None = field(default=None, metadata={"help": "override the suite's"})
-    ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address"})
-    synth: dict = field(default_factory=dict,
-                        metadata={"help": "SynthSpec overrides of the synthetic data (over the suite's)"})
+    tracking_uri: str | None = field(default=None, metadata={
+        "help": "MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db "
+                "(served by `make ui`)"})
+    storage_path: str | None = field(default=None, metadata={
+        "help": "Ray results dir, shared on clusters (default $MSREID_STORAGE_PATH or "
+                "./ray_results)"})
+    name: str | None = field(default=None, metadata={
+        "help": "benchmark name (default <suite>-<timestamp>)"})
+    resume: str | None = field(default=None, metadata={
+        "help": "continue an interrupted benchmark (default: the latest of this suite)"})
+    max_concurrent_trials: int | None = field(default=None, metadata={
+        "help": "trials at once (default: the suite's)"})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "Ray cluster (default $RAY_ADDRESS or local)"})
+    synth: dict = field(default_factory=dict, metadata={
+        "help": 'JSON SynthSpec overrides for the synthetic data, e.g. \'{"ids": 20}\''})
     fit: Any = field(default=DEFAULT_FIT,
                      metadata={"help": "fit: 'module:function' or the function (tests swap a fake)"})
     figures: dict = field(default_factory=dict, metadata={"help": "figure options per trial"})
