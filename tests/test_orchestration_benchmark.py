@@ -107,10 +107,11 @@ def report_markdown(uri, parent, capsys) -> str:
     return capsys.readouterr().out
 
 
+# The subprocess's Ray workers import orchestration_fakes from tests/ on PYTHONPATH.
 DRIVER = """
-import sys
+import orchestration_fakes
 from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
-opts = BenchmarkOptions(**{opts!r})
+opts = BenchmarkOptions(**{opts!r}, fit=orchestration_fakes.fit)
 run_benchmark(opts)
 """
 
@@ -138,8 +139,7 @@ def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, man
     results = tmp_path / "results" / "mini-resume"
     results.mkdir(parents=True)
     (results / "hang_trials").write_text(trials[-1].key)
-    fields = {k: v for k, v in opts.__dict__.items() if k not in ("figures", "synth")}
-    fields["fit"] = "orchestration_fakes:fit"  # the subprocess's Ray gets tests/ on PYTHONPATH
+    fields = {k: v for k, v in opts.__dict__.items() if k not in ("figures", "synth", "fit")}
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(opts=fields)], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL,

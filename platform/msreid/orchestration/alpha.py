@@ -33,7 +33,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 import pandas as pd
 from ray import tune
@@ -49,9 +49,10 @@ from msreid.orchestration.alpha_probe import ProbeResult, inert_message, probe_a
 from msreid.orchestration.asha import ToleranceASHA
 from msreid.orchestration.benchmark import BenchmarkOptions, resolve_manifests
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
-from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
+from msreid.orchestration.trainable import TrialContext, run_trial, trial_context
 from msreid.tracking import runs, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+from msreid.train.fit import fit as train_fit
 from msreid.train.fit import init_ray
 
 
@@ -107,7 +108,7 @@ class AlphaOptions:
         "help": "Ray cluster (default $RAY_ADDRESS or local)"})
     synth: dict = field(default_factory=dict, metadata={
         "help": "JSON SynthSpec overrides for the synthetic data"})
-    fit: Any = DEFAULT_FIT
+    fit: Callable = train_fit  # the training function (tests pass a stand-in)
     verbose: int = 1
     command: tuple[str, ...] = ()  # the command line that started the search (to run it again)
 

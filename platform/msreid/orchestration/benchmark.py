@@ -20,7 +20,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
@@ -31,9 +31,10 @@ from msreid.errors import DiskFullError, UserError, disk_full_report
 from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import cache_dir, default_storage_path, find_experiment_file
-from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
+from msreid.orchestration.trainable import TrialContext, run_trial, trial_context
 from msreid.tracking import comparison, cross_spectral, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+from msreid.train.fit import fit as train_fit
 from msreid.train.fit import init_ray
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ class BenchmarkOptions:
         "help": "Ray cluster (default $RAY_ADDRESS or local)"})
     synth: dict = field(default_factory=dict, metadata={
         "help": 'JSON SynthSpec overrides for the synthetic data, e.g. \'{"ids": 20}\''})
-    fit: Any = field(default=DEFAULT_FIT,
-                     metadata={"help": "fit: 'module:function' or the function (tests swap a fake)"})
+    fit: Callable = field(default=train_fit,
+                          metadata={"help": "the training function (tests pass a stand-in)"})
     figures: dict = field(default_factory=dict, metadata={"help": "figure options per trial"})
     register: bool = field(default=False, metadata={
         "help": "register each cell's best seed (by validation mAP) in the MLflow model registry"})

@@ -11,13 +11,12 @@ A trial's ``config`` is ``{"trial": {key, dataset, seed, overrides, cells}}``
 plus, for searches, dotted config keys at the top level (``"loss.alpha"``)
 sampled by Tune. ``ctx``, a ``TrialContext`` built by ``trial_context`` and
 passed with ``tune.with_parameters``, holds what all trials share: the base
-config, manifests, tracking URI, parent run.
+config, manifests, tracking URI, parent run, the training function.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import math
@@ -36,12 +35,10 @@ from msreid.errors import UserError
 from msreid.tracking import comparison, entities, runs
 from msreid.tracking.trial_logging import log_history, log_trial_artifacts
 from msreid.train.fit import TrainOutcome
+from msreid.train.fit import fit as train_fit
 from msreid.train.session import temp_files_in_scratch
 
 log = logging.getLogger(__name__)
-
-FINAL_KEYS = ("test/mAP", "test/R1", "test/R5", "test/R10", "test/mINP")
-DEFAULT_FIT = "msreid.train.fit:fit"
 
 
 @dataclass(frozen=True)
@@ -58,7 +55,7 @@ class TrialContext:
     benchmark: str  # the experiment's name (tag of every child run)
     train_storage: str  # where the trials' training runs live
     context_tags: dict  # MLflow's user / source / git tags, resolved once in the driver
-    fit: str | Callable = DEFAULT_FIT  # "module:function" or the function (tests swap a fake)
+    fit: Callable[..., TrainOutcome] = train_fit  # pickled with the context (tests pass a stand-in)
     figures: dict = field(default_factory=dict)  # figure options (msreid.tracking.trial_logging)
     train_max_failures: int = 0
     system_metrics: bool = False  # MLflow's system/* metrics on each trial run
@@ -66,7 +63,7 @@ class TrialContext:
 
 def trial_context(*, base_config: dict, force: dict, manifests: dict, fingerprints: dict,
                   tracking_uri: str, experiment_id: str, parent_run_id: str, name: str,
-                  storage: str, fit: str | Callable, figures: dict,
+                  storage: str, fit: Callable[..., TrainOutcome], figures: dict,
                   system_metrics: bool = False) -> TrialContext:
     """The context of experiment ``name``: training runs go to ``<storage>/<name>/train``."""
     return TrialContext(base_config=base_config, force=force, manifests=manifests,
@@ -146,14 +143,6 @@ def _record_node(client, run_id: str, node_ip: str) -> None:
     before = client.get_run(run_id).data.tags.get("msreid.nodes", "")
     nodes = ",".join(n for n in (before, node_ip) if n)
     runs.set_tags(client, run_id, {"msreid.node_ip": node_ip, "msreid.nodes": nodes})
-
-
-def import_callable(path: str | Callable) -> Callable:
-    """``"package.module:function"`` (or a callable, returned as is) -> the function."""
-    if callable(path):
-        return path
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
 
 
 def trial_config(ctx: TrialContext, config: dict) -> TrainConfig:
@@ -247,15 +236,14 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     node_ip = ray.util.get_node_ip_address()
     _record_node(client, run_id, node_ip)
     runs.log_params(client, run_id, {**config_to_dict(cfg), **batch_params(cfg)})
-    fit = import_callable(ctx.fit)
     callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
     with temp_files_in_scratch():  # copies and figures: under the node's Ray temp dir
         try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
             check_manifest_here(cfg, node_ip)
             with data_in_trial_reservation(), entities.system_metrics(
                     ctx.tracking_uri, run_id, ctx.system_metrics):
-                outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
-                              max_failures=ctx.train_max_failures)
+                outcome = ctx.fit(cfg, storage_path=ctx.train_storage, name=key,
+                                  callbacks=callbacks, max_failures=ctx.train_max_failures)
         except BaseException as exc:
             runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
             client.set_terminated(run_id, "FAILED")
