@@ -25,13 +25,19 @@ from typing import Any, Callable
 from ray import tune
 
 from msreid import cli_options, grid, storage
-from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from msreid.config import config_to_dict, load_config, parse_overrides
 from msreid.data.schema import manifest_info, verify_manifest
 from msreid.errors import DiskFullError, UserError, disk_full_report
 from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import cache_dir, default_storage_path, find_experiment_file
-from msreid.orchestration.trainable import TrialContext, run_trial, trial_context
+from msreid.orchestration.trainable import (
+    TrialContext,
+    effective_config,
+    run_trial,
+    trial_context,
+    trial_spec,
+)
 from msreid.tracking import comparison, cross_spectral, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from msreid.train.fit import fit as train_fit
@@ -121,15 +127,14 @@ def prepare_trials(opts: BenchmarkOptions, suite: grid.Suite, datasets: set[str]
     forced = parse_overrides(list(opts.overrides))
     merged: dict[str, grid.TrialSpec] = {}
     for t in trials:
-        flat = {**base, **t.overrides, **forced, "run.seed": t.seed, "data.manifest": "x"}
-        try:
-            effective = config_to_dict(config_from_dict(flat))
+        try:  # no data yet: "x" stands for the manifest, which the key leaves out
+            effective = config_to_dict(effective_config(base, t, "x", forced))
         except UserError as exc:
             raise UserError(f"suite {suite.source}, cell {' / '.join(t.cells[0])}: {exc}") from None
         effective.pop("data.manifest")  # the data is named by the dataset and its fingerprint
         key = grid.trial_key(t.dataset, effective, t.seed)
-        same = merged.get(key)
-        merged[key] = replace(t, key=key, cells=(same.cells if same else ()) + t.cells)
+        first = merged.get(key, replace(t, cells=()))  # the first cell names a merged trial
+        merged[key] = replace(t, key=key, cells=first.cells + t.cells, label=first.label)
     return base, forced, list(merged.values())
 
 
@@ -380,7 +385,7 @@ def run_tune(suite: grid.Suite, trials: list[grid.TrialSpec], ctx: TrialContext,
                            tune_config=tune.TuneConfig(
                                max_concurrent_trials=(opts.max_concurrent_trials
                                                       or suite.max_concurrent_trials or None),
-                               trial_dirname_creator=lambda t: t.config["trial"]["key"],
+                               trial_dirname_creator=lambda t: trial_spec(t.config).key,
                                reuse_actors=True),  # keep torch/MLflow imported between trials
                            run_config=run_config(suite, storage, name, opts.verbose))
     return collect_results(tuner.fit(), ctx)
@@ -394,30 +399,26 @@ def collect_results(grid_results, ctx: TrialContext) -> tuple[list[tables.TrialR
     """
     results, errors = [], []
     for res in grid_results:
-        trial = (res.config or {}).get("trial")
-        if trial is None:
+        if not res.config:
             errors.append("a trial never started (the run was stopped before it was placed)")
             continue
+        spec = trial_spec(res.config)
         if res.error is not None:  # a full disk: its one-line message, not Ray's traceback
             full = disk_full_report(res.error)
             text = f"{DiskFullError.__name__}: {full}" if full else \
                 f"{type(res.error).__name__}: {res.error}"
-            errors.append(f"{trial['label']}: {text}"[:2000])
+            errors.append(f"{spec.label}: {text}"[:2000])
         if res.metrics and "test/mAP" in res.metrics:
-            searched = {k: v for k, v in res.config.items() if k != "trial"}
-            flat = {**ctx.base_config, **trial["overrides"], **searched, **ctx.force}  # as trained
-            results.append(tables.TrialResult(cells=tuple(tuple(c) for c in trial["cells"]),
-                                              seed=int(trial["seed"]),
+            cfg = effective_config(ctx.base_config, spec, ctx.manifests[spec.dataset], ctx.force)
+            results.append(tables.TrialResult(cells=spec.cells, seed=spec.seed,
                                               metrics=runs.in_percent(res.metrics),
-                                              config=tables.trained_as(flat)))
+                                              config=tables.trained_as(config_to_dict(cfg))))
     return results, errors
 
 
 def param_space(trials: list[grid.TrialSpec]) -> dict[str, Any]:
     """One grid point per trial (JSON-able dicts: Tune stores them for --resume)."""
-    return {"trial": tune.grid_search([
-        {"key": t.key, "dataset": t.dataset, "seed": t.seed, "overrides": t.overrides,
-         "cells": [list(c) for c in t.cells], "label": t.label} for t in trials])}
+    return {"trial": tune.grid_search([t.to_dict() for t in trials])}
 
 
 def run_config(suite: grid.Suite, storage: str, name: str, verbose: int):
