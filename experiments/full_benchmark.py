@@ -18,29 +18,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-# What the options' one-line help cannot say: flag names, repeat forms, defaults taken from the data.
+# The argparse form the options' types cannot say: flag names, repeat forms, a metavar, defaults
+# taken from the data. The help of every flag is the field's (msreid.orchestration.benchmark).
 FLAGS = {
-    "preset": {"default": None,
-               "help": "benchmark suite: smoke (default without --data), paper (default with "
-                       "--data), or a suite YAML path (experiments/grids/)"},
-    "data": {"metavar": "[DATASET=]MANIFEST",
-             "help": "a manifest (local path or s3://...) written by `msreid ingest`; the "
-                     "dataset is read from its metadata unless given; repeat per dataset"},
-    "config": {"help": "training preset (experiments/presets/) instead of the suite's"},
-    "overrides": {"flag": "--set", "metavar": "KEY=VALUE",
-                  "help": "config override for every trial, e.g. --set optim.epochs=2"},
-    "seeds": {"action": None, "nargs": "+", "help": "seeds (suite's default)"},
-    "tracking_uri": {"help": "MLflow tracking URI; default $MLFLOW_TRACKING_URI, else "
-                             "sqlite:///<cwd>/mlflow.db (served by `make ui`)"},
-    "storage_path": {"help": "Ray results dir, shared on clusters (default $MSREID_STORAGE_PATH or "
-                             "./ray_results)"},
-    "name": {"help": "benchmark name (default <suite>-<timestamp>)"},
-    "resume": {"nargs": "?", "const": "", "metavar": "NAME",
-               "help": "continue an interrupted benchmark (default: the latest of this suite)"},
-    "max_concurrent_trials": {"help": "trials at once (default: the suite's)"},
-    "ray_address": {"help": "Ray cluster (default $RAY_ADDRESS or local)"},
-    "synth": {"type": str, "default": "{}",  # checked by synth_spec_from_json in main()
-              "help": 'JSON SynthSpec overrides for the synthetic data, e.g. \'{"ids": 20}\''},
+    "preset": {"default": None},  # main() picks smoke or paper from --data
+    "data": {"metavar": "[DATASET=]MANIFEST"},
+    "overrides": {"flag": "--set", "metavar": "KEY=VALUE"},
+    "seeds": {"action": None, "nargs": "+"},
+    "resume": {"nargs": "?", "const": "", "metavar": "NAME"},
+    "synth": {"type": str, "default": "{}"},  # checked by synth_spec_from_json in main()
 }
 
 

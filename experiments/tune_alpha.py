@@ -23,26 +23,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-# What the options' one-line help cannot say: flag names, repeat forms, longer help.
+# The argparse form the options' types cannot say: flag names, a metavar. The help (and the
+# choices) of every flag is the field's (msreid.orchestration.alpha).
 FLAGS = {
-    "data": {"metavar": "[DATASET=]MANIFEST",
-             "help": "the manifest to tune on (default: the synthetic RGBNT100-shaped one)"},
-    "config": {"help": "training preset (experiments/presets/)"},
-    "ablation": {"help": "loss.ablation with L_hsc: hamnet, msn+hsc or hamnet_official"},
-    "hsc_variant": {"choices": ["official", "paper"],
-                    "help": "form of L_hsc: official = the authors' 1 - cosine of the logits "
-                            "(default; alpha acts over [1e-4, 1e-1]), paper = eq. 5"},
-    "hsc_reduction": {"choices": ["sum", "mean"],
-                      "help": "how L_hsc is reduced over the batch: sum (the authors', default) "
-                              "or mean (eq. 5 with the mean is inert over the default range)"},
-    "overrides": {"flag": "--set", "metavar": "KEY=VALUE",
-                  "help": "config override for every trial, e.g. --set optim.epochs=6"},
-    "tracking_uri": {"help": "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else "
-                             "sqlite:///<cwd>/mlflow.db)"},
-    "storage_path": {"help": "Ray results dir (default ./ray_results)"},
-    "ray_address": {"help": "Ray cluster (default $RAY_ADDRESS or local)"},
-    "synth": {"type": str, "default": "{}",  # checked by synth_spec_from_json in main()
-              "help": "JSON SynthSpec overrides for the synthetic data"},
+    "data": {"metavar": "[DATASET=]MANIFEST"},
+    "overrides": {"flag": "--set", "metavar": "KEY=VALUE"},
+    "synth": {"type": str, "default": "{}"},  # checked by synth_spec_from_json in main()
 }
 
 

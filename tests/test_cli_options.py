@@ -18,6 +18,7 @@ class Opts:
     extra: dict = field(default_factory=dict, metadata={"help": "JSON"})
     fast: bool = False
     hidden: object = None
+    mode: str = field(default="a", metadata={"help": "one of two", "choices": ("a", "b")})
 
 
 def parser(**kwargs) -> argparse.ArgumentParser:
@@ -46,3 +47,9 @@ def test_overrides_rename_and_change_the_form():
 def test_a_field_without_a_command_line_form_must_be_skipped():
     with pytest.raises(TypeError, match="field hidden"):
         add_dataclass_arguments(argparse.ArgumentParser(), Opts)
+
+
+def test_choices_come_from_the_field():
+    assert options_from_args(Opts, parser().parse_args(["--mode", "b"])).mode == "b"
+    with pytest.raises(SystemExit):
+        parser().parse_args(["--mode", "c"])

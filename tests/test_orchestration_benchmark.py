@@ -107,10 +107,11 @@ def report_markdown(uri, parent, capsys) -> str:
     return capsys.readouterr().out
 
 
+# The subprocess's Ray workers import orchestration_fakes from tests/ on PYTHONPATH.
 DRIVER = """
-import sys
+import orchestration_fakes
 from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
-opts = BenchmarkOptions(**{opts!r})
+opts = BenchmarkOptions(**{opts!r}, fit=orchestration_fakes.fit)
 run_benchmark(opts)
 """
 
@@ -138,8 +139,7 @@ def test_tables_and_resume_after_the_driver_is_killed(ray_session, tmp_path, man
     results = tmp_path / "results" / "mini-resume"
     results.mkdir(parents=True)
     (results / "hang_trials").write_text(trials[-1].key)
-    fields = {k: v for k, v in opts.__dict__.items() if k not in ("figures", "synth")}
-    fields["fit"] = "orchestration_fakes:fit"  # the subprocess's Ray gets tests/ on PYTHONPATH
+    fields = {k: v for k, v in opts.__dict__.items() if k not in ("figures", "synth", "fit")}
     env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
     proc = subprocess.Popen([sys.executable, "-c", DRIVER.format(opts=fields)], env=env,
                             start_new_session=True, stdout=subprocess.DEVNULL,
@@ -230,19 +230,25 @@ def test_a_benchmark_that_fails_in_tune_leaves_its_parent_run_failed(tmp_path, m
 
 def test_collect_results_reports_a_trial_that_never_started():
     """Tune hands back a result with no config for a trial the stopped driver never placed: it is
-    an error line (so the grid is not complete), not a TypeError, and finished trials still count."""
+    an error line (so the grid is not complete), not a TypeError, and finished trials still count,
+    with the config they trained (the preset's backbone, the cell's selection, the forced dropout)."""
     from types import SimpleNamespace
 
+    from msreid.grid import TrialSpec
     from msreid.orchestration import benchmark
 
-    ctx = SimpleNamespace(base_config={"model.backbone": "test_resnet"}, force={})
-    done = SimpleNamespace(
-        config={"trial": {"label": "RGB one-stream", "overrides": {}, "cells": [["t3", "rgb", "tiny"]],
-                          "seed": 3}},
-        error=None, metrics={"test/mAP": 0.25, "epoch": 1})
+    ctx = SimpleNamespace(base_config={"model.backbone": "test_resnet"}, manifests={"d": "/m"},
+                          force={"loss.ablation": "msn", "data.modality_dropout": 0.25})
+    spec = TrialSpec(key="d-0123456789-s3", dataset="d", seed=3, overrides={"run.selection": "final"},
+                     cells=(("t3", "rgb", "tiny"),), label="RGB one-stream")
+    done = SimpleNamespace(config={"trial": spec.to_dict()}, error=None,
+                           metrics={"test/mAP": 0.25, "epoch": 1})
+    failed = SimpleNamespace(config={"trial": spec.to_dict()}, error=ValueError("boom"), metrics={})
     never = SimpleNamespace(config=None, error=None, metrics={})
-    results, errors = benchmark.collect_results([done, never], ctx)
+    results, errors = benchmark.collect_results([done, failed, never], ctx)
     rows = [(r.cells, r.seed, r.metrics["test/mAP"]) for r in results]
     assert rows == [((("t3", "rgb", "tiny"),), 3, 25.0)]
-    assert results[0].config == {"model.backbone": "test_resnet"}
-    assert errors == ["a trial never started (the run was stopped before it was placed)"]
+    assert results[0].config == {"model.backbone": "test_resnet", "run.selection": "final",
+                                 "data.modality_dropout": "0.25"}
+    assert errors == ["RGB one-stream: ValueError: boom",
+                      "a trial never started (the run was stopped before it was placed)"]

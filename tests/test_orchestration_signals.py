@@ -39,14 +39,16 @@ trial_resources: [{{CPU: 1}}]
 max_concurrent_trials: 2
 max_failures: 0
 """
-# The CLI with the stand-in fit swapped in (the flags cannot name a fit).
+# The CLI with the stand-in fit swapped in (the flags cannot name a fit); the subprocess's Ray
+# workers import orchestration_fakes from tests/ on PYTHONPATH.
 DRIVER = """
 import dataclasses, sys
 sys.path.insert(0, {experiments!r})
 import full_benchmark
+import orchestration_fakes
 from msreid.orchestration import benchmark
 real = benchmark.run_benchmark
-benchmark.run_benchmark = lambda opts: real(dataclasses.replace(opts, fit="orchestration_fakes:fit"))
+benchmark.run_benchmark = lambda opts: real(dataclasses.replace(opts, fit=orchestration_fakes.fit))
 sys.exit(full_benchmark.main({argv!r}))
 """
 

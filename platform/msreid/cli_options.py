@@ -1,9 +1,9 @@
 """Command-line flags generated from a frozen options dataclass, and the dataclass back from them.
 
 One ``--flag`` per field (``max_concurrent_trials`` -> ``--max-concurrent-trials``),
-its type, default and help taken from the field (``metadata["help"]``), so a
-script's flags cannot drift from the options it fills. The type decides the
-argparse form:
+its type, default, help and choices taken from the field (``metadata["help"]``,
+``metadata["choices"]``), so a script's flags cannot drift from the options it
+fills. The type decides the argparse form:
 
 * ``int`` / ``float`` / ``str`` (optionally ``| None``): one value;
 * ``tuple[T, ...]``: the flag repeats (``--data a --data b``), values of type T;
@@ -50,6 +50,8 @@ def _argparse_kwargs(f: Field, hint: Any) -> dict[str, Any]:
     """argparse keyword arguments for one field, from its type, default and help."""
     kind, default = _value_type(hint), _default(f)
     kwargs: dict[str, Any] = {"default": default, "help": f.metadata.get("help")}
+    if "choices" in f.metadata:  # the field's closed set of values, written once beside it
+        kwargs["choices"] = f.metadata["choices"]
     if kind is bool:
         kwargs["action"] = "store_true"
     elif kind in (int, float, str):

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -74,19 +74,48 @@ class Cell:
 
 @dataclass(frozen=True)
 class TrialSpec:
-    """One Tune trial: a distinct (dataset, overrides) at one seed, feeding >= 1 cells."""
+    """One Tune trial: a dataset, a seed and config overrides, feeding >= 0 table cells.
 
-    key: str
+    The benchmark makes one per distinct (dataset, effective config, seed), with a stable
+    ``key``; an alpha search leaves ``key`` empty (the trial makes ``<prefix>-<Tune trial id>``)
+    and names in ``searched`` the keys Tune samples. The spec crosses Tune's param space as
+    ``to_dict()`` (JSON-able: Tune stores it for ``--resume``; a searched value may be a Tune
+    domain there) and comes back with ``from_dict``.
+    """
+
+    key: str  # stable trial id (trial_key); "" = "<prefix>-<Tune trial id>", made by the trial
     dataset: str
     seed: int
-    overrides: dict[str, Any]
-    cells: tuple[CellId, ...]
+    overrides: dict[str, Any]  # flat dotted config keys
+    cells: tuple[CellId, ...] = ()
+    label: str = ""  # progress-table / error name; "" = the searched values or the key
+    prefix: str = "trial"
+    searched: dict[str, Any] = field(default_factory=dict)  # flat keys Tune samples
 
-    @property
-    def label(self) -> str:
-        """Readable run name: the first cell's 'table/row/column' and the seed."""
-        table, row, column = self.cells[0]
-        return f"{table} | {row} | {column} | seed {self.seed}"
+    def to_dict(self) -> dict[str, Any]:
+        """The spec as a Tune param-space value (lists for tuples); inverse of ``from_dict``."""
+        return {"key": self.key, "dataset": self.dataset, "seed": self.seed,
+                "overrides": dict(self.overrides), "cells": [list(c) for c in self.cells],
+                "label": self.label, "prefix": self.prefix, "searched": dict(self.searched)}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrialSpec:
+        """The spec of a Tune trial's ``config["trial"]``; UserError on a missing or unknown key."""
+        names = {f.name for f in fields(cls)}
+        missing, unknown = sorted(names - set(d)), sorted(set(d) - names)
+        if missing or unknown:
+            raise UserError(f"a Tune trial's spec {d!r} has missing key(s) {missing} and unknown "
+                            f"key(s) {unknown}; it was made by another msreid version: start a "
+                            "new run (without --resume)")
+        return cls(key=str(d["key"]), dataset=str(d["dataset"]), seed=int(d["seed"]),
+                   overrides=dict(d["overrides"]), cells=tuple(tuple(c) for c in d["cells"]),
+                   label=str(d["label"]), prefix=str(d["prefix"]), searched=dict(d["searched"]))
+
+
+def cell_label(cell: CellId, seed: int) -> str:
+    """Readable trial name: the cell's 'table | row | column' and the seed."""
+    table, row, column = cell
+    return f"{table} | {row} | {column} | seed {seed}"
 
 
 @dataclass(frozen=True)
@@ -328,7 +357,8 @@ def expand_trials(suite: Suite, datasets: set[str] | None = None) -> list[TrialS
                                                 "overrides": cell.overrides, "cells": []})
                 entry["cells"].append(cell.id)
     return [TrialSpec(key=k, dataset=v["dataset"], seed=v["seed"], overrides=v["overrides"],
-                      cells=tuple(v["cells"])) for k, v in merged.items()]
+                      cells=tuple(v["cells"]), label=cell_label(v["cells"][0], v["seed"]))
+            for k, v in merged.items()]
 
 
 def suite_to_dict(suite: Suite) -> dict:

@@ -33,25 +33,33 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 from ray import tune
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from msreid import cli_options
-from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from msreid.config import TrainConfig, config_to_dict, load_config, parse_overrides
 from msreid.errors import UserError
 from msreid.evaluation import selection
+from msreid.grid import TrialSpec
 from msreid.losses import ABLATIONS, HSC_REDUCTIONS, HSC_VARIANTS, PAPER_ALPHA
 from msreid.orchestration import alpha_summary, interrupts
 from msreid.orchestration.alpha_probe import ProbeResult, inert_message, probe_alpha_range, probe_markdown
 from msreid.orchestration.asha import ToleranceASHA
 from msreid.orchestration.benchmark import BenchmarkOptions, resolve_manifests
 from msreid.orchestration.paths import default_storage_path, find_experiment_file
-from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
+from msreid.orchestration.trainable import (
+    TrialContext,
+    effective_config,
+    run_trial,
+    trial_context,
+    trial_spec,
+)
 from msreid.tracking import runs, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+from msreid.train.fit import fit as train_fit
 from msreid.train.fit import init_ray
 
 
@@ -59,15 +67,19 @@ from msreid.train.fit import init_ray
 class AlphaOptions:
     """What ``experiments/tune_alpha.py`` passes to ``run_alpha_search``."""
 
-    data: tuple[str, ...] = field(default=(), metadata={"help": "one manifest; default synthetic"})
-    config: str = field(default="smoke", metadata={"help": "training preset"})
-    ablation: str = field(default="hamnet", metadata={"help": "loss.ablation with L_hsc"})
+    data: tuple[str, ...] = field(default=(), metadata={
+        "help": "the manifest to tune on (default: the synthetic RGBNT100-shaped one)"})
+    config: str = field(default="smoke", metadata={"help": "training preset (experiments/presets/)"})
+    ablation: str = field(default="hamnet", metadata={
+        "help": "loss.ablation with L_hsc: hamnet, msn+hsc or hamnet_official"})
     hsc_variant: str = field(default="official", metadata={
-        "help": "form of L_hsc: official (the authors' 1 - cosine of logits; alpha acts over the "
-                "default range) or paper (eq. 5)", "choices": HSC_VARIANTS})
+        "help": "form of L_hsc: official = the authors' 1 - cosine of the logits (default; alpha "
+                "acts over [1e-4, 1e-1]), paper = eq. 5", "choices": HSC_VARIANTS})
     hsc_reduction: str = field(default="sum", metadata={
-        "help": "L_hsc over the batch: sum (the authors') or mean", "choices": HSC_REDUCTIONS})
-    overrides: tuple[str, ...] = field(default=(), metadata={"help": "key=value for every trial"})
+        "help": "how L_hsc is reduced over the batch: sum (the authors', default) or mean (eq. 5 "
+                "with the mean is inert over the default range)", "choices": HSC_REDUCTIONS})
+    overrides: tuple[str, ...] = field(default=(), metadata={
+        "help": "config override for every trial, e.g. --set optim.epochs=6"})
     num_samples: int = field(default=4, metadata={"help": "search trials, alpha=0.001 included"})
     low: float = field(default=1e-4, metadata={"help": "lower bound of alpha"})
     high: float = field(default=1e-1, metadata={"help": "upper bound of alpha"})
@@ -94,12 +106,16 @@ class AlphaOptions:
     trial_resources: tuple | None = field(default=None, metadata={
         "help": "placement-group bundles per trial; None = two of data.decode_cpus CPU"})
     experiment: str = field(default="msreid-tune-alpha", metadata={"help": "MLflow experiment"})
-    tracking_uri: str | None = None
-    storage_path: str | None = None
+    tracking_uri: str | None = field(default=None, metadata={
+        "help": "MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db)"})
+    storage_path: str | None = field(default=None, metadata={
+        "help": "Ray results dir (default ./ray_results)"})
     name: str | None = None
-    ray_address: str | None = None
-    synth: dict = field(default_factory=dict)
-    fit: Any = DEFAULT_FIT
+    ray_address: str | None = field(default=None, metadata={
+        "help": "Ray cluster (default $RAY_ADDRESS or local)"})
+    synth: dict = field(default_factory=dict, metadata={
+        "help": "JSON SynthSpec overrides for the synthetic data"})
+    fit: Callable = train_fit  # the training function (tests pass a stand-in)
     verbose: int = 1
     command: tuple[str, ...] = ()  # the command line that started the search (to run it again)
 
@@ -123,6 +139,14 @@ class AlphaOutcome:
 
 
 LOSS_FORM_KEYS = ("loss.hsc_variant", "loss.hsc_reduction")
+ALPHA_COLUMN = "trial/searched/loss.alpha"  # the sampled alpha in Tune's flattened trial config
+
+
+def search_spec(opts: AlphaOptions, dataset: str, alpha: Any) -> TrialSpec:
+    """The search's trial at ``opts.seed``: ``alpha`` a Tune domain in the search, a value in the
+    probe (whose config is the search's at ``opts.low``)."""
+    return TrialSpec(key="", dataset=dataset, seed=opts.seed, overrides={}, prefix="alpha",
+                     searched={"loss.alpha": alpha})
 
 
 def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
@@ -136,7 +160,8 @@ def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
     forced = {**given, "run.eval_every": 1, "loss.ablation": opts.ablation,
               "loss.hsc_variant": opts.hsc_variant, "loss.hsc_reduction": opts.hsc_reduction}
     base = config_to_dict(load_config(preset, list(opts.overrides)))
-    cfg = config_from_dict({**base, **forced, "data.manifest": "x"})
+    # No data yet, and alpha None (the ablation's): the range is checked below, with its message.
+    cfg = effective_config(base, search_spec(opts, "", None), "x", forced)
     if cfg.run.selection != "validation" or cfg.data.val_ids <= 0:
         raise UserError("tune_alpha selects alpha on validation mAP: run.selection must be "
                         f"validation and data.val_ids > 0 (the preset {preset} has "
@@ -152,12 +177,12 @@ def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
     return base, forced
 
 
-def trial_bundles(opts: AlphaOptions, base: dict, forced: dict) -> list[dict]:
+def trial_bundles(opts: AlphaOptions, cfg: TrainConfig) -> list[dict]:
     """The placement-group bundles of one trial: the trial process and the tasks it starts
     (manifest reading, decoding), each ``data.decode_cpus`` unless ``opts.trial_resources``."""
     if opts.trial_resources:
         return [dict(b) for b in opts.trial_resources]
-    cpus = float({**base, **forced}.get("data.decode_cpus", 1.0))
+    cpus = float(cfg.data.decode_cpus)
     return [{"CPU": cpus}, {"CPU": cpus}]
 
 
@@ -167,10 +192,9 @@ def setting_label(opts: AlphaOptions) -> str:
             f"{opts.hsc_reduction}")
 
 
-def probe(opts: AlphaOptions, base: dict, forced: dict, manifest: str) -> ProbeResult:
-    """Stage 1 (module docstring): measure; UserError when alpha is inert and not allowed."""
-    cfg = config_from_dict({**base, **forced, "loss.alpha": opts.low, "data.manifest": manifest,
-                            "run.seed": opts.seed})
+def probe(opts: AlphaOptions, cfg: TrainConfig) -> ProbeResult:
+    """Stage 1 (module docstring): measure from ``cfg``, the search's config at alpha = low;
+    UserError when alpha is inert and not allowed."""
     steps = max(0, opts.probe_steps)
     result = probe_alpha_range(cfg, opts.low, opts.high, num_batches=max(1, opts.probe_batches),
                                steps=steps, every=max(1, steps // 2), threshold=opts.inert_below)
@@ -200,31 +224,31 @@ def _trainable(ctx: TrialContext, bundles: list[dict]):
 def search_tuner(opts: AlphaOptions, ctx: TrialContext, dataset: str, storage: str, name: str,
                  epochs: int, tolerance: float, bundles: list[dict]) -> tune.Tuner:
     """Stage 2: the log-uniform search at ``opts.seed``, the paper's 0.001 first, ToleranceASHA."""
-    space = {"trial": {"prefix": "alpha", "dataset": dataset, "seed": opts.seed, "overrides": {},
-                       "cells": []},
-             "loss.alpha": tune.loguniform(opts.low, opts.high)}
+    space = {"trial": search_spec(opts, dataset, tune.loguniform(opts.low, opts.high)).to_dict()}
+    paper = {"trial": {"searched": {"loss.alpha": PAPER_ALPHA}}}  # Tune fills in the rest
     return tune.Tuner(
         _trainable(ctx, bundles), param_space=space,
         tune_config=tune.TuneConfig(
             num_samples=opts.num_samples,
-            search_alg=BasicVariantGenerator(points_to_evaluate=[{"loss.alpha": PAPER_ALPHA}],
+            search_alg=BasicVariantGenerator(points_to_evaluate=[paper],
                                              random_state=opts.seed,
                                              max_concurrent=opts.max_concurrent_trials),
             scheduler=ToleranceASHA(metric="val/mAP", time_attr="training_iteration",
                                     max_t=epochs, grace_period=opts.grace_period,
                                     reduction_factor=opts.reduction_factor, tolerance=tolerance),
             reuse_actors=False),  # an ASHA stop ends the trial's process (and its training)
-        run_config=_run_config(name, storage, opts.verbose, {"loss.alpha": "alpha"}))
+        run_config=_run_config(name, storage, opts.verbose, {ALPHA_COLUMN: "alpha"}))
 
 
 def repeat_tuner(opts: AlphaOptions, ctx: TrialContext, dataset: str, storage: str, name: str,
                  alphas: list[float], bundles: list[dict]) -> tune.Tuner:
     """Stage 3: every alpha of ``alphas`` at seeds seed+1 .. seed+repeat_seeds, no stopping."""
-    points = [{"prefix": "alpha-repeat", "dataset": dataset, "seed": opts.seed + k,
-               "overrides": {"loss.alpha": a}, "cells": [], "label": f"alpha={a:.3g}, seed {opts.seed + k}"}
+    points = [TrialSpec(key="", dataset=dataset, seed=opts.seed + k, overrides={"loss.alpha": a},
+                        label=f"alpha={a:.3g}, seed {opts.seed + k}", prefix="alpha-repeat")
               for a in alphas for k in range(1, opts.repeat_seeds + 1)]
     return tune.Tuner(
-        _trainable(ctx, bundles), param_space={"trial": tune.grid_search(points)},
+        _trainable(ctx, bundles),
+        param_space={"trial": tune.grid_search([p.to_dict() for p in points])},
         tune_config=tune.TuneConfig(max_concurrent_trials=opts.max_concurrent_trials,
                                     reuse_actors=True),  # keep torch/MLflow imported
         run_config=_run_config(f"{name}-repeats", storage, opts.verbose,
@@ -241,7 +265,8 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     experiment_id = ensure_experiment(uri, opts.experiment)
     manifests, prints = resolve_manifests(_as_benchmark(opts))
     dataset = next(iter(manifests))
-    probed = probe(opts, base, forced, manifests[dataset])  # before any run exists
+    cfg = effective_config(base, search_spec(opts, dataset, opts.low), manifests[dataset], forced)
+    probed = probe(opts, cfg)  # before any run exists
     margin = selection.resolution(probed.num_val_queries)  # one validation query's worth of mAP
     tolerance = margin if opts.tolerance is None else opts.tolerance
     client = runs.client_for(uri)
@@ -260,7 +285,7 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
     ui.install_alpha_view(client, experiment_id, name, ui.ui_base(uri))  # while it runs
     with interrupts.stop_signals() as stop:
         try:
-            table = _fit(opts, base, forced, manifests, prints, dataset, parent, name, stop,
+            table = _fit(opts, base, forced, cfg, manifests, prints, dataset, parent, name, stop,
                          tolerance)
         except interrupts.Interrupted as exc:
             again = cli_options.shell_command(opts.command or ("python", "experiments/tune_alpha.py"))
@@ -288,22 +313,24 @@ def run_alpha_search(opts: AlphaOptions) -> AlphaOutcome:
                         markdown=markdown, parent_run_id=parent, tracking_uri=uri, link=link)
 
 
-def _fit(opts: AlphaOptions, base: dict, forced: dict, manifests: dict, prints: dict, dataset: str,
-         parent: str, name: str, stop: interrupts.StopState, tolerance: float) -> pd.DataFrame:
-    """Stages 2 and 3 (Tune); the trials' table. Raises ``Interrupted`` on a stop signal."""
+def _fit(opts: AlphaOptions, base: dict, forced: dict, cfg: TrainConfig, manifests: dict,
+         prints: dict, dataset: str, parent: str, name: str, stop: interrupts.StopState,
+         tolerance: float) -> pd.DataFrame:
+    """Stages 2 and 3 (Tune); the trials' table. Raises ``Interrupted`` on a stop signal.
+    ``cfg``: the search's config at alpha = low (resources, epochs)."""
     storage = opts.storage_path or default_storage_path()
     uri = resolve_tracking_uri(opts.tracking_uri)
     experiment_id = ensure_experiment(uri, opts.experiment)
     ctx = trial_context(base_config=base, force=forced, manifests=manifests, fingerprints=prints,
                         tracking_uri=uri, experiment_id=experiment_id, parent_run_id=parent,
                         name=name, storage=storage, fit=opts.fit, figures={"cam_queries": 0})
-    bundles = trial_bundles(opts, base, forced)
+    bundles = trial_bundles(opts, cfg)
     init_ray(opts.ray_address, quiet=True)
     stop.install()  # ray.init replaced the SIGTERM handler with a plain sys.exit
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     # fit's last report (test metrics) carries best_val/mAP, not val/mAP; the scheduler ignores it.
     os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    epochs = int({**base, **forced}.get("optim.epochs", 1))
+    epochs = cfg.optim.epochs
     with stop.tune_loop():
         found = alpha_table(search_tuner(opts, ctx, dataset, storage, name, epochs, tolerance,
                                          bundles).fit(), "search")
@@ -332,9 +359,9 @@ def alpha_table(results, phase: str) -> pd.DataFrame:
         m = res.metrics or {}
         finished = "test/mAP" in m and res.error is None
         epochs, best_val = _curve(res)
-        trial = res.config["trial"]
-        alpha = res.config.get("loss.alpha", trial["overrides"].get("loss.alpha"))
-        row = {"phase": phase, "alpha": float(alpha), "seed": int(trial["seed"]),
+        spec = trial_spec(res.config)
+        alpha = {**spec.overrides, **spec.searched}["loss.alpha"]  # searched, or set by a repeat
+        row = {"phase": phase, "alpha": float(alpha), "seed": spec.seed,
                "status": "finished" if finished else ("error" if res.error else "stopped (ASHA)"),
                "epochs": epochs,
                "val/mAP": float(m.get("best_val/mAP", best_val)),

@@ -20,20 +20,27 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from ray import tune
 
 from msreid import cli_options, grid, storage
-from msreid.config import config_from_dict, config_to_dict, load_config, parse_overrides
+from msreid.config import config_to_dict, load_config, parse_overrides
 from msreid.data.schema import manifest_info, verify_manifest
 from msreid.errors import DiskFullError, UserError, disk_full_report
 from msreid.orchestration import interrupts
 from msreid.orchestration.datasets import SMOKE_LAYOUT, resolve_data_args, synth_spec, synthetic_manifest
 from msreid.orchestration.paths import cache_dir, default_storage_path, find_experiment_file
-from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
+from msreid.orchestration.trainable import (
+    TrialContext,
+    effective_config,
+    run_trial,
+    trial_context,
+    trial_spec,
+)
 from msreid.tracking import comparison, cross_spectral, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
+from msreid.train.fit import fit as train_fit
 from msreid.train.fit import init_ray
 
 log = logging.getLogger(__name__)
@@ -46,22 +53,36 @@ SETTINGS_FILE = "settings.json"  # on the parent: what --resume must match
 class BenchmarkOptions:
     """Everything ``experiments/full_benchmark.py`` passes to ``run_benchmark``."""
 
-    preset: str = field(default="smoke", metadata={"help": "suite name or path (experiments/grids)"})
-    data: tuple[str, ...] = field(default=(), metadata={"help": "manifests: [dataset=]URI"})
-    config: str | None = field(default=None, metadata={"help": "training preset overriding the suite's"})
-    overrides: tuple[str, ...] = field(default=(), metadata={"help": "key=value for every trial"})
-    seeds: tuple[int, ...] | None = field(default=None, metadata={"help": "override the suite's seeds"})
+    preset: str = field(default="smoke", metadata={
+        "help": "benchmark suite: smoke (default without --data), paper (default with --data), or "
+                "a suite YAML path (experiments/grids/)"})
+    data: tuple[str, ...] = field(default=(), metadata={
+        "help": "a manifest (local path or s3://...) written by `msreid ingest`; the dataset is "
+                "read from its metadata unless given; repeat per dataset"})
+    config: str | None = field(default=None, metadata={
+        "help": "training preset (experiments/presets/) instead of the suite's"})
+    overrides: tuple[str, ...] = field(default=(), metadata={
+        "help": "config override for every trial, e.g. --set optim.epochs=2"})
+    seeds: tuple[int, ...] | None = field(default=None, metadata={"help": "seeds (suite's default)"})
     experiment: str = field(default="msreid-benchmark", metadata={"help": "MLflow experiment"})
-    tracking_uri: str | None = field(default=None, metadata={"help": "MLflow tracking URI"})
-    storage_path: str | None = field(default=None, metadata={"help": "Ray results (shared on clusters)"})
-    name: str | None = field(default=None, metadata={"help": "benchmark name (Tune experiment)"})
-    resume: str | None = field(default=None, metadata={"help": "'' = latest of this suite, or a name"})
-    max_concurrent_trials: int | None = field(default=None, metadata={"help": "override the suite's"})
-    ray_address: str | None = field(default=None, metadata={"help": "Ray cluster address"})
-    synth: dict = field(default_factory=dict,
-                        metadata={"help": "SynthSpec overrides of the synthetic data (over the suite's)"})
-    fit: Any = field(default=DEFAULT_FIT,
-                     metadata={"help": "fit: 'module:function' or the function (tests swap a fake)"})
+    tracking_uri: str | None = field(default=None, metadata={
+        "help": "MLflow tracking URI; default $MLFLOW_TRACKING_URI, else sqlite:///<cwd>/mlflow.db "
+                "(served by `make ui`)"})
+    storage_path: str | None = field(default=None, metadata={
+        "help": "Ray results dir, shared on clusters (default $MSREID_STORAGE_PATH or "
+                "./ray_results)"})
+    name: str | None = field(default=None, metadata={
+        "help": "benchmark name (default <suite>-<timestamp>)"})
+    resume: str | None = field(default=None, metadata={
+        "help": "continue an interrupted benchmark (default: the latest of this suite)"})
+    max_concurrent_trials: int | None = field(default=None, metadata={
+        "help": "trials at once (default: the suite's)"})
+    ray_address: str | None = field(default=None, metadata={
+        "help": "Ray cluster (default $RAY_ADDRESS or local)"})
+    synth: dict = field(default_factory=dict, metadata={
+        "help": 'JSON SynthSpec overrides for the synthetic data, e.g. \'{"ids": 20}\''})
+    fit: Callable = field(default=train_fit,
+                          metadata={"help": "the training function (tests pass a stand-in)"})
     figures: dict = field(default_factory=dict, metadata={"help": "figure options per trial"})
     register: bool = field(default=False, metadata={
         "help": "register each cell's best seed (by validation mAP) in the MLflow model registry"})
@@ -106,15 +127,14 @@ def prepare_trials(opts: BenchmarkOptions, suite: grid.Suite, datasets: set[str]
     forced = parse_overrides(list(opts.overrides))
     merged: dict[str, grid.TrialSpec] = {}
     for t in trials:
-        flat = {**base, **t.overrides, **forced, "run.seed": t.seed, "data.manifest": "x"}
-        try:
-            effective = config_to_dict(config_from_dict(flat))
+        try:  # no data yet: "x" stands for the manifest, which the key leaves out
+            effective = config_to_dict(effective_config(base, t, "x", forced))
         except UserError as exc:
             raise UserError(f"suite {suite.source}, cell {' / '.join(t.cells[0])}: {exc}") from None
         effective.pop("data.manifest")  # the data is named by the dataset and its fingerprint
         key = grid.trial_key(t.dataset, effective, t.seed)
-        same = merged.get(key)
-        merged[key] = replace(t, key=key, cells=(same.cells if same else ()) + t.cells)
+        first = merged.get(key, replace(t, cells=()))  # the first cell names a merged trial
+        merged[key] = replace(t, key=key, cells=first.cells + t.cells, label=first.label)
     return base, forced, list(merged.values())
 
 
@@ -365,7 +385,7 @@ def run_tune(suite: grid.Suite, trials: list[grid.TrialSpec], ctx: TrialContext,
                            tune_config=tune.TuneConfig(
                                max_concurrent_trials=(opts.max_concurrent_trials
                                                       or suite.max_concurrent_trials or None),
-                               trial_dirname_creator=lambda t: t.config["trial"]["key"],
+                               trial_dirname_creator=lambda t: trial_spec(t.config).key,
                                reuse_actors=True),  # keep torch/MLflow imported between trials
                            run_config=run_config(suite, storage, name, opts.verbose))
     return collect_results(tuner.fit(), ctx)
@@ -379,30 +399,26 @@ def collect_results(grid_results, ctx: TrialContext) -> tuple[list[tables.TrialR
     """
     results, errors = [], []
     for res in grid_results:
-        trial = (res.config or {}).get("trial")
-        if trial is None:
+        if not res.config:
             errors.append("a trial never started (the run was stopped before it was placed)")
             continue
+        spec = trial_spec(res.config)
         if res.error is not None:  # a full disk: its one-line message, not Ray's traceback
             full = disk_full_report(res.error)
             text = f"{DiskFullError.__name__}: {full}" if full else \
                 f"{type(res.error).__name__}: {res.error}"
-            errors.append(f"{trial['label']}: {text}"[:2000])
+            errors.append(f"{spec.label}: {text}"[:2000])
         if res.metrics and "test/mAP" in res.metrics:
-            searched = {k: v for k, v in res.config.items() if k != "trial"}
-            flat = {**ctx.base_config, **trial["overrides"], **searched, **ctx.force}  # as trained
-            results.append(tables.TrialResult(cells=tuple(tuple(c) for c in trial["cells"]),
-                                              seed=int(trial["seed"]),
+            cfg = effective_config(ctx.base_config, spec, ctx.manifests[spec.dataset], ctx.force)
+            results.append(tables.TrialResult(cells=spec.cells, seed=spec.seed,
                                               metrics=runs.in_percent(res.metrics),
-                                              config=tables.trained_as(flat)))
+                                              config=tables.trained_as(config_to_dict(cfg))))
     return results, errors
 
 
 def param_space(trials: list[grid.TrialSpec]) -> dict[str, Any]:
     """One grid point per trial (JSON-able dicts: Tune stores them for --resume)."""
-    return {"trial": tune.grid_search([
-        {"key": t.key, "dataset": t.dataset, "seed": t.seed, "overrides": t.overrides,
-         "cells": [list(c) for c in t.cells], "label": t.label} for t in trials])}
+    return {"trial": tune.grid_search([t.to_dict() for t in trials])}
 
 
 def run_config(suite: grid.Suite, storage: str, name: str, verbose: int):

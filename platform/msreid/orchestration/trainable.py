@@ -7,23 +7,24 @@ workers' per-epoch reports to Tune (progress, ASHA). A second Train callback
 logs the same per-epoch metrics to the trial's MLflow child run as they come
 (``step`` = epoch), so early-stopped trials keep their curves.
 
-A trial's ``config`` is ``{"trial": {key, dataset, seed, overrides, cells}}``
-plus, for searches, dotted config keys at the top level (``"loss.alpha"``)
-sampled by Tune. ``ctx``, a ``TrialContext`` built by ``trial_context`` and
+A trial's ``config`` is ``{"trial": TrialSpec.to_dict()}`` (``msreid.grid``);
+a search puts Tune domains in the spec's ``searched`` and the trial gets the
+sampled values there. ``ctx``, a ``TrialContext`` built by ``trial_context`` and
 passed with ``tune.with_parameters``, holds what all trials share: the base
-config, manifests, tracking URI, parent run.
+config, manifests, tracking URI, parent run, the training function.
+``effective_config`` is the one place a trial's config is merged: the trial,
+the benchmark's keys and tables, and the alpha search all use it.
 """
 
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import logging
 import math
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import ray
 from ray import tune
@@ -33,15 +34,16 @@ from ray.tune.integration.ray_train import TuneReportCallback
 from msreid.config import TrainConfig, batch_params, config_from_dict, config_to_dict
 from msreid.data.schema import manifest_info
 from msreid.errors import UserError
+from msreid.grid import TrialSpec
 from msreid.tracking import comparison, entities, runs
 from msreid.tracking.trial_logging import log_history, log_trial_artifacts
 from msreid.train.fit import TrainOutcome
+from msreid.train.fit import fit as train_fit
 from msreid.train.session import temp_files_in_scratch
 
 log = logging.getLogger(__name__)
 
-FINAL_KEYS = ("test/mAP", "test/R1", "test/R5", "test/R10", "test/mINP")
-DEFAULT_FIT = "msreid.train.fit:fit"
+SPEC_OWNS = ("data.manifest", "run.seed")  # set from a TrialSpec's dataset and seed
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,7 @@ class TrialContext:
     benchmark: str  # the experiment's name (tag of every child run)
     train_storage: str  # where the trials' training runs live
     context_tags: dict  # MLflow's user / source / git tags, resolved once in the driver
-    fit: str | Callable = DEFAULT_FIT  # "module:function" or the function (tests swap a fake)
+    fit: Callable[..., TrainOutcome] = train_fit  # pickled with the context (tests pass a stand-in)
     figures: dict = field(default_factory=dict)  # figure options (msreid.tracking.trial_logging)
     train_max_failures: int = 0
     system_metrics: bool = False  # MLflow's system/* metrics on each trial run
@@ -66,7 +68,7 @@ class TrialContext:
 
 def trial_context(*, base_config: dict, force: dict, manifests: dict, fingerprints: dict,
                   tracking_uri: str, experiment_id: str, parent_run_id: str, name: str,
-                  storage: str, fit: str | Callable, figures: dict,
+                  storage: str, fit: Callable[..., TrainOutcome], figures: dict,
                   system_metrics: bool = False) -> TrialContext:
     """The context of experiment ``name``: training runs go to ``<storage>/<name>/train``."""
     return TrialContext(base_config=base_config, force=force, manifests=manifests,
@@ -148,46 +150,46 @@ def _record_node(client, run_id: str, node_ip: str) -> None:
     runs.set_tags(client, run_id, {"msreid.node_ip": node_ip, "msreid.nodes": nodes})
 
 
-def import_callable(path: str | Callable) -> Callable:
-    """``"package.module:function"`` (or a callable, returned as is) -> the function."""
-    if callable(path):
-        return path
-    module, _, name = path.partition(":")
-    return getattr(importlib.import_module(module), name)
+def effective_config(base: Mapping[str, Any], spec: TrialSpec, manifest: str,
+                     force: Mapping[str, Any]) -> TrainConfig:
+    """The config a trial trains ("as trained"): the preset ``base`` < the spec's overrides < its
+    searched values < its data (``manifest``) and seed < ``force`` (``--set``, the tuner's keys).
+
+    UserError when ``force`` sets what the spec decides (its data, seed or a searched key): every
+    trial would train the forced value while its key, tags and tables name the spec's.
+    """
+    owned = [k for k in (*SPEC_OWNS, *spec.searched) if k in force]
+    if owned:
+        raise UserError(f"--set {owned[0]}: each trial sets {owned[0]} itself (the data from "
+                        "--data, the seed from the seeds, searched keys from the search); "
+                        "drop that --set")
+    return config_from_dict({**base, **spec.overrides, **spec.searched, "data.manifest": manifest,
+                             "run.seed": spec.seed, **force})
 
 
-def trial_config(ctx: TrialContext, config: dict) -> TrainConfig:
-    """The TrainConfig of a trial: base preset + cell overrides + searched keys + data + seed."""
-    trial = config["trial"]
-    flat = dict(ctx.base_config)
-    flat.update(trial["overrides"])
-    flat.update({k: v for k, v in config.items() if k != "trial"})  # Tune-sampled keys
-    flat["data.manifest"] = ctx.manifests[trial["dataset"]]
-    flat["run.seed"] = int(trial["seed"])
-    flat.update(ctx.force)
-    return config_from_dict(flat)
+def trial_spec(config: dict) -> TrialSpec:
+    """The TrialSpec of a Tune trial's ``config`` (``{"trial": spec.to_dict()}``, nothing else)."""
+    if set(config) != {"trial"}:
+        raise UserError(f"a Tune trial's config has keys {sorted(config)}, expected only 'trial' "
+                        "(searched keys belong in the spec's `searched`)")
+    return TrialSpec.from_dict(config["trial"])
 
 
-def _trial_key(config: dict) -> str:
-    key = config["trial"].get("key")
-    if key:
-        return key
-    return f"{config['trial'].get('prefix', 'trial')}-{tune.get_context().get_trial_id()}"
+def _trial_key(spec: TrialSpec) -> str:
+    return spec.key or f"{spec.prefix}-{tune.get_context().get_trial_id()}"
 
 
-def _trial_tags(ctx: TrialContext, config: dict, key: str) -> dict[str, str]:
-    trial = config["trial"]
-    searched = {k: v for k, v in config.items() if k != "trial"}
-    tags = {**ctx.context_tags,
-            runs.TAG_BENCHMARK: ctx.benchmark, runs.TAG_CELLS: json.dumps(trial.get("cells", [])),
-            runs.TAG_SEED: str(trial["seed"]), "msreid.dataset": trial["dataset"],
+def _trial_tags(ctx: TrialContext, spec: TrialSpec) -> dict[str, str]:
+    tags = {**ctx.context_tags, runs.TAG_BENCHMARK: ctx.benchmark,
+            runs.TAG_CELLS: json.dumps([list(c) for c in spec.cells]),
+            runs.TAG_SEED: str(spec.seed), "msreid.dataset": spec.dataset,
             runs.TAG_UNITS: "percent",
             "msreid.tune_trial_id": tune.get_context().get_trial_id() or "",
             "msreid.selection": "test/* = test set, checkpoint chosen by params.run.selection "
                                 "(validation: best val/mAP; final: the last epoch)"}
-    if searched:
-        tags["msreid.searched"] = json.dumps(searched, sort_keys=True)
-    fingerprint = ctx.fingerprints.get(trial["dataset"])
+    if spec.searched:
+        tags["msreid.searched"] = json.dumps(spec.searched, sort_keys=True)
+    fingerprint = ctx.fingerprints.get(spec.dataset)
     if fingerprint:
         tags["msreid.manifest_fingerprint"] = fingerprint
     return tags
@@ -201,30 +203,29 @@ def _reuse_finished(client, run_id: str) -> dict | None:
     return None
 
 
-def _identity(ctx: TrialContext, config: dict, cfg: TrainConfig) -> tuple[str, dict[str, str]]:
+def _identity(ctx: TrialContext, spec: TrialSpec, cfg: TrainConfig,
+              key: str) -> tuple[str, dict[str, str]]:
     """Run name and identity tags: the cells of a benchmark trial, or the searched values' label."""
-    trial = config["trial"]
-    cells = [tuple(c) for c in trial.get("cells", [])]
-    searched = {k: v for k, v in config.items() if k != "trial"}
-    if not cells or searched:
-        label = trial.get("label") or ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in searched.items())
-        return label or _trial_key(config), {}
-    manifest = ctx.manifests[trial["dataset"]]
+    cells = list(spec.cells)
+    if not cells or spec.searched:
+        label = spec.label or ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in spec.searched.items())
+        return label or key, {}
+    manifest = ctx.manifests[spec.dataset]
     spectra = cfg.data.spectra
     if not spectra:  # all of the manifest's; an unreadable manifest is reported by run_trial
         try:
             spectra = manifest_info(manifest).spectra
         except Exception:  # noqa: BLE001 (only the run's name depends on it)
             spectra = ()
-    return comparison.trial_identity(cells, int(trial["seed"]), trial["dataset"], manifest, spectra,
+    return comparison.trial_identity(cells, spec.seed, spec.dataset, manifest, spectra,
                                      cfg.loss.ablation, cfg.model.backbone, cfg.optim.epochs,
                                      cfg.data.modality_dropout)
 
 
-def _dataset(ctx: TrialContext, config: dict):
+def _dataset(ctx: TrialContext, spec: TrialSpec):
     """The trial's manifest as an MLflow dataset (None without a fingerprint)."""
-    name = config["trial"]["dataset"]
+    name = spec.dataset
     fingerprint = ctx.fingerprints.get(name)
     if not fingerprint:
         return None
@@ -233,13 +234,13 @@ def _dataset(ctx: TrialContext, config: dict):
 
 def run_trial(config: dict, ctx: TrialContext) -> None:
     """Tune function trainable (see the module docstring)."""
-    key = _trial_key(config)
+    spec = trial_spec(config)
+    key = _trial_key(spec)
     client = runs.client_for(ctx.tracking_uri)
-    cfg = trial_config(ctx, config)
-    name, identity = _identity(ctx, config, cfg)
+    cfg = effective_config(ctx.base_config, spec, ctx.manifests[spec.dataset], ctx.force)
+    name, identity = _identity(ctx, spec, cfg, key)
     run_id, _ = runs.get_or_create_child(client, ctx.experiment_id, ctx.parent_run_id, key,
-                                         run_name=name,
-                                         tags={**_trial_tags(ctx, config, key), **identity})
+                                         run_name=name, tags={**_trial_tags(ctx, spec), **identity})
     done = _reuse_finished(client, run_id)
     if done is not None:  # finished in MLflow but not in Tune's state: do not train again
         tune.report({**done, "mlflow_run_id": run_id, "reused": 1})
@@ -247,21 +248,20 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     node_ip = ray.util.get_node_ip_address()
     _record_node(client, run_id, node_ip)
     runs.log_params(client, run_id, {**config_to_dict(cfg), **batch_params(cfg)})
-    fit = import_callable(ctx.fit)
     callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
     with temp_files_in_scratch():  # copies and figures: under the node's Ray temp dir
         try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
             check_manifest_here(cfg, node_ip)
             with data_in_trial_reservation(), entities.system_metrics(
                     ctx.tracking_uri, run_id, ctx.system_metrics):
-                outcome = fit(cfg, storage_path=ctx.train_storage, name=key, callbacks=callbacks,
-                              max_failures=ctx.train_max_failures)
+                outcome = ctx.fit(cfg, storage_path=ctx.train_storage, name=key,
+                                  callbacks=callbacks, max_failures=ctx.train_max_failures)
         except BaseException as exc:
             runs.set_tags(client, run_id, {"msreid.error": repr(exc)[:5000]})
             client.set_terminated(run_id, "FAILED")
             raise
         try:
-            final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, config))
+            final = log_outcome(client, run_id, cfg, outcome, ctx, name, _dataset(ctx, spec))
         finally:
             outcome.release()  # object storage: the local copy of the final checkpoint
     client.set_terminated(run_id, "FINISHED")
