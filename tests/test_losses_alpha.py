@@ -78,3 +78,14 @@ def test_tune_alpha_samples_the_weight_itself_for_the_official_ablation():
     kwargs = loss_kwargs(cfg.loss)
     assert (cfg.loss.ablation, kwargs["hsc_alpha"]) == ("hamnet_official", sampled)
     assert hsc_weight_in_total(kwargs) == pytest.approx(sampled, rel=1e-2)
+
+
+def test_alpha_trials_skip_the_subset_tables_unless_asked():
+    """The search's answer is val mAP against alpha: its trials leave out the 7-subset /
+    cross-spectral and per-challenge test tables, and --set brings them back."""
+    base, forced = base_config(AlphaOptions())
+    cfg = config_from_dict({**base, **forced, "data.manifest": "x"})
+    assert (cfg.run.missing_modality, cfg.run.per_challenge, cfg.run.eval_every) == (False, False, 1)
+    base, forced = base_config(AlphaOptions(overrides=("run.missing_modality=true",)))
+    cfg = config_from_dict({**base, **forced, "data.manifest": "x"})
+    assert (cfg.run.missing_modality, cfg.run.per_challenge) == (True, False)

@@ -139,6 +139,7 @@ class AlphaOutcome:
 
 
 LOSS_FORM_KEYS = ("loss.hsc_variant", "loss.hsc_reduction")
+ALPHA_TRIAL_DEFAULTS = {"run.missing_modality": False, "run.per_challenge": False}
 ALPHA_COLUMN = "trial/searched/loss.alpha"  # the sampled alpha in Tune's flattened trial config
 
 
@@ -157,7 +158,11 @@ def base_config(opts: AlphaOptions) -> tuple[dict, dict]:
     if clash:
         raise UserError(f"--set {clash[0]}: the tuner sets the form of L_hsc itself; use "
                         f"--{clash[0].split('.')[1].replace('_', '-')} instead")
-    forced = {**given, "run.eval_every": 1, "loss.ablation": opts.ablation,
+    # The answer is validation mAP against alpha (and each trial's test mAP): the per-spectrum-
+    # subset, cross-spectral and per-challenge test tables are not part of it and only cost trial
+    # time (docs/PERFORMANCE.md); --set run.missing_modality=true / run.per_challenge=true brings
+    # them back.
+    forced = {**ALPHA_TRIAL_DEFAULTS, **given, "run.eval_every": 1, "loss.ablation": opts.ablation,
               "loss.hsc_variant": opts.hsc_variant, "loss.hsc_reduction": opts.hsc_reduction}
     base = config_to_dict(load_config(preset, list(opts.overrides)))
     # No data yet, and alpha None (the ablation's): the range is checked below, with its message.
