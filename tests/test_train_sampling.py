@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from msreid.data.batches import share_size
 from msreid.errors import UserError
 from msreid.train.sampling import (
     epoch_plan,
     pk_plan,
     share_positions,
-    share_size,
     split_rows,
     uniform_plan,
     worker_share,
