@@ -1,7 +1,7 @@
 """A local run's Ray stays off the network (issue 11): every TCP port its processes listen on
 is bound to loopback, and a client without the instance's token cannot join it.
 
-The session's Ray is started by ``fit.start_local_ray``, the function ``init_ray`` uses for
+The session's Ray is started by ``ray_runtime.start_local_ray``, the function ``init_ray`` uses for
 every local run (``msreid train``, the benchmark and tune_alpha drivers).
 """
 
@@ -108,7 +108,7 @@ def test_a_plain_client_is_sent_to_the_lan_address_where_nothing_listens(ray_ses
 OWN_TOKEN_RUN = """
 import sys, time
 import ray
-from msreid.train.fit import start_local_ray
+from msreid.train.ray_runtime import start_local_ray
 start_local_ray(1, log_to_driver=False)
 print(ray.get_runtime_context().gcs_address, flush=True)
 time.sleep(120)

@@ -52,7 +52,7 @@ from msreid.orchestration.paths import default_storage_path, find_experiment_fil
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
 from msreid.tracking import runs, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
-from msreid.train.fit import init_ray
+from msreid.train.ray_runtime import init_ray
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,7 @@ from msreid.orchestration.paths import cache_dir, default_storage_path, find_exp
 from msreid.orchestration.trainable import DEFAULT_FIT, TrialContext, run_trial, trial_context
 from msreid.tracking import comparison, cross_spectral, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
-from msreid.train.fit import init_ray
+from msreid.train.ray_runtime import init_ray
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,7 @@ calling ``fit`` again with the same pair resumes from the last checkpoint
 
 from __future__ import annotations
 
-import math
 import os
-import secrets
 import shutil
 import sys
 import tempfile
@@ -50,6 +48,7 @@ from msreid.train import checkpoint as ck
 from msreid.train import loop
 from msreid.train.loop import QueryGallery, TrainJob
 from msreid.train.pipeline import DecodeSpec, eval_dataset, load_manifest, train_dataset
+from msreid.train.ray_runtime import autoscaler_max_gpus, init_ray
 from msreid.train.sampling import RowMeta, SplitRows, epoch_plan, split_rows, worker_share
 from msreid.train.session import (
     KEEP_CHECKPOINTS,
@@ -60,8 +59,6 @@ from msreid.train.session import (
     local_scratch,
     read_json,
 )
-
-LOOPBACK = "127.0.0.1"  # the node address of a local Ray: every Ray process binds to it
 
 
 @dataclass(frozen=True)
@@ -171,71 +168,6 @@ def check_validation(cfg: TrainConfig, meta: RowMeta, rows: SplitRows) -> bool:
     return True
 
 
-def init_ray(address: str | None = None, *, train_cpus: float = 0.0, quiet: bool = False) -> None:
-    """Join ``address`` / ``$RAY_ADDRESS`` (``auto`` on cluster nodes), or start a local Ray.
-
-    Joining passes no resources (Ray refuses them for a running cluster) and keeps the
-    environment's auth mode (cluster nodes use the cluster's token). Locally Ray gets the
-    cores, plus the Train workers' CPUs and one when a plain ``fit`` starts workers: Train
-    takes its workers' CPUs out of Ray Data's budget and Data tasks need whole CPUs
-    (docs/RAY.md). Tune trials need nothing extra: their Data tasks run inside their own
-    placement group (``msreid.orchestration.trainable.data_in_trial_reservation``).
-    quiet: no worker logs on the driver.
-    """
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address)
-        return
-    cores = os.cpu_count() or 1
-    cpus = cores + (math.ceil(train_cpus) + 1 if train_cpus else 0)
-    start_local_ray(cpus, **({"configure_logging": False, "log_to_driver": False} if quiet else {}))
-
-
-def start_local_ray(num_cpus: float, **init_kwargs) -> None:
-    """A private local Ray kept off the network (docs/RAY.md, "A local Ray and the network").
-
-    Every Ray process binds to loopback: Ray does so when the node address is 127.0.0.1, which
-    ``ray.init`` allows only in its local-only mode (the default on macOS/Windows, switched by
-    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER`` when Ray is imported); on Linux it replaces 127.0.0.1
-    with the LAN address and gcs_server, raylet and the agents listen on every address. Ray
-    has no public switch for this once imported, so the import-time flag is set for the
-    ``ray.init`` call only. Token authentication stays on as well, with a token of this
-    instance only, passed to Ray's processes (and so to Tune trials and Train workers) in
-    RAY_AUTH_TOKEN, so no other local user can connect and ``~/.ray/auth_token`` is not
-    written; an explicit RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH is kept.
-    address="local": a private instance even where `ray start` runs (ray.init() would join it
-    and then refuse num_cpus); RAY_ADDRESS=auto / --ray-address auto joins that one instead.
-    """
-    from unittest import mock
-
-    from ray._private import ray_constants
-
-    os.environ["RAY_AUTH_MODE"] = "token"
-    if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
-        os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token`
-    # Ray caches the auth mode and token once read; re-read them (what ray.init itself does
-    # when it turns token auth on).
-    ray._raylet.Config.initialize("")
-    ray._raylet.AuthenticationTokenLoader.instance().reset_cache()
-    # Idle worker processes Ray keeps: by default as many as CPUs, counting the actors a
-    # benchmark holds (trials, Tune's queues, Ray Data's coordinators), so on 2 cores every
-    # decode worker was killed after 1 s idle and a new one paid the Python/Ray start-up
-    # again (105 worker processes in one smoke benchmark). 8 kept: 22 -> 10 workers and 70 ->
-    # 63 s for two smoke trials (docs/PERFORMANCE.md). $RAY_num_workers_soft_limit wins.
-    system = ({} if "RAY_num_workers_soft_limit" in os.environ
-              else {"num_workers_soft_limit": max(8, math.ceil(num_cpus))})
-    with mock.patch.object(ray_constants, "ENABLE_RAY_CLUSTER", False):
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
-                 _node_ip_address=LOOPBACK, _system_config=system or None, **init_kwargs)
-    gcs = ray.get_runtime_context().gcs_address
-    if not gcs.startswith(LOOPBACK + ":"):  # a Ray release that ignores the flag: say so
-        print(f"msreid: warning: the local Ray's GCS listens on {gcs}, not on loopback; "
-              "token authentication still refuses clients without this run's token",
-              file=sys.stderr)
-
-
 def missing_gpus(use_gpu: bool, num_workers: int, node_gpus: Sequence[float], joined: bool,
                  autoscaler_gpus: int | None, cuda_here: bool) -> str | None:
     """What a run asking for GPUs lacks (None: nothing), or None when autoscaling may add it.
@@ -271,15 +203,8 @@ def check_resources(cfg: TrainConfig, joined: bool) -> None:
         return
     nodes = [n.get("Resources", {}).get("GPU", 0) for n in ray.nodes() if n.get("Alive")]
     joined = joined or len(nodes) > 1
-    try:  # the autoscaler's limits (Ray's internal state API; absent on a local instance)
-        from ray._private.state import state
-
-        limits = state.get_max_resources_from_cluster_config() if joined else None
-    except Exception:  # noqa: BLE001 (an internal API: no config is the safe reading)
-        limits = None
     problem = missing_gpus(True, cfg.run.num_workers, nodes, joined,
-                           None if limits is None else int(limits.get("GPU", 0)),
-                           torch.cuda.is_available())
+                           autoscaler_max_gpus() if joined else None, torch.cuda.is_available())
     if problem:
         raise UserError(f"{problem}: set run.use_gpu=false, or run where GPUs are")
 
