@@ -7,7 +7,8 @@
 - What no public Ray API gives, each at one place below with why:
   ``_reread_auth_settings`` (``ray._raylet``), ``autoscaler_max_gpus``
   (``ray._private.state``), ``latest_checkpoint_name`` (Ray Train's checkpoint-manager
-  snapshot file), and the ``_system_config`` argument of ``ray.init``.
+  snapshot file), the ``_system_config`` argument of ``ray.init``, and (mirrored by
+  ``session.worker_threads``, not called) ``ray._private.utils.set_omp_num_threads_if_unset``.
   tests/test_ray_private_api.py runs each of them: a Ray upgrade that breaks one fails there,
   naming it and the Ray version.
 

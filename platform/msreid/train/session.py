@@ -76,10 +76,10 @@ def temp_files_in_scratch() -> Iterator[None]:
 def worker_threads(cpus_per_worker: float) -> int:
     """Intra-op threads of a Ray worker reserving ``cpus_per_worker`` CPUs: floor, at least 1.
 
-    Ray's rule for a worker whose environment has no OMP_NUM_THREADS
-    (``ray._private.utils.set_omp_num_threads_if_unset``, not called: mirrored, and
-    compared with what Ray sets by tests/test_ray_private_api.py); the loop applies it
-    in both modes, so an OMP_NUM_THREADS in the environment changes neither.
+    Ray's rule for a worker whose environment has no OMP_NUM_THREADS (Ray's
+    ``set_omp_num_threads_if_unset``; mirrored, not called: tests/test_ray_private_api.py
+    compares it with what Ray sets); the loop applies it in both modes, so an
+    OMP_NUM_THREADS in the environment changes neither.
     """
     return max(1, math.floor(cpus_per_worker))
 
