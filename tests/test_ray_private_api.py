@@ -193,7 +193,7 @@ def test_worker_threads_is_the_thread_count_ray_gives_a_worker(ray_session):
     def threads() -> str | None:
         return os.environ.get("OMP_NUM_THREADS")
 
-    for cpus in (0.5, 2):  # a fresh worker each (its own runtime env): nothing set before
+    for cpus in (0.5, 1.5, 2):  # a fresh worker each (its own runtime env): nothing set before
         env = {"env_vars": {"MSREID_FRESH_WORKER": uuid.uuid4().hex}}
         seen = ray.get(threads.options(num_cpus=cpus, runtime_env=env).remote())
         assert seen == str(worker_threads(cpus)), _broken(
