@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from msreid.train.ray_runtime import local_ray_environment
+
+    local_ray_environment()  # before anything imports Ray: a local Ray stays on loopback
     from msreid.cli_options import script_command
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
     from msreid.orchestration.script import run_script

@@ -100,7 +100,9 @@ def dataloader_rate(root: Path, size, batch: int, cores: int, n: int, warmup: in
 def start_ray(manifest: Path, cores: int):
     """Ray with ``cores`` CPUs (kept for the whole run) and the manifest in its object store."""
 
-    from msreid.train.fit import start_local_ray
+    from msreid.train.ray_runtime import local_ray_environment, start_local_ray
+
+    local_ray_environment()  # before msreid.train.pipeline imports Ray: loopback only
     from msreid.train.pipeline import load_manifest
 
     start_local_ray(cores, log_to_driver=False)

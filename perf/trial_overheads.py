@@ -9,7 +9,7 @@ Two measurements in one run, each against a baseline measured beside it:
 2. Two one-stream smoke trials at once, through ``experiments/full_benchmark.py``
    on the cached synthetic data, with Ray's default number of idle workers kept
    (``RAY_num_workers_soft_limit=-1``, Ray's own default value, which msreid leaves
-   alone) and with msreid's (8, set by ``msreid.train.fit.start_local_ray``),
+   alone) and with msreid's (8, set by ``msreid.train.ray_runtime.start_local_ray``),
    alternating: wall seconds and the worker processes Ray started (one log file
    each in the session directory).
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from msreid.config import load_config
 from msreid.data.ingest import ingest
 from msreid.data.synth import SynthSpec, generate
-from msreid.train.fit import fit
+from msreid.train.ray_runtime import local_ray_environment
 
 PRESET = Path(__file__).resolve().parents[1] / "experiments" / "presets" / "smoke.yaml"
 MODES = {"uniform": (), "pk": ("data.batch_mode=pk", "data.P=2", "data.K=4", "loss.triplet=true")}
@@ -32,6 +32,8 @@ def manifest(base: Path) -> str:
 
 
 def run(data: str, mode: str, workers: int, storage: Path) -> dict:
+    from msreid.train.fit import fit  # imports Ray: after main's local_ray_environment()
+
     cfg = load_config(PRESET, [
         f"data.manifest={data}", "data.image_size=[32, 64]", "data.batch_size=8",
         "data.val_ids=2", "optim.epochs=2", "run.eval_every=1", f"run.num_workers={workers}",
@@ -46,6 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="working directory (default: a temp dir)")
     args = parser.parse_args()
+    local_ray_environment()  # the local Ray fit starts stays on loopback
     base = Path(args.out or tempfile.mkdtemp(prefix="msreid-equality-"))
     data = manifest(base)
     print("| mode | workers | train/loss epoch 0 | train/loss epoch 1 | val mAP (epoch 1) "

@@ -6,6 +6,12 @@ import os
 
 import pytest
 
+from msreid.train.ray_runtime import local_ray_environment
+
+# Before any test module imports Ray: the session's Ray (ray_session) binds loopback only, as
+# a local run's does (test_ray_local_security.py checks it).
+local_ray_environment()
+
 
 @pytest.fixture(scope="session")
 def s3_store(tmp_path_factory):
@@ -45,7 +51,7 @@ def ray_session(request):
     import ray
 
     import s3_store as store_module
-    from msreid.train.fit import start_local_ray
+    from msreid.train.ray_runtime import start_local_ray
 
     if store_module.weed_binary() is not None:
         request.getfixturevalue("s3_store")

@@ -1,7 +1,7 @@
 """A local run's Ray stays off the network (issue 11): every TCP port its processes listen on
 is bound to loopback, and a client without the instance's token cannot join it.
 
-The session's Ray is started by ``fit.start_local_ray``, the function ``init_ray`` uses for
+The session's Ray is started by ``ray_runtime.start_local_ray``, the function ``init_ray`` uses for
 every local run (``msreid train``, the benchmark and tune_alpha drivers).
 """
 
@@ -108,7 +108,7 @@ def test_a_plain_client_is_sent_to_the_lan_address_where_nothing_listens(ray_ses
 OWN_TOKEN_RUN = """
 import sys, time
 import ray
-from msreid.train.fit import start_local_ray
+from msreid.train.ray_runtime import start_local_ray
 start_local_ray(1, log_to_driver=False)
 print(ray.get_runtime_context().gcs_address, flush=True)
 time.sleep(120)
@@ -142,3 +142,33 @@ def test_a_run_started_with_your_token_can_be_joined_on_purpose(tmp_path):
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.pid, signal.SIGKILL)  # whatever of that Ray is left
+
+
+LATE_SWITCH_RUN = """
+import ray  # before msreid could set the local-only switch
+from msreid.train.ray_runtime import local_ray_environment, start_local_ray
+local_ray_environment()  # too late: Ray read the switch when it was imported
+start_local_ray(1, log_to_driver=False)
+print(ray.get_runtime_context().gcs_address, flush=True)
+ray.shutdown()
+"""
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(240)
+def test_a_ray_imported_before_the_switch_warns_that_it_is_not_on_loopback(tmp_path):
+    """docs/RAY.md: the switch is read when Ray is imported; a program that imports Ray first
+    gets a local Ray on every address and a warning naming the fix (token auth still on)."""
+    from ray._private.services import node_ip_address_from_perspective
+
+    if _is_loopback(node_ip_address_from_perspective()):
+        pytest.skip("this machine has no LAN address for Ray to substitute")
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_ENABLE_W"))}
+    out = subprocess.run([sys.executable, "-c", LATE_SWITCH_RUN], capture_output=True, text=True,
+                         env={**env, "HOME": str(tmp_path)}, timeout=180)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert not _is_loopback(out.stdout.strip().rsplit(":", 1)[0]), out.stdout
+    assert "not on loopback only" in out.stderr and "local_ray_environment()" in out.stderr, \
+        out.stderr[-2000:]
+    assert not (tmp_path / ".ray" / "auth_token").exists()  # its own token, in the environment

@@ -23,7 +23,8 @@ import s3_store
 from msreid import storage
 from msreid.errors import UserError
 from msreid.train import checkpoint as ck
-from msreid.train.session import SNAPSHOT_FILE, LocalSession, RaySession
+from msreid.train.ray_runtime import SNAPSHOT_FILE
+from msreid.train.session import LocalSession, RaySession
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"ids": 4, "cameras": 2, "tuples_per_id": 3, "height": 16, "width": 32}

@@ -12,7 +12,8 @@ import torch
 
 from msreid.errors import UserError
 from msreid.train import checkpoint as ck
-from msreid.train.session import SNAPSHOT_FILE, LocalSession, RaySession
+from msreid.train.ray_runtime import SNAPSHOT_FILE
+from msreid.train.session import LocalSession, RaySession
 
 
 def write(directory, epoch: int):

@@ -18,7 +18,7 @@ import pytest
 RAY = Path(sys.executable).with_name("ray")
 DRIVER = """
 import ray
-from msreid.train.fit import init_ray
+from msreid.train.ray_runtime import init_ray
 init_ray()
 print("CPUS", ray.cluster_resources().get("CPU"), "NODES", len(ray.nodes()))
 ray.shutdown()

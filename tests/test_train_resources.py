@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from msreid.train.fit import missing_gpus
+from msreid.train.resources import missing_gpus
 
 
 def test_no_gpu_asked_nothing_missing():
@@ -17,9 +17,11 @@ def test_no_gpu_asked_nothing_missing():
 def test_local_machine_without_gpu():
     text = missing_gpus(True, 2, [0], joined=False, autoscaler_gpus=None, cuda_here=False)
     assert "needs 2 GPU(s)" in text and "this machine has 0" in text
-    text = missing_gpus(True, 0, [0], joined=False, autoscaler_gpus=None, cuda_here=False)
+    text = missing_gpus(True, 0, [0], joined=False, autoscaler_gpus=None, cuda_here=False,
+                        local=True)
     assert "torch.cuda.is_available() is False" in text
-    assert missing_gpus(True, 0, [0], joined=False, autoscaler_gpus=None, cuda_here=True) is None
+    assert missing_gpus(True, 0, [0], joined=False, autoscaler_gpus=None, cuda_here=True,
+                        local=True) is None
 
 
 def test_cluster_without_gpu_nodes_says_whether_autoscaling_may_add_them():

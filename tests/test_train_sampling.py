@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from msreid.data.batches import share_size
 from msreid.errors import UserError
 from msreid.train.sampling import (
     epoch_plan,
     pk_plan,
     share_positions,
-    share_size,
     split_rows,
     uniform_plan,
     worker_share,
@@ -137,7 +137,7 @@ def test_no_validation_and_too_many_validation_ids():
 
 
 def test_fit_plan_shares_carry_their_plan_positions():
-    from msreid.train.fit import Plan
+    from msreid.train.plan import Plan
 
     rows = np.arange(24).reshape(3, 8)  # epoch 0: steps 0, 1; epoch 1: step 0; global batch 8
     plan = Plan(rows=rows, labels=rows % 4, epochs=np.array([0, 0, 1]), steps=np.array([0, 1, 0]),

@@ -7,7 +7,8 @@ import json
 import torch
 
 from msreid.train import checkpoint as ck
-from msreid.train.session import SNAPSHOT_FILE, LocalSession, RaySession
+from msreid.train.ray_runtime import SNAPSHOT_FILE
+from msreid.train.session import LocalSession, RaySession
 
 
 class Recorder:

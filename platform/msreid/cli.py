@@ -13,6 +13,7 @@ import importlib
 import sys
 
 from msreid.errors import user_error_message
+from msreid.train.ray_runtime import local_ray_environment
 
 # Explicit table of sub-commands (no registry filled by import side effects).
 COMMANDS: dict[str, str] = {
@@ -56,6 +57,7 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    local_ray_environment()  # before a sub-command imports Ray: a local Ray stays on loopback
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:

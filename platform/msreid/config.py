@@ -27,8 +27,8 @@ from typing import Any, Mapping, Sequence
 import yaml
 
 from msreid import SPECTRA
+from msreid.data.batches import global_batch_size, share_size
 from msreid.errors import UserError
-from msreid.train.sampling import global_batch_size, share_size
 
 SELECTIONS = ("validation", "final")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -60,7 +60,7 @@ from msreid.orchestration.trainable import (
 from msreid.tracking import runs, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from msreid.train.fit import fit as train_fit
-from msreid.train.fit import init_ray
+from msreid.train.ray_runtime import init_ray
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from msreid.orchestration.trainable import (
 from msreid.tracking import comparison, cross_spectral, runs, tables, ui
 from msreid.tracking.store import check_reachable, ensure_experiment, resolve_tracking_uri
 from msreid.train.fit import fit as train_fit
-from msreid.train.fit import init_ray
+from msreid.train.ray_runtime import init_ray
 
 log = logging.getLogger(__name__)
 

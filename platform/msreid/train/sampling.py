@@ -6,8 +6,9 @@ identity-balanced mode, is the global batch). Every plan is a function of
 ``(seed, epoch)`` only: the same batches whatever the number of workers, and
 a run resumed at epoch e sees the same batches as an uninterrupted one.
 Worker r of W takes the contiguous share ``[r*B/W, (r+1)*B/W)`` of each batch
-(``worker_share``), and each tuple's augmentation is drawn from its position
-in the plan (``sample_rngs``), so cutting a batch into shares changes nothing.
+(``worker_share``; the sizes: ``msreid.data.batches``), and each tuple's
+augmentation is drawn from its position in the plan (``sample_rngs``), so
+cutting a batch into shares changes nothing.
 Ray Data has no identity-balanced sampler: the training dataset has one row
 per share, decoded downstream (``msreid.train.pipeline``).
 """
@@ -122,24 +123,6 @@ def epoch_plan(labels: np.ndarray, *, mode: str, batch_size: int, p: int, k: int
     rng = epoch_rng(seed, epoch)
     return (pk_plan(labels, p, k, rng) if mode == "pk"
             else uniform_plan(labels.size, batch_size, rng))
-
-
-def global_batch_size(mode: str, batch_size: int, p: int, k: int) -> int:
-    """Tuples per optimiser step over all workers: P x K in identity-balanced mode."""
-    return p * k if mode == "pk" else batch_size
-
-
-def share_size(mode: str, batch_size: int, p: int, k: int, world: int) -> int:
-    """Tuples per worker per step: the global batch / ``world``; UserError unless it divides."""
-    total = global_batch_size(mode, batch_size, p, k)
-    if world < 1 or total % world:
-        what = (f"data.P x data.K = {p} x {k} = {total}" if mode == "pk"
-                else f"data.batch_size={total}")
-        raise UserError(f"{what} is the global batch (all workers together) and does not "
-                        f"divide by run.num_workers={world}: each worker takes an equal share. "
-                        f"Use a global batch that is a multiple of {world}, or another number "
-                        "of workers")
-    return total // world
 
 
 def worker_share(plan: np.ndarray, rank: int, world: int) -> np.ndarray:

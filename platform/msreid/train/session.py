@@ -46,8 +46,8 @@ import torch.distributed as dist
 from msreid import storage
 from msreid.data.schema import resolve_filesystem
 from msreid.train import checkpoint as ck
+from msreid.train.ray_runtime import latest_checkpoint_name
 
-SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of its checkpoints
 KEEP_CHECKPOINTS = 2  # the newest two: a crash while writing one leaves the previous
 
 
@@ -76,9 +76,10 @@ def temp_files_in_scratch() -> Iterator[None]:
 def worker_threads(cpus_per_worker: float) -> int:
     """Intra-op threads of a Ray worker reserving ``cpus_per_worker`` CPUs: floor, at least 1.
 
-    Ray's rule for a worker whose environment has no OMP_NUM_THREADS
-    (``ray._private.utils.set_omp_num_threads_if_unset``); the loop applies it in
-    both modes, so an OMP_NUM_THREADS in the environment changes neither.
+    Ray's rule for a worker whose environment has no OMP_NUM_THREADS (Ray's
+    ``set_omp_num_threads_if_unset``; mirrored, not called: tests/test_ray_private_api.py
+    compares it with what Ray sets); the loop applies it in both modes, so an
+    OMP_NUM_THREADS in the environment changes neither.
     """
     return max(1, math.floor(cpus_per_worker))
 
@@ -168,14 +169,14 @@ class RaySession:
     def resume_epoch(run_dir: str) -> int:
         """1 + the epoch of Ray's latest checkpoint in ``run_dir`` (0 when none).
 
-        Reads Ray Train's checkpoint-manager snapshot (the record Ray itself
-        restores from) and our meta.json inside that checkpoint.
+        Ray's latest is read from its own record (``ray_runtime.latest_checkpoint_name``),
+        the epoch from our meta.json inside that checkpoint.
         """
+        name = latest_checkpoint_name(run_dir)
+        if name is None:
+            return 0
         fs, path = resolve_filesystem(run_dir)
         try:
-            with fs.open_input_stream(f"{path}/{SNAPSHOT_FILE}") as f:
-                snapshot = json.loads(f.read())
-            name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
             if storage.is_uri(run_dir):  # checksums checked on a local copy
                 found = intact_remote_checkpoint(run_dir, name)
                 return 0 if found is None else int(ck.load_json(found, ck.META_FILE)["epoch"]) + 1
@@ -257,11 +258,9 @@ def latest_run_checkpoint(run_dir: str) -> str | None:
     Ray's latest (from its checkpoint-manager snapshot), else the newest whole
     checkpoint a local session wrote; None when the directory holds no run.
     """
-    snapshot = read_json(run_dir, SNAPSHOT_FILE)
-    try:
-        return f"{run_dir.rstrip('/')}/{snapshot['latest_checkpoint_result']['checkpoint_dir_name']}"
-    except (KeyError, TypeError):
-        pass
+    name = latest_checkpoint_name(run_dir)
+    if name is not None:
+        return f"{run_dir.rstrip('/')}/{name}"
     if "://" in run_dir:
         return None
     found = ck.newest_intact(ck.local_checkpoints(run_dir))
