@@ -156,19 +156,18 @@ ray.shutdown()
 
 @pytest.mark.ray
 @pytest.mark.timeout(240)
-def test_a_ray_imported_before_the_switch_warns_that_it_is_not_on_loopback(tmp_path):
+def test_a_ray_imported_before_the_switch_is_refused_before_it_starts(tmp_path):
     """docs/RAY.md: the switch is read when Ray is imported; a program that imports Ray first
-    gets a local Ray on every address and a warning naming the fix (token auth still on)."""
-    from ray._private.services import node_ip_address_from_perspective
-
-    if _is_loopback(node_ip_address_from_perspective()):
-        pytest.skip("this machine has no LAN address for Ray to substitute")
+    would get a local Ray on every address, so start_local_ray refuses, naming the fixes, and
+    starts nothing."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_ENABLE_W"))}
+           if not k.startswith(("RAY_AUTH", "RAY_ADDRESS", "RAY_ENABLE_W", "RAY_TMPDIR"))}
     out = subprocess.run([sys.executable, "-c", LATE_SWITCH_RUN], capture_output=True, text=True,
-                         env={**env, "HOME": str(tmp_path)}, timeout=180)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert not _is_loopback(out.stdout.strip().rsplit(":", 1)[0]), out.stdout
-    assert "not on loopback only" in out.stderr and "local_ray_environment()" in out.stderr, \
-        out.stderr[-2000:]
-    assert not (tmp_path / ".ray" / "auth_token").exists()  # its own token, in the environment
+                         env={**env, "HOME": str(tmp_path), "RAY_TMPDIR": str(tmp_path)},
+                         timeout=180)
+    assert out.returncode != 0 and "UserError" in out.stderr, out.stderr[-2000:]
+    message = out.stderr.strip().splitlines()[-1]
+    for fix in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0", "local_ray_environment()", "ray.init()",
+                "RAY_ADDRESS"):
+        assert fix in message, message
+    assert not list(tmp_path.rglob("session_*")), "a Ray instance was started"

@@ -63,6 +63,32 @@ def test_the_local_only_switch_read_when_ray_is_imported():
         f"{plain.stdout.strip()!r}), not loopback")
 
 
+MODE = """
+from msreid.train.ray_runtime import local_ray_environment, local_only_mode
+{switch}
+import ray
+print(local_only_mode())
+"""
+
+
+@pytest.mark.timeout(240)
+def test_local_only_mode_tells_whether_ray_was_imported_with_the_switch():
+    """What start_local_ray checks before it starts anything: False without the switch (on
+    Linux), True with it set before `import ray`."""
+    import platform as std_platform
+
+    if std_platform.system() != "Linux":
+        pytest.skip("local-only is Ray's default off Linux")
+    runs = {switch: _python(MODE.format(switch=switch), {})
+            for switch in ("", "local_ray_environment()")}
+    for run in runs.values():
+        assert run.returncode == 0, _broken("ray._private.ray_constants.ENABLE_RAY_CLUSTER",
+                                            run.stderr[-1500:])
+    seen = {switch: run.stdout.strip() for switch, run in runs.items()}
+    assert seen == {"": "False", "local_ray_environment()": "True"}, _broken(
+        "ray._private.ray_constants.ENABLE_RAY_CLUSTER", f"local_only_mode() gave {seen}")
+
+
 AUTH = """
 import ray, ray.train  # as msreid imports them, before it chooses the token
 import os

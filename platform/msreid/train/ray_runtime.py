@@ -7,7 +7,8 @@
 - What no public Ray API gives, each at one place below with why:
   ``_reread_auth_settings`` (``ray._raylet``), ``autoscaler_max_gpus``
   (``ray._private.state``), ``latest_checkpoint_name`` (Ray Train's checkpoint-manager
-  snapshot file), the ``_system_config`` argument of ``ray.init``, and (mirrored by
+  snapshot file), the ``_system_config`` argument of ``ray.init``, ``local_only_mode``
+  (``ray._private.ray_constants``), and (mirrored by
   ``session.worker_threads``, not called) ``ray._private.utils.set_omp_num_threads_if_unset``.
   tests/test_ray_private_api.py runs each of them: a Ray upgrade that breaks one fails there,
   naming it and the Ray version.
@@ -24,9 +25,9 @@ import json
 import math
 import os
 import secrets
-import sys
 
 from msreid.data.schema import resolve_filesystem
+from msreid.errors import UserError
 
 LOOPBACK = "127.0.0.1"  # the node address of a local Ray: every Ray process binds to it
 # Ray's switch of its local-only mode (node address 127.0.0.1, kept as is), read once when Ray is
@@ -81,8 +82,9 @@ def start_local_ray(num_cpus: float, **init_kwargs) -> None:
     """A private local Ray kept off the network (docs/RAY.md, "A local Ray and the network").
 
     Every Ray process binds to loopback when this process imported Ray in its local-only mode
-    (``local_ray_environment``); otherwise, on Linux, gcs_server, raylet and the agents listen
-    on every address, and this warns. Token authentication stays on as well, with a token of
+    (``local_ray_environment``). Otherwise, on Linux, gcs_server, raylet and the agents would
+    listen on every address: that is refused (UserError naming the fix) before anything starts,
+    and checked again on the running instance. Token authentication stays on as well, with a token of
     this instance only, passed to Ray's processes (and so to Tune trials and Train workers) in
     RAY_AUTH_TOKEN, so no other local user can connect and ``~/.ray/auth_token`` is not
     written; an explicit RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH is kept.
@@ -91,6 +93,8 @@ def start_local_ray(num_cpus: float, **init_kwargs) -> None:
     """
     import ray
 
+    if not local_only_mode():
+        raise UserError(TOO_LATE)
     os.environ["RAY_AUTH_MODE"] = "token"
     if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(32)  # 256 bits, as `ray get-auth-token`
@@ -98,12 +102,31 @@ def start_local_ray(num_cpus: float, **init_kwargs) -> None:
     ray.init(address="local", num_cpus=num_cpus, include_dashboard=False,
              _system_config=idle_worker_limit(num_cpus) or None, **init_kwargs)
     gcs = ray.get_runtime_context().gcs_address
-    if not _is_loopback(gcs.rsplit(":", 1)[0].strip("[]")):
-        print(f"msreid: warning: the local Ray listens on {gcs}, not on loopback only: Ray was "
-              f"imported before {LOCAL_ONLY_SWITCH}=0 was set (call msreid.train.ray_runtime."
-              "local_ray_environment() before importing Ray, as `msreid` and the experiment "
-              "scripts do); token authentication still refuses clients without this run's token",
-              file=sys.stderr)
+    if not _is_loopback(gcs.rsplit(":", 1)[0].strip("[]")):  # a Ray release that moved the switch
+        ray.shutdown()
+        raise UserError(f"the local Ray listened on {gcs}, not on loopback only, and was stopped. "
+                        + TOO_LATE)
+
+
+TOO_LATE = (f"A local Ray must listen on loopback only, and Ray reads {LOCAL_ONLY_SWITCH} once, "
+            "when it is imported: this process imported Ray before it was set. Set "
+            f"{LOCAL_ONLY_SWITCH}=0 in the environment (or call msreid.train.ray_runtime."
+            "local_ray_environment() before importing Ray, as `msreid` and the experiment scripts "
+            "do), or start Ray yourself with ray.init() before calling msreid, or join a cluster "
+            "with RAY_ADDRESS")
+
+
+def local_only_mode() -> bool:
+    """Whether the Ray this process imported binds a local instance to loopback.
+
+    Private (``ray._private.ray_constants.ENABLE_RAY_CLUSTER``): the value Ray took from
+    LOCAL_ONLY_SWITCH when it was imported; no public API tells it, and checking only after
+    ``ray.init`` would leave a Ray on every address for its start-up. False on Linux unless the
+    switch was "0" at import; True by default on macOS / Windows.
+    """
+    from ray._private import ray_constants
+
+    return not ray_constants.ENABLE_RAY_CLUSTER
 
 
 def idle_worker_limit(num_cpus: float) -> dict[str, int]:
