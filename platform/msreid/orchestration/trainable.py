@@ -2,8 +2,9 @@
 
 With Ray Train V2, ``Tuner(TorchTrainer)`` is gone; a Tune *function* builds
 and fits the TorchTrainer (inside ``fit``) and
-``ray.tune.integration.ray_train.TuneReportCallback`` forwards the training
-workers' per-epoch reports to Tune (progress, ASHA). A second Train callback
+``TrialReport`` forwards the training workers' per-epoch reports to Tune
+(progress, ASHA): through Ray's ``TuneReportCallback`` from a Train controller,
+with ``tune.report`` in local mode. A second Train callback
 logs the same per-epoch metrics to the trial's MLflow child run as they come
 (``step`` = epoch), so early-stopped trials keep their curves.
 
@@ -22,6 +23,8 @@ import contextlib
 import json
 import logging
 import math
+import os
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -29,7 +32,7 @@ from typing import Any, Callable, Mapping
 import ray
 from ray import tune
 from ray.train import UserCallback
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from msreid.config import TrainConfig, batch_params, config_from_dict, config_to_dict
 from msreid.data.schema import manifest_info
@@ -77,6 +80,35 @@ def trial_context(*, base_config: dict, force: dict, manifests: dict, fingerprin
                         benchmark=name, train_storage=f"{storage.rstrip('/')}/{name}/train",
                         context_tags=runs.context_tags(), fit=fit, figures=figures,
                         system_metrics=system_metrics)
+
+
+class TrialReport(UserCallback):
+    """Each epoch's report to Tune, from wherever the training loop runs.
+
+    In a Train controller (run.num_workers >= 1, another process) it forwards through Ray's
+    ``TuneReportCallback`` (an inter-actor queue the trial's main thread polls). Called in the
+    trial's own training thread (local mode: this process trains and calls the callbacks), it
+    reports with ``tune.report`` there instead: through the queue, the trial's final
+    ``tune.report`` could overtake the last epoch's item, and the main thread, forwarding that
+    item into the result queue the final report already filled, waited on itself forever (seen
+    in the alpha search's end-to-end test: ``_TrainSession._get_result_from_queues`` and the
+    function's closing ``report`` both blocked in ``Queue.put``; Ray 2.60). Reported here, the
+    results reach Tune in order. Same metrics either way: rank 0's, with the checkpoint's path
+    under ``checkpoint_path`` (Train already stored the checkpoint).
+    """
+
+    def __init__(self):
+        self.forward = TuneReportCallback()
+        self.home = (os.getpid(), threading.get_ident())  # the trial's training thread
+
+    def after_report(self, run_context, metrics: list[dict[str, Any]], checkpoint) -> None:
+        if (os.getpid(), threading.get_ident()) != self.home:
+            self.forward.after_report(run_context, metrics, checkpoint)
+            return
+        item = dict(metrics[0]) if metrics else {}
+        if checkpoint:
+            item[CHECKPOINT_PATH_KEY] = checkpoint.path
+        tune.report(item)
 
 
 class MlflowEpochCallback(UserCallback):
@@ -248,7 +280,7 @@ def run_trial(config: dict, ctx: TrialContext) -> None:
     node_ip = ray.util.get_node_ip_address()
     _record_node(client, run_id, node_ip)
     runs.log_params(client, run_id, {**config_to_dict(cfg), **batch_params(cfg)})
-    callbacks = [TuneReportCallback(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
+    callbacks = [TrialReport(), MlflowEpochCallback(ctx.tracking_uri, run_id)]
     with temp_files_in_scratch():  # copies and figures: under the node's Ray temp dir
         try:  # local mode (num_workers=0) trains in this process and calls the callbacks itself
             check_manifest_here(cfg, node_ip)
