@@ -35,8 +35,8 @@ readme-tables: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(BIN)/ruff check platform tests experiments perf tools
 ifeq ($(strip $(PYTEST_ARGS)),)
-	$(BIN)/python -m pytest --ignore-glob='tests/test_train_*'
-	$(BIN)/python -m pytest tests/test_train_*.py
+	$(BIN)/python -m pytest --ignore-glob='tests/test_train_*'; first=$$?; \
+	  $(BIN)/python -m pytest tests/test_train_*.py && exit $$first
 else
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 endif

@@ -137,8 +137,10 @@ def test_a_run_started_with_your_token_can_be_joined_on_purpose(tmp_path):
         assert "JOINED" in out.stdout, out.stderr[-2000:]
     finally:
         run.send_signal(signal.SIGINT)  # ray.shutdown on the way out
-        try:
+        try:  # how fast its Ray stops is not this test's business (once > 60 s at load 8)
             run.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            pass
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(run.pid, signal.SIGKILL)  # whatever of that Ray is left
