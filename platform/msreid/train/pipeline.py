@@ -33,7 +33,13 @@ import ray
 from msreid import SPECTRA
 from msreid.data.decode import decode_row
 from msreid.data.schema import manifest_files, resolve_filesystem
-from msreid.data.transforms import AugmentParams, augment, kept_spectra, stack_tuples
+from msreid.data.transforms import (
+    AugmentParams,
+    at_size,
+    augment_into,
+    draw_each,
+    kept_spectra,
+)
 from msreid.train.sampling import RowMeta, dropout_rngs, sample_rngs
 
 META_COLUMNS = ["split", "pid", "camera", "scene", "challenge"]
@@ -107,26 +113,69 @@ def load_manifest(manifest: str, *, num_cpus: float = 1.0) -> tuple[ManifestInde
     return ManifestIndex(refs=tuple(keep), offsets=keep_offsets), meta
 
 
+def _blob_views(table: pa.Table, local: np.ndarray) -> list[list[np.ndarray]]:
+    """The ``blobs`` of rows ``local`` of one block as uint8 views of the block's own memory.
+
+    No copy: ``table.take(...).to_pylist()`` copied every JPEG twice (the take, then one
+    Python bytes object each), 0.25 ms per RGBNT100 tuple, half a JPEG decode (issue 22).
+    """
+    col = table.column("blobs")
+    bounds = np.cumsum([0] + [len(c) for c in col.chunks])
+    out: list[list[np.ndarray]] = [[] for _ in range(len(local))]
+    chunk_of = np.searchsorted(bounds, local, side="right") - 1
+    for c in np.unique(chunk_of):
+        chunk = col.chunk(int(c))
+        lists = chunk.offsets.to_numpy()  # row q: blobs lists[q]..lists[q + 1] of chunk.values
+        values = chunk.values
+        _, offsets, data = values.buffers()  # binary: blob m is data[ends[m]:ends[m + 1]]
+        ends = np.frombuffer(offsets, dtype=np.int32)[values.offset:]
+        data = np.frombuffer(data, dtype=np.uint8)
+        for k in np.flatnonzero(chunk_of == c):
+            q = int(local[k] - bounds[c])
+            out[k] = [data[ends[m]:ends[m + 1]] for m in range(lists[q], lists[q + 1])]
+    return out
+
+
 def fetch_rows(index: ManifestIndex, rows: np.ndarray) -> list[dict]:
-    """Manifest rows (python dicts with blobs and boxes) for global indices ``rows``, in order."""
+    """Manifest rows for global indices ``rows``, in order: dicts with ``blobs`` (uint8 views of
+    the object store's copy, read-only) and the ``<s>_src`` / ``<s>_box`` of every spectrum."""
+    rows = np.asarray(rows, dtype=np.int64)
     block = np.searchsorted(index.offsets, rows, side="right") - 1
     out: list[dict | None] = [None] * len(rows)
+    small = [c for c in DECODE_COLUMNS if c != "blobs"]
     for b in np.unique(block):
         sel = np.flatnonzero(block == b)
         table = ray.get(index.refs[int(b)])  # zero-copy from the local object store
-        local = pa.array(np.asarray(rows)[sel] - index.offsets[b])
-        for i, row in zip(sel, table.take(local).select(DECODE_COLUMNS).to_pylist()):
+        local = rows[sel] - index.offsets[b]
+        blobs = _blob_views(table, local)
+        for i, row, blob in zip(sel, table.select(small).take(pa.array(local)).to_pylist(),
+                                blobs):
+            row["blobs"] = blob
             out[i] = row
     return out  # type: ignore[return-value]
+
+
+def _decode_into(spec: DecodeSpec, rows: list[dict],
+                 rngs: Sequence[np.random.Generator] | None, out: Sequence[np.ndarray]) -> None:
+    """Fetched rows -> ``out[j][i]`` (uint8 ``[3, H, W]``): spectrum j of tuple i, augmented
+    from ``rngs[i]`` when spec.augment is set."""
+    decoded = [decode_row(r, spec.spectra) for r in rows]
+    pieces = at_size(decoded, spec.spectra, spec.size)
+    draws = None
+    if spec.augment is not None:
+        if rngs is None or len(rngs) != len(rows):
+            raise ValueError(f"{0 if rngs is None else len(rngs)} generators for "
+                             f"{len(rows)} tuples")
+        draws = draw_each(rngs, spec.size, spec.augment)
+    augment_into(out, pieces, draws, spec.augment)
 
 
 def decode_tuples(spec: DecodeSpec, rows: np.ndarray,
                   rngs: Sequence[np.random.Generator] | None = None) -> np.ndarray:
     """Rows -> uint8 ``[N, S, 3, H, W]``; tuple i augmented from ``rngs[i]`` when spec.augment is set."""
-    decoded = [decode_row(r, spec.spectra) for r in fetch_rows(spec.index, rows)]
-    x = stack_tuples(decoded, spec.spectra, spec.size)
-    if spec.augment is not None:
-        x = augment(x, rngs, spec.augment)
+    x = np.empty((len(rows), len(spec.spectra), 3, *spec.size), dtype=np.uint8)
+    _decode_into(spec, fetch_rows(spec.index, rows), rngs,
+                 [x[:, j] for j in range(len(spec.spectra))])
     return x
 
 
@@ -139,35 +188,35 @@ def _decode_plan_rows(batch: dict[str, np.ndarray], spec: DecodeSpec,
     Tuple j of plan row i is augmented from (seed, epoch, starts[i] + j), its position in
     the epoch's plan (``sampling.sample_rngs``), and its spectra kept or dropped from the
     same key on a stream of its own (``sampling.dropout_rngs``): the same whichever task,
-    worker or share decodes it.
+    worker or share decodes it. Every tuple is written once, into its place in the output
+    columns (no per-batch arrays stacked afterwards); all of the task's rows are fetched
+    at once.
     """
     plan, labels, epochs, steps, starts = ray.get(list(refs))  # nested refs: not auto-resolved
     ids = np.asarray(batch["id"], dtype=np.int64)
-    dropout = spec.modality_dropout > 0  # off: no mask column (the loop reads none)
-    out: dict[str, list] = {k: [] for k in ("epoch", "step", "rows", "labels",
-                                            *(("keep",) if dropout else ()), *spec.spectra)}
-    for i in ids:
-        e, s = int(epochs[i]), int(steps[i])
-        positions = starts[i] + np.arange(plan.shape[1])
-        x = decode_tuples(spec, plan[i], sample_rngs(spec.seed, e, positions))
-        if dropout:
-            out["keep"].append(kept_spectra(dropout_rngs(spec.seed, e, positions),
-                                            len(spec.spectra), spec.modality_dropout))
-        for j, name in enumerate(spec.spectra):
-            out[name].append(x[:, j])
-        out["epoch"].append(e)
-        out["step"].append(s)
-        out["rows"].append(plan[i])
-        out["labels"].append(labels[i])
-    return {k: np.stack(v) if k not in ("epoch", "step") else np.asarray(v, dtype=np.int64)
-            for k, v in out.items()}
+    n, b = len(ids), int(plan.shape[1])
+    out = {name: np.empty((n, b, 3, *spec.size), dtype=np.uint8) for name in spec.spectra}
+    fetched = fetch_rows(spec.index, plan[ids].reshape(-1))
+    keep = []
+    for k, i in enumerate(ids):
+        positions = starts[i] + np.arange(b)
+        _decode_into(spec, fetched[k * b:(k + 1) * b],
+                     sample_rngs(spec.seed, int(epochs[i]), positions),
+                     [out[name][k] for name in spec.spectra])
+        if spec.modality_dropout > 0:  # off: no mask column (the loop reads none)
+            keep.append(kept_spectra(dropout_rngs(spec.seed, int(epochs[i]), positions),
+                                     len(spec.spectra), spec.modality_dropout))
+    return {"epoch": epochs[ids].astype(np.int64), "step": steps[ids].astype(np.int64),
+            "rows": plan[ids], "labels": labels[ids], **({"keep": np.stack(keep)} if keep else {}),
+            **out}
 
 
 def _decode_eval_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[str, np.ndarray]:
     """map_batches UDF: ``batch["rows"] [n]`` -> "rows" [n] and uint8 [n, 3, H, W] per spectrum."""
     rows = np.asarray(batch["rows"], dtype=np.int64)
-    x = decode_tuples(spec, rows)
-    return {"rows": rows, **{name: x[:, j] for j, name in enumerate(spec.spectra)}}
+    out = {name: np.empty((len(rows), 3, *spec.size), dtype=np.uint8) for name in spec.spectra}
+    _decode_into(spec, fetch_rows(spec.index, rows), None, [out[s] for s in spec.spectra])
+    return {"rows": rows, **out}
 
 
 def _quiet_ordered(ds: ray.data.Dataset) -> None:
@@ -190,8 +239,11 @@ def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
 
     Rows come out in plan order (preserve_order), so the worker reading it
     sees the same sequence every time. Each decode task handles
-    ``batches_per_task`` batches: one batch per task spends as much on task
-    overhead as on decoding (perf/input_pipeline.py: 8 per task ~2x faster).
+    ``batches_per_task`` batches in one call of the UDF (``batch_size=None``: the
+    whole block; with one call per batch Ray Data concatenated the task's outputs
+    into its block afterwards, one more copy of every pixel, issue 22): one batch
+    per task spends as much on task overhead as on decoding
+    (perf/input_pipeline.py: 8 per task ~2x faster).
     ``num_cpus``: logical CPUs each decode task reserves (``data.decode_cpus``).
     """
     n = int(plan.shape[0])
@@ -200,7 +252,7 @@ def train_dataset(spec: DecodeSpec, plan: np.ndarray, labels: np.ndarray,
                              override_num_blocks=max(1, -(-n // batches_per_task)))
     _quiet_ordered(ds)
     return ds.map_batches(
-        _decode_plan_rows, batch_size=1, batch_format="numpy",
+        _decode_plan_rows, batch_size=None, batch_format="numpy",
         fn_kwargs={"spec": spec, "refs": tuple(refs)},
         concurrency=_concurrency(num_decode_workers), num_cpus=num_cpus)
 
