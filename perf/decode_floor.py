@@ -10,12 +10,13 @@ One run, per released layout (RGBNT100: RGB | NIR | TIR, RGBN300: RGB | NIR; pie
   * the pipeline: ``msreid.train.pipeline.train_dataset`` (plan rows of ``--batch`` tuples,
     ``--batches-per-task`` per task, flip + pad 10 + crop + random erasing 0.5), read with
     ``iter_torch_batches(batch_size=1)`` as the training loop reads it, on a local Ray of
-    ``--cores`` CPUs. Its CPU time is that of every process of this Ray instance: this
-    driver (which consumes the batches) and all its descendants (gcs_server, raylet, the
-    agents and every Ray worker), read with psutil at the start and the end of the measured
-    batches (after ``--warmup`` batches). Processes born in between count whole; a process
-    that exits in between would be lost, so their number is printed (0 expected: a local
-    msreid Ray keeps its idle workers).
+    ``--cores`` CPUs whose workers have decoded a pass before (imports done). Its CPU time
+    is that of every process of this Ray instance: this driver (which consumes the batches)
+    and all its descendants (gcs_server, raylet, the agents and every Ray worker), read with
+    psutil before the pass's iterator is made and after its last batch (a whole pass: the
+    tasks run ahead of the consumer, so a window inside the pass would miscount).
+    Processes born in between count whole; a process that exits in between would be lost,
+    so their number is printed (0 expected: a local msreid Ray keeps its idle workers).
 
 The ratio pipeline / best floor is issue 22's goal (>= 0.60). Per process group the CPU
 seconds show where the rest goes, and ``--profile`` adds an in-process cProfile of the
@@ -130,7 +131,8 @@ def start_ray(cores: int) -> None:
     start_local_ray(cores, log_to_driver=False, configure_logging=False)
 
 
-def pipeline(loaded, spectra, batch: int, per_task: int, n_batches: int, erase: float):
+def pipeline(loaded, spectra, batch: int, per_task: int, n_batches: int, erase: float,
+             decoder: str = "pil"):
     """(DecodeSpec, train_dataset of ``n_batches`` plan rows, the plan arrays)."""
     from msreid.data.transforms import AugmentParams
     from msreid.train.pipeline import DecodeSpec, train_dataset
@@ -145,22 +147,24 @@ def pipeline(loaded, spectra, batch: int, per_task: int, n_batches: int, erase: 
     epochs = np.concatenate([np.full(len(p), e) for e, p in enumerate(plans)])[:n_batches]
     steps = np.concatenate([np.arange(len(p)) for p in plans])[:n_batches]
     spec = DecodeSpec(index, tuple(spectra), (128, 256),
-                      AugmentParams(flip_prob=0.5, pad=10, erase_prob=erase), 0)
+                      AugmentParams(flip_prob=0.5, pad=10, erase_prob=erase), 0,
+                      decoder=decoder)
     ds = train_dataset(spec, rows.train[pos], rows.train_labels[pos], epochs, steps,
                        steps * batch, batches_per_task=per_task)
     return spec, ds, (rows.train[pos], rows.train_labels[pos], epochs, steps, steps * batch)
 
 
-def pipeline_rate(ds, batch: int, n: int, warmup: int, prefetch: int) -> dict:
-    """Tuples per CPU-second (all processes of this Ray) and per wall second over ``n`` batches."""
-    it = iter(ds.iter_torch_batches(batch_size=1, prefetch_batches=prefetch))
-    for _ in range(warmup):
-        next(it)
+def pipeline_rate(ds, prefetch: int) -> dict:
+    """Tuples per CPU-second (all processes of this Ray) and per wall second of one whole pass.
+
+    From before the iterator is made to after its last batch: the decode tasks run ahead of
+    the consumer (as far as Ray Data's object store budget lets them), so a window that starts
+    or ends mid-pass counts batches decoded outside it; a whole pass counts every task once.
+    """
     procs = ray_processes()
     before, t0 = cpu_snapshot(procs), time.perf_counter()
     seen = 0
-    for _ in range(n):
-        b = next(it)
+    for b in ds.iter_torch_batches(batch_size=1, prefetch_batches=prefetch):
         seen += int(b["labels"].numel())
     wall = time.perf_counter() - t0
     procs_after = ray_processes()
@@ -170,8 +174,6 @@ def pipeline_rate(ds, batch: int, n: int, warmup: int, prefetch: int) -> dict:
         g = group(procs_after[pid])
         by_group[g] = by_group.get(g, 0.0) + c - before.get(pid, 0.0)
     lost = len(set(before) - set(after))
-    for _ in it:  # drain: leave nothing running into the next measurement
-        pass
     cpu = sum(by_group.values())
     return {"tuples": seen, "wall": wall, "cpu": cpu, "per_cpu_s": seen / cpu,
             "per_wall_s": seen / wall, "groups": by_group, "lost": lost}
@@ -205,12 +207,14 @@ def main() -> None:
     p.add_argument("--tuples-per-id", type=int, default=24)
     p.add_argument("--batch", type=int, default=16, help="tuples per plan row (the paper's 16)")
     p.add_argument("--batches-per-task", type=int, default=8, help="data.batches_per_task")
-    p.add_argument("--batches", type=int, default=64, help="measured batches per round")
-    p.add_argument("--warmup", type=int, default=16)
+    p.add_argument("--batches", type=int, default=192,
+                   help="batches of the measured pass (one per round)")
     p.add_argument("--prefetch", type=int, default=2, help="data.prefetch_batches")
     p.add_argument("--erase", type=float, default=0.5, help="random erasing probability")
     p.add_argument("--cores", type=int, default=2, help="the local Ray's CPUs")
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--decoders", nargs="+", default=["pil"], choices=["pil", "torchvision"],
+                   help="the pipeline's JPEG decoder(s) (DecodeSpec.decoder), each measured")
     p.add_argument("--profile", action="store_true", help="cProfile the decode task function")
     args = p.parse_args()
     import torch
@@ -226,51 +230,53 @@ def main() -> None:
         from msreid.train.pipeline import load_manifest
 
         loaded = load_manifest(str(manifest))  # once: its blocks stay in the object store
-        _, ds, _ = pipeline(loaded, spectra, args.batch, args.batches_per_task,
-                            4 * args.batches_per_task, args.erase)
-        for _ in ds.iter_torch_batches(batch_size=1):  # warm the decode workers (imports)
-            pass
+        for decoder in args.decoders:
+            _, ds, _ = pipeline(loaded, spectra, args.batch, args.batches_per_task,
+                                4 * args.batches_per_task, args.erase, decoder)
+            for _ in ds.iter_torch_batches(batch_size=1):  # warm the decode workers (imports)
+                pass
         floors = {"PIL": [], "torchvision": []}
-        ray_runs = []
+        ray_runs: dict[str, list[dict]] = {d: [] for d in args.decoders}
         for _ in range(args.rounds):  # interleaved: a load change hits every variant alike
             loads.append(os.getloadavg()[0])
             floors["PIL"].append(cpu_rate(lambda: floor_pil(blobs, boxes), len(blobs), 1)[0])
             floors["torchvision"].append(
                 cpu_rate(lambda: floor_torchvision(blobs, boxes), len(blobs), 1)[0])
-            spec, ds, arrays = pipeline(loaded, spectra, args.batch, args.batches_per_task,
-                                        args.warmup + args.batches, args.erase)
-            ray_runs.append(pipeline_rate(ds, args.batch, args.batches, args.warmup,
-                                          args.prefetch))
+            for decoder in args.decoders:
+                spec, ds, arrays = pipeline(loaded, spectra, args.batch, args.batches_per_task,
+                                            args.batches, args.erase, decoder)
+                ray_runs[decoder].append(pipeline_rate(ds, args.prefetch))
             loads.append(os.getloadavg()[0])
         results[layout] = (floors, ray_runs, len(blobs))
         if args.profile:
             profile_task(spec, arrays, args.batches_per_task, 25)
 
-    print(f"{args.batch}-tuple batches, {args.batches_per_task} per task, {args.batches} "
-          f"measured batches after {args.warmup}, erase {args.erase}, Ray of {args.cores} CPUs, "
+    print(f"{args.batch}-tuple batches, {args.batches_per_task} per task, passes of "
+          f"{args.batches} batches, erase {args.erase}, Ray of {args.cores} CPUs, "
           f"{args.rounds} interleaved rounds (medians); load average {min(loads):.2f}.."
           f"{max(loads):.2f} on {os.cpu_count()} cores")
-    for layout, (floors, runs, n) in results.items():
+    for layout, (floors, by_decoder, n) in results.items():
         pil, tv = (statistics.median(floors[k]) for k in ("PIL", "torchvision"))
         best = max(pil, tv)
-        rate = statistics.median(r["per_cpu_s"] for r in runs)
-        wall = statistics.median(r["per_wall_s"] for r in runs)
         print(f"\n{layout} ({len(LAYOUTS[layout])} spectra, {n} training tuples)")
         print(f"  floor PIL decode + crop            {pil:8.0f} tuples/CPU-s   rounds: "
               + " ".join(f"{x:.0f}" for x in floors["PIL"]))
         print(f"  floor torchvision decode + crop    {tv:8.0f} tuples/CPU-s   rounds: "
               + " ".join(f"{x:.0f}" for x in floors["torchvision"]))
-        print(f"  Ray Data pipeline                  {rate:8.0f} tuples/CPU-s   rounds: "
-              + " ".join(f"{r['per_cpu_s']:.0f}" for r in runs)
-              + f"   ({wall:.0f} tuples/wall-s)")
-        print(f"  ratio to the best floor            {rate / best:8.2f}   (to PIL: {rate / pil:.2f})")
-        mid = sorted(runs, key=lambda r: r["per_cpu_s"])[len(runs) // 2]
-        print(f"  CPU of the median round: {mid['cpu']:.2f} s for {mid['tuples']} tuples, "
-              f"processes lost {mid['lost']}")
-        for g, c in sorted(mid["groups"].items(), key=lambda kv: -kv[1]):
-            print(f"    {g:<34}{c:7.2f} s  {1e3 * c / mid['tuples']:6.3f} ms/tuple "
-                  f"({c / mid['cpu']:.0%})")
-
+        for decoder, runs in by_decoder.items():
+            rate = statistics.median(r["per_cpu_s"] for r in runs)
+            wall = statistics.median(r["per_wall_s"] for r in runs)
+            print(f"  Ray Data pipeline, {decoder:<16}{rate:8.0f} tuples/CPU-s   rounds: "
+                  + " ".join(f"{r['per_cpu_s']:.0f}" for r in runs)
+                  + f"   ({wall:.0f} tuples/wall-s)")
+            print(f"    ratio to the best floor          {rate / best:8.2f}   (to PIL: "
+                  f"{rate / pil:.2f})")
+            mid = sorted(runs, key=lambda r: r["per_cpu_s"])[len(runs) // 2]
+            print(f"    CPU of the median round: {mid['cpu']:.2f} s for {mid['tuples']} tuples, "
+                  f"processes lost {mid['lost']}")
+            for g, c in sorted(mid["groups"].items(), key=lambda kv: -kv[1]):
+                print(f"      {g:<34}{c:7.2f} s  {1e3 * c / mid['tuples']:6.3f} ms/tuple "
+                      f"({c / mid['cpu']:.0%})")
 
 if __name__ == "__main__":
     main()

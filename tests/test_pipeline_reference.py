@@ -75,13 +75,17 @@ def manifest(tmp_path_factory) -> str:
 
 @pytest.mark.ray
 @pytest.mark.timeout(180)
-@pytest.mark.parametrize("size, params, per_task", [
-    ((48, 96), AugmentParams(flip_prob=0.5, pad=10, erase_prob=0.5), 3),  # pieces at size
-    ((48, 96), AugmentParams(flip_prob=0.5, pad=10, erase_prob=0.0), 8),  # the paper's
-    ((32, 64), AugmentParams(flip_prob=0.5, pad=4, erase_prob=0.7, erase_fill=(1, 2, 3)), 2),
-    ((48, 96), AugmentParams(flip_prob=1.0, pad=60, erase_prob=0.0), 4),  # pad > height
+@pytest.mark.parametrize("size, params, per_task, decoder", [
+    ((48, 96), AugmentParams(flip_prob=0.5, pad=10, erase_prob=0.5), 3, "pil"),  # at size
+    ((48, 96), AugmentParams(flip_prob=0.5, pad=10, erase_prob=0.5), 3, "torchvision"),
+    ((48, 96), AugmentParams(flip_prob=0.5, pad=10, erase_prob=0.0), 8, "pil"),  # the paper's
+    ((32, 64), AugmentParams(flip_prob=0.5, pad=4, erase_prob=0.7, erase_fill=(1, 2, 3)), 2,
+     "pil"),
+    ((32, 64), AugmentParams(flip_prob=0.5, pad=4, erase_prob=0.7), 2, "torchvision"),
+    ((48, 96), AugmentParams(flip_prob=1.0, pad=60, erase_prob=0.0), 4, "pil"),  # pad > height
 ])
-def test_training_batches_equal_the_reference(ray_session, manifest, size, params, per_task):
+def test_training_batches_equal_the_reference(ray_session, manifest, size, params, per_task,
+                                              decoder):
     from msreid.train.pipeline import DecodeSpec, load_manifest, train_dataset
     from msreid.train.sampling import sample_rngs
 
@@ -93,7 +97,7 @@ def test_training_batches_equal_the_reference(ray_session, manifest, size, param
     pos = np.concatenate(plans)
     epochs = np.concatenate([np.full(len(p), e) for e, p in enumerate(plans)])
     steps = np.concatenate([np.arange(len(p)) for p in plans])
-    spec = DecodeSpec(index, SPECTRA, size, params, seed)
+    spec = DecodeSpec(index, SPECTRA, size, params, seed, decoder=decoder)
     ds = train_dataset(spec, rows.train[pos], rows.train_labels[pos], epochs, steps,
                        steps * batch, batches_per_task=per_task)
     table = read_manifest(manifest).to_pylist()
@@ -136,21 +140,31 @@ def _jpeg(img: Image.Image, **kw) -> bytes:
     return buf.getvalue()
 
 
-def test_decode_spectra_equals_pil_on_other_encodings():
-    """Grey, 4:4:4, progressive JPEGs and a PNG decode as PIL's RGB conversion does."""
+@pytest.mark.parametrize("decoder", ["pil", "torchvision"])
+def test_decode_spectra_equals_pil_on_other_encodings(decoder):
+    """Grey, 4:4:4, 4:2:2, progressive and CMYK JPEGs, a PNG and a grey PNG decode as PIL's
+    RGB conversion does, with either decoder, from bytes or a read-only numpy view."""
     from msreid.data.decode import decode_spectra
 
     rng = np.random.default_rng(0)
-    rgb = Image.fromarray(rng.integers(0, 256, size=(40, 90, 3), dtype=np.uint8))
-    blobs = [_jpeg(rgb, format="JPEG", quality=90),
-             _jpeg(rgb.convert("L"), format="JPEG", quality=85),
-             _jpeg(rgb, format="JPEG", quality=95, subsampling=0),
-             _jpeg(rgb, format="JPEG", quality=80, progressive=True),
-             _jpeg(rgb, format="PNG"),
-             _jpeg(rgb.convert("CMYK"), format="JPEG", quality=90)]
+    noise = Image.fromarray(rng.integers(0, 256, size=(40, 90, 3), dtype=np.uint8))
+    ramp = np.add.outer(np.arange(40), np.arange(90))[..., None] * np.array([2.0, 1.0, 0.5])
+    smooth = Image.fromarray(np.clip(ramp, 0, 255).astype(np.uint8))
+    blobs = []
+    for rgb in (noise, smooth):
+        blobs += [_jpeg(rgb, format="JPEG", quality=90),
+                  _jpeg(rgb.convert("L"), format="JPEG", quality=85),
+                  _jpeg(rgb, format="JPEG", quality=95, subsampling=0),
+                  _jpeg(rgb, format="JPEG", quality=75, subsampling=1),
+                  _jpeg(rgb, format="JPEG", quality=80, progressive=True),
+                  _jpeg(rgb.convert("CMYK"), format="JPEG", quality=90),
+                  _jpeg(rgb, format="PNG"),
+                  _jpeg(rgb.convert("L"), format="PNG")]
     for k, blob in enumerate(blobs):
         full = np.asarray(Image.open(io.BytesIO(blob)).convert("RGB"))
-        out = decode_spectra([b"", blob], {"a": 1, "b": 1}, {"a": (0, 0, 30, 40),
-                                                             "b": (30, 5, 90, 35)})
-        assert np.array_equal(out["a"], full[0:40, 0:30]), k
-        assert np.array_equal(out["b"], full[5:35, 30:90]), k
+        view = np.frombuffer(blob, dtype=np.uint8)  # read-only, as the pipeline's blobs
+        for given in (blob, view):
+            out = decode_spectra([b"", given], {"a": 1, "b": 1},
+                                 {"a": (0, 0, 30, 40), "b": (30, 5, 90, 35)}, decoder)
+            assert np.array_equal(out["a"], full[0:40, 0:30]), k
+            assert np.array_equal(out["b"], full[5:35, 30:90]), k

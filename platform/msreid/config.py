@@ -91,6 +91,11 @@ class DataConfig:
                                   "per-task overhead; lower it for very large batches)",
                                neutral=True)
     prefetch_batches: int = _f(2, "batches each training worker prefetches", neutral=True)
+    jpeg_decoder: str = _f("pil", "JPEG decoder of the Ray Data tasks: pil, or torchvision "
+                                  "(the same pixels, 4-14% more tuples per CPU-second, but "
+                                  "2.2 s of CPU to import per fresh decode worker: for long "
+                                  "runs; docs/PERFORMANCE.md, \"Input pipeline\")",
+                           choices=("pil", "torchvision"), neutral=True)
     eval_batch_size: int = _f(64, "tuples per batch when extracting features")
 
 

@@ -69,6 +69,7 @@ class DecodeSpec:
     augment: AugmentParams | None  # None = no augmentation (evaluation)
     seed: int = 0
     modality_dropout: float = 0.0  # data.modality_dropout (training plans only)
+    decoder: str = "pil"  # "torchvision": the same pixels, faster (msreid.data.decode)
 
 
 @ray.remote(num_returns=2)
@@ -159,7 +160,7 @@ def _decode_into(spec: DecodeSpec, rows: list[dict],
                  rngs: Sequence[np.random.Generator] | None, out: Sequence[np.ndarray]) -> None:
     """Fetched rows -> ``out[j][i]`` (uint8 ``[3, H, W]``): spectrum j of tuple i, augmented
     from ``rngs[i]`` when spec.augment is set."""
-    decoded = [decode_row(r, spec.spectra) for r in rows]
+    decoded = [decode_row(r, spec.spectra, spec.decoder) for r in rows]
     pieces = at_size(decoded, spec.spectra, spec.size)
     draws = None
     if spec.augment is not None:

@@ -69,8 +69,8 @@ def run_datasets(cfg: TrainConfig, index, spectra, size, rows: SplitRows, valida
     maybe "val"."""
     d = cfg.data
     train_spec = DecodeSpec(index, spectra, size, _augment(cfg), cfg.run.seed,
-                            cfg.data.modality_dropout)
-    eval_spec = DecodeSpec(index, spectra, size, None, cfg.run.seed)
+                            cfg.data.modality_dropout, decoder=d.jpeg_decoder)
+    eval_spec = DecodeSpec(index, spectra, size, None, cfg.run.seed, decoder=d.jpeg_decoder)
     evals = {"test": np.concatenate([rows.test_query, rows.test_gallery])}
     if validate:
         evals["val"] = np.concatenate([rows.val_query, rows.val_gallery])
