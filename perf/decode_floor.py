@@ -19,8 +19,8 @@ One run, per released layout (RGBNT100: RGB | NIR | TIR, RGBN300: RGB | NIR; pie
     so their number is printed (0 expected: a local msreid Ray keeps its idle workers).
 
 The ratio pipeline / best floor is issue 22's goal (>= 0.60). Per process group the CPU
-seconds show where the rest goes, and ``--profile`` adds an in-process cProfile of the
-decode task's function (the same code a Ray task runs, minus Ray).
+seconds show where the rest goes, and ``--profile`` adds the CPU time of each step of the
+decode task's function timed in this process (the same code a Ray task runs, minus Ray).
 
     OMP_NUM_THREADS=1 .venv/bin/python perf/decode_floor.py            # ~2 minutes on 2 cores
 """
@@ -28,6 +28,7 @@ decode task's function (the same code a Ray task runs, minus Ray).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import os
 import statistics
@@ -148,7 +149,7 @@ def pipeline(loaded, spectra, batch: int, per_task: int, n_batches: int, erase: 
     steps = np.concatenate([np.arange(len(p)) for p in plans])[:n_batches]
     spec = DecodeSpec(index, tuple(spectra), (128, 256),
                       AugmentParams(flip_prob=0.5, pad=10, erase_prob=erase), 0,
-                      decoder=decoder)
+                      **({"decoder": decoder} if decoder != "pil" else {}))
     ds = train_dataset(spec, rows.train[pos], rows.train_labels[pos], epochs, steps,
                        steps * batch, batches_per_task=per_task)
     return spec, ds, (rows.train[pos], rows.train_labels[pos], epochs, steps, steps * batch)
@@ -179,24 +180,38 @@ def pipeline_rate(ds, prefetch: int) -> dict:
             "per_wall_s": seen / wall, "groups": by_group, "lost": lost}
 
 
-def profile_task(spec, arrays, per_task: int, top: int) -> None:
-    """cProfile of ``_decode_plan_rows`` on ``per_task`` plan rows, in this process."""
-    import cProfile
-    import pstats
+def profile_stages(spec, plan: np.ndarray, per_task: int, repeats: int = 6) -> dict[str, float]:
+    """CPU ms per tuple of each step of a decode task's function, run here (no Ray task):
+    the steps ``msreid.train.pipeline._decode_into`` takes, on ``per_task`` plan rows."""
+    from msreid.data.decode import decode_row
+    from msreid.data.transforms import at_size, augment_into, draw_each
+    from msreid.train.pipeline import fetch_rows
+    from msreid.train.sampling import sample_rngs
 
-    import ray
+    acc: dict[str, float] = {}
 
-    from msreid.train.pipeline import _decode_plan_rows
+    def timed(name, fn):
+        c = time.process_time()
+        out = fn()
+        acc[name] = acc.get(name, 0.0) + time.process_time() - c
+        return out
 
-    refs = tuple(ray.put(np.ascontiguousarray(a)) for a in arrays)
-    batch = {"id": np.arange(per_task)}
-    _decode_plan_rows(batch, spec, refs)  # warm: imports, first fetch
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(3):
-        _decode_plan_rows(batch, spec, refs)
-    prof.disable()
-    pstats.Stats(prof).sort_stats("tottime").print_stats(top)
+    n = per_task * plan.shape[1]
+    for r in range(repeats + 1):
+        if r == 1:
+            acc.clear()  # the first round warms (imports, caches)
+        rows = plan[(r * per_task) % len(plan):][:per_task].reshape(-1)
+        out = timed("output arrays", lambda: [np.empty((rows.size, 3, *spec.size), np.uint8)
+                                              for _ in spec.spectra])
+        fetched = timed("fetch rows (object store views)", lambda: fetch_rows(spec.index, rows))
+        dec = timed(f"decode ({spec.decoder})",
+                    lambda: [decode_row(x, spec.spectra, spec.decoder) for x in fetched])
+        pieces = timed("pieces at size", lambda: at_size(dec, spec.spectra, spec.size))
+        draws = timed("augmentation draws", lambda: draw_each(
+            sample_rngs(0, 0, np.arange(rows.size)), spec.size, spec.augment))
+        timed("flip + pad + crop + erase into the output",
+              lambda: augment_into(out, pieces, draws, spec.augment))
+    return {k: 1e3 * v / (repeats * n) for k, v in acc.items()}
 
 
 def main() -> None:
@@ -215,7 +230,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--decoders", nargs="+", default=["pil"], choices=["pil", "torchvision"],
                    help="the pipeline's JPEG decoder(s) (DecodeSpec.decoder), each measured")
-    p.add_argument("--profile", action="store_true", help="cProfile the decode task function")
+    p.add_argument("--profile", action="store_true",
+                   help="also time the steps of the decode task's function in this process")
     args = p.parse_args()
     import torch
 
@@ -247,15 +263,16 @@ def main() -> None:
                                             args.batches, args.erase, decoder)
                 ray_runs[decoder].append(pipeline_rate(ds, args.prefetch))
             loads.append(os.getloadavg()[0])
-        results[layout] = (floors, ray_runs, len(blobs))
-        if args.profile:
-            profile_task(spec, arrays, args.batches_per_task, 25)
+        stages = {d: profile_stages(dataclasses.replace(spec, decoder=d), arrays[0],
+                                    args.batches_per_task) for d in args.decoders} \
+            if args.profile else {}
+        results[layout] = (floors, ray_runs, len(blobs), stages)
 
     print(f"{args.batch}-tuple batches, {args.batches_per_task} per task, passes of "
           f"{args.batches} batches, erase {args.erase}, Ray of {args.cores} CPUs, "
           f"{args.rounds} interleaved rounds (medians); load average {min(loads):.2f}.."
           f"{max(loads):.2f} on {os.cpu_count()} cores")
-    for layout, (floors, by_decoder, n) in results.items():
+    for layout, (floors, by_decoder, n, stages) in results.items():
         pil, tv = (statistics.median(floors[k]) for k in ("PIL", "torchvision"))
         best = max(pil, tv)
         print(f"\n{layout} ({len(LAYOUTS[layout])} spectra, {n} training tuples)")
@@ -277,6 +294,11 @@ def main() -> None:
             for g, c in sorted(mid["groups"].items(), key=lambda kv: -kv[1]):
                 print(f"      {g:<34}{c:7.2f} s  {1e3 * c / mid['tuples']:6.3f} ms/tuple "
                       f"({c / mid['cpu']:.0%})")
+            if decoder in stages:
+                print(f"    the decode task's steps, in this process: "
+                      f"{sum(stages[decoder].values()):.3f} ms/tuple")
+                for k, v in stages[decoder].items():
+                    print(f"      {k:<44}{v:6.3f} ms/tuple")
 
 if __name__ == "__main__":
     main()
