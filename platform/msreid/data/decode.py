@@ -44,9 +44,10 @@ def _decode_jpeg_torchvision(blob) -> np.ndarray:
 
     Both wrap libjpeg-turbo with the same defaults (islow DCT, fancy upsampling); tested
     equal on the synthetic releases and on grey, 4:4:4, 4:2:2, progressive and CMYK JPEGs
-    (tests/test_pipeline_reference.py). It decodes faster than PIL (0.37 against 0.56 ms per
-    768 x 128 JPEG here, the Python side of PIL's loader included), but its import costs a
-    fresh process 2.2 s of CPU (torch and torchvision), hence not the default.
+    (tests/test_pipeline_reference.py). It decodes faster than PIL (0.39 against 0.52 ms per
+    768 x 128 JPEG, the Python side of PIL's loader included; perf/decode_floor.py
+    --profile), but its import costs a fresh process 2.2 s of CPU (torch and torchvision),
+    hence not the default. torchvision 0.29 deprecates it in favour of TorchCodec.
     """
     import torch
     from torchvision.io import ImageReadMode, decode_jpeg

@@ -161,8 +161,9 @@ def place(dst: np.ndarray, src: np.ndarray, flip: bool, top: int, left: int, pad
 
     Pixel (y, x) of the crop is pixel (y + top - pad, x + left - pad) of the flipped source,
     zero outside it. Written into ``dst`` straight from the decoded (HWC) image instead of
-    copy, mirror, pad and crop of the whole batch one after the other: those four passes
-    cost 0.2 ms per RGBNT100 tuple, this one 0.07 ms, the transposition included (issue 22).
+    stacking the pieces, then copying, mirroring, padding and cropping the whole batch one
+    pass after the other (~0.37 ms per RGBNT100 tuple under cProfile; this one copy:
+    0.16-0.17 ms, the transposition included; perf/decode_floor.py --profile, issue 22).
     """
     h, w = dst.shape[-2:]
     dy, dx = pad - top, pad - left  # where source pixel (0, 0) lands
