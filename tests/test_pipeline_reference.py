@@ -168,3 +168,26 @@ def test_decode_spectra_equals_pil_on_other_encodings(decoder):
                                  {"a": (0, 0, 30, 40), "b": (30, 5, 90, 35)}, decoder)
             assert np.array_equal(out["a"], full[0:40, 0:30]), k
             assert np.array_equal(out["b"], full[5:35, 30:90]), k
+
+
+def test_decode_floor_script_runs_as_documented(tmp_path):
+    """perf/decode_floor.py (docs/PERFORMANCE.md, "Input pipeline") at a tiny size, as a user
+    runs it: both floors, the pipeline per decoder with its ratio, and the --profile steps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run(
+        [sys.executable, str(root / "perf" / "decode_floor.py"), "--work", str(tmp_path / "w"),
+         "--layouts", "rgbnt100", "--ids", "4", "--tuples-per-id", "4", "--batch", "4",
+         "--batches", "4", "--batches-per-task", "2", "--rounds", "1",
+         "--decoders", "pil", "torchvision", "--profile"],
+        capture_output=True, text=True, timeout=240, check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root / "platform")})
+    text = out.stdout
+    assert "floor PIL decode + crop" in text and "floor torchvision decode + crop" in text, text
+    assert text.count("ratio to the best floor") == 2, text
+    assert text.count("processes lost 0") == 2, text
+    assert "decode (torchvision)" in text and "decode (pil)" in text, text
