@@ -192,3 +192,20 @@ def test_bad_input_raises_user_error():
         evaluate_rank(np.full((3, 6), np.inf), Q_IDS, G_IDS, Q_CAMS, G_CAMS)
     with pytest.raises(UserError, match="non-empty query and gallery"):
         evaluate_rank(np.zeros((3, 0)), Q_IDS, [], Q_CAMS, [])
+
+
+def test_large_blocks_with_inexact_slot_offsets(monkeypatch):
+    # One bin per gallery item and one block of 2,000 rows: slots reach ~6e5, where
+    # float32 steps by 1/16, so (row offset + bin) is rounded; the ranks must still
+    # match the slow loop. Distances include exact ties, negatives and -0.0 / +0.0.
+    monkeypatch.setattr(rank_module, "_ITEMS_PER_BIN", 1)
+    monkeypatch.setattr(rank_module, "_BLOCK_ELEMS", 1 << 24)
+    rng = np.random.default_rng(5)
+    q, g, qi, gi, qc, gc = random_case(rng, nq=2000, ng=300)
+    dist = compute_distance_matrix(q, g).numpy()
+    dist[::7] = np.round(dist[::7] * 4) / 4 - 0.5
+    dist[::11, ::3] = -0.0
+    ref = slow_reference(dist, qi, gi, qc, gc, 20)
+    assert_matches(evaluate_rank(dist, qi, gi, qc, gc, max_rank=20), ref)
+    assert_matches(evaluate_features(q, g, qi, gi, qc, gc, max_rank=20),
+                   slow_reference(compute_distance_matrix(q, g).numpy(), qi, gi, qc, gc, 20))

@@ -56,27 +56,41 @@ def squared_norms(g: torch.Tensor) -> torch.Tensor:
 
 
 def distance_chunk(
-    q: torch.Tensor, g: torch.Tensor, metric: str = "euclidean", g_sq: torch.Tensor | None = None
+    q: torch.Tensor, g: torch.Tensor, metric: str = "euclidean", g_sq: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Distances ``[q, G]`` between prepared features ``q [q, D]`` and ``g [G, D]``.
 
-    ``g_sq`` (``[G]``) may be passed to avoid recomputing the gallery norms per chunk.
+    ``g_sq`` (``[G]``) may be passed to avoid recomputing the gallery norms per chunk;
+    ``out`` (contiguous float32 ``[q, G]``) receives the distances (same values as without).
     """
     if metric == "cosine":
-        return 1.0 - q @ g.t()
+        if out is None:
+            return 1.0 - q @ g.t()
+        return torch.mm(q, g.t(), out=out).neg_().add_(1.0)  # 1 - x, rounded once either way
     if g_sq is None:
         g_sq = squared_norms(g)
-    d = squared_norms(q)[:, None] + g_sq[None, :]
+    if out is None:
+        d = squared_norms(q)[:, None] + g_sq[None, :]
+    else:
+        d = torch.add(squared_norms(q)[:, None], g_sq[None, :], out=out)
     return d.addmm_(q, g.t(), beta=1.0, alpha=-2.0)
 
 
 def iter_distance_chunks(
     q: torch.Tensor, g: torch.Tensor, metric: str, chunk_size: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Yield ``(start, d)`` with ``d = distances [chunk, G]`` of query rows ``start:start+chunk``."""
+    """Yield ``(start, d)`` with ``d = distances [chunk, G]`` of query rows ``start:start+chunk``.
+
+    Every ``d`` is a view of one buffer, overwritten by the next chunk: use it before
+    asking for the next. (A fresh 100 MB tensor per chunk costs its page faults again.)
+    """
     g_sq = squared_norms(g) if metric == "euclidean" else None
+    buf = torch.empty(min(chunk_size, q.shape[0]) * g.shape[0], dtype=q.dtype, device=q.device)
     for start in range(0, q.shape[0], chunk_size):
-        yield start, distance_chunk(q[start : start + chunk_size], g, metric, g_sq)
+        qc = q[start : start + chunk_size]
+        out = buf[: qc.shape[0] * g.shape[0]].view(qc.shape[0], g.shape[0])
+        yield start, distance_chunk(qc, g, metric, g_sq, out)
 
 
 def compute_distance_matrix(
