@@ -16,10 +16,10 @@ skipped and counted.
 Speed design (see docs/EVALUATION.md): nothing of size Q x G is sorted. Per
 block of query rows, the distances ``[q, G]`` (one matmul per chunk) are cut into
 per-row bins spanning the row's positives (bins are monotone in the distance);
-one ``bincount`` counts the valid items per (row, bin), so a positive's rank is
-the number of items in lower bins of its row plus its rank among the few items
-that share its bin. Those few are ranked exactly with one unique int64 key
-``(row, distance, gallery index)`` (the tie rule is in the key) and one sort.
+one ``bincount`` counts the items per (row, bin) slot. Items of slots holding no
+positive are counted whole; the few items sharing a slot with a positive are
+ranked exactly with one unique int64 key ``(row, distance, gallery index)`` (the
+tie rule is in the key) and one sort.
 """
 
 from __future__ import annotations
@@ -412,7 +412,7 @@ def evaluate_features(query: Array, gallery: Array, q_ids: Labels, g_ids: Labels
     """CMC / mAP / mINP from features ``query [Q, D]`` and ``gallery [G, D]`` (numpy or torch).
 
     Runs on the features' device in query chunks of ``chunk_size`` rows (default
-    ~16M distances per chunk); never builds a Q x G float64 matrix or argsort.
+    ~32M distances per chunk); never builds a Q x G float64 matrix or argsort.
     ``metric``: ``euclidean`` (squared) or ``cosine``; ``normalize``: L2-normalise first.
     ``rerank`` applies k-reciprocal re-ranking (``re_ranking``, parameters ``k1``,
     ``k2``, ``lambda_value``; builds a float32 ``[Q, G]`` matrix).
