@@ -33,24 +33,39 @@ max_failures: 0
 """
 
 
-@pytest.mark.ray
-@pytest.mark.timeout(300)
-def test_smoke_grid_end_to_end(ray_session, tmp_path, capsys):
-    from msreid.cli import main as cli
-    from msreid.data.schema import manifest_info
-    from msreid.grid import expand_cells, load_suite
+def _run_mini(tmp_path: Path, experiment: str, manifest: str | None = None):
+    """The reduced smoke suite, once, into ``tmp_path`` (MLflow store, results, data cache)."""
     from msreid.orchestration.benchmark import BenchmarkOptions, run_benchmark
     from msreid.orchestration.datasets import synthetic_manifest
-    from msreid.tracking import runs
 
-    manifest = synthetic_manifest({"ids": 6, "cameras": 3, "tuples_per_id": 6, "height": 32,
-                                   "width": 64}, root=tmp_path / "cache")
+    if manifest is None:
+        manifest = synthetic_manifest({"ids": 6, "cameras": 3, "tuples_per_id": 6, "height": 32,
+                                       "width": 64}, root=tmp_path / "cache")
     (tmp_path / "suite.yaml").write_text(SUITE)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     out = run_benchmark(BenchmarkOptions(
-        preset=str(tmp_path / "suite.yaml"), data=(manifest,), tracking_uri=uri, experiment="e2e",
-        storage_path=str(tmp_path / "results"), verbose=0, figures={"cam_queries": 2}))
+        preset=str(tmp_path / "suite.yaml"), data=(manifest,), tracking_uri=uri,
+        experiment=experiment, storage_path=str(tmp_path / "results"), verbose=0,
+        figures={"cam_queries": 2}))
     assert out.errors == []
+    return out, uri, manifest
+
+
+@pytest.fixture(scope="module")
+def mini_run(ray_session, tmp_path_factory):
+    return _run_mini(tmp_path_factory.mktemp("mini"), "e2e")
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_smoke_grid_end_to_end(mini_run, capsys):
+    from msreid.cli import main as cli
+    from msreid.data.schema import manifest_info
+    from msreid.grid import expand_cells, load_suite
+    from msreid.tracking import runs
+
+    out, uri, manifest = mini_run
+    tmp_path = Path(uri.removeprefix("sqlite:///")).parent
 
     client = runs.client_for(uri)
     kids = runs.children(client, out.experiment_id, out.parent_run_id)
@@ -91,3 +106,36 @@ def test_smoke_grid_end_to_end(ray_session, tmp_path, capsys):
     assert cli(["report", "--experiment", "e2e", "--run", out.parent_run_id,
                 "--tracking-uri", uri]) == 0
     assert capsys.readouterr().out == out.markdown
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_two_runs_of_the_same_benchmark_give_the_same_numbers_bit_for_bit(mini_run, tmp_path):
+    """The same suite run again (another store and results directory, the same data): every
+    metric of every trial, each epoch's history and the printed tables are equal, not close."""
+    from msreid.tracking import runs
+
+    first, uri1, manifest = mini_run
+    second, uri2, _ = _run_mini(tmp_path, "e2e-again", manifest)
+
+    def numbers(out, uri):
+        client = runs.client_for(uri)
+        found = {}
+        for kid in runs.children(client, out.experiment_id, out.parent_run_id):
+            history = {name: [(m.step, m.value) for m in sorted(
+                client.get_metric_history(kid.info.run_id, name), key=lambda m: m.step)]
+                for name in ("train/loss", "val/mAP")}
+            found[kid.data.tags[runs.TAG_CELLS]] = (dict(kid.data.metrics), history)
+        return found
+
+    a, b = numbers(first, uri1), numbers(second, uri2)
+    assert len(a) == 2 and a.keys() == b.keys()
+    for cells in a:
+        metrics_a, history_a = a[cells]
+        metrics_b, history_b = b[cells]
+        timing = {"tuples_per_s"}  # the only measured (not computed) metric of a trial run
+        assert {k: v for k, v in metrics_a.items() if k not in timing} == {
+            k: v for k, v in metrics_b.items() if k not in timing}, cells
+        assert history_a == history_b and len(history_a["train/loss"]) == 2, cells
+    for table, frame in first.frames.items():
+        assert frame.equals(second.frames[table]), table
