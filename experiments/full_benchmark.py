@@ -1,6 +1,6 @@
 """Run the paper's tables as Ray Tune experiments, tracked in MLflow, and print them.
 
-  python experiments/full_benchmark.py                      # smoke: synthetic data, ~10 min on 2 cores
+  python experiments/full_benchmark.py                      # smoke: synthetic data, ~4 min on 2 cores
   python experiments/full_benchmark.py --preset paper \
       --data /data/rgbn300_manifest --data /data/rgbnt100_manifest
   python experiments/full_benchmark.py --resume             # continue the latest interrupted run

@@ -40,6 +40,7 @@ from msreid.data.transforms import (
     draw_each,
     kept_spectra,
 )
+from msreid.train.idle_steps import pause_idle_steps
 from msreid.train.sampling import RowMeta, dropout_rngs, sample_rngs
 
 META_COLUMNS = ["split", "pid", "camera", "scene", "challenge"]
@@ -222,9 +223,11 @@ def _decode_eval_rows(batch: dict[str, np.ndarray], spec: DecodeSpec) -> dict[st
 
 
 def _quiet_ordered(ds: ray.data.Dataset) -> None:
-    """Rows out in input order (reproducible); no progress bars in the training logs."""
+    """Rows out in input order (reproducible); no progress bars in the training logs; no
+    busy scheduling loop while training is slower than decoding (``msreid.train.idle_steps``)."""
     ds.context.execution_options.preserve_order = True
     ds.context.enable_progress_bars = False
+    pause_idle_steps(ds.context)
 
 
 def _concurrency(num_decode_workers: int) -> int | None:
