@@ -27,16 +27,35 @@ readme-tables: $(VENV)/.installed
 	$(BIN)/python experiments/full_benchmark.py $(ARGS) | tee runs/smoke_benchmark.txt
 	$(BIN)/python experiments/update_readme.py runs/smoke_benchmark.txt
 
-# Two pytest processes, each with its own Ray session: the training tests (tests/test_train_*)
-# start a fresh one. In one long session the driver's connection to Ray's GCS stopped answering
-# three times, each time at the start of tests/test_train_e2e.py after ~8 minutes of other Ray
-# tests (a key-value put inside Ray Data that never returns; docs/RAY.md, "Known Ray hang").
+# Three pytest processes at once, each with its own Ray session (much of the suite waits on
+# Ray start-up, subprocess drivers, a browser; on 2 cores the three end within a minute or
+# two of each other): the training tests (tests/test_train_*) followed by two shorter Tune
+# tests (AFTER_TRAIN_TESTS), the end-to-end tests that drive whole benchmarks, the alpha
+# search and the MLflow UI in Chromium (E2E_TESTS), and the rest. Their outputs are printed
+# one after the other. The training tests come first in a session of their own: in one long
+# session the driver's connection to Ray's GCS stopped answering three times, each time at
+# the start of tests/test_train_e2e.py after ~8 minutes of other Ray tests (a key-value put
+# inside Ray Data that never returns; docs/RAY.md, "Known Ray hang").
 # PYTEST_ARGS=...: one pytest run with those arguments.
+AFTER_TRAIN_TESTS := tests/test_orchestration_alpha.py tests/test_storage_s3_train.py
+E2E_TESTS := tests/test_orchestration_signals.py tests/test_mlflow_ui.py \
+  tests/test_mlflow_ui_cross_spectral.py tests/test_orchestration_benchmark.py \
+  tests/test_alpha_e2e.py
 test: $(VENV)/.installed
 	$(BIN)/ruff check platform tests experiments perf tools
 ifeq ($(strip $(PYTEST_ARGS)),)
-	$(BIN)/python -m pytest --ignore-glob='tests/test_train_*'; first=$$?; \
-	  $(BIN)/python -m pytest tests/test_train_*.py && exit $$first
+	logs=$$(mktemp -d); \
+	  $(BIN)/python -m pytest tests/test_train_*.py $(AFTER_TRAIN_TESTS) > $$logs/train 2>&1 & \
+	  train=$$!; \
+	  $(BIN)/python -m pytest $(E2E_TESTS) > $$logs/e2e 2>&1 & e2e=$$!; \
+	  $(BIN)/python -m pytest --ignore-glob='tests/test_train_*' \
+	    $(addprefix --ignore=,$(E2E_TESTS) $(AFTER_TRAIN_TESTS)); rest=$$?; \
+	  wait $$e2e; e2e=$$?; wait $$train; train=$$?; \
+	  echo "== $(E2E_TESTS) (ran alongside) =="; cat $$logs/e2e; \
+	  echo "== tests/test_train_*.py $(AFTER_TRAIN_TESTS) (ran alongside) =="; \
+	  cat $$logs/train; rm -rf $$logs; \
+	  echo "pytest exit codes: rest $$rest, end-to-end $$e2e, training $$train"; \
+	  [ $$rest -eq 0 ] && [ $$e2e -eq 0 ] && [ $$train -eq 0 ]
 else
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 endif
